@@ -1,0 +1,22 @@
+"""magnet-cli: MagNet progressive segmentation of gigapixel images in flat memory.
+
+Every CLI command is a plain function here: `magnet_cli.segment(...)`, `magnet_cli.info(...)`.
+"""
+
+from magnet_cli.errors import InputError, MagnetError, ModelError, OutputError, UsageError
+
+__all__ = ["segment", "info", "MagnetError", "InputError", "ModelError", "OutputError", "UsageError"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Lazy, so `import magnet_cli` (and `magnet --help`) does not pay for torch and zarr imports.
+    if name == "segment":
+        from magnet_cli.segment import segment
+
+        return segment
+    if name == "info":
+        from magnet_cli.info import info
+
+        return info
+    raise AttributeError(name)

@@ -1,0 +1,185 @@
+"""The one interface every input format implements: read any region at any downsample, lazily."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from magnet_cli.errors import InputError
+
+# Above this many source pixels a region is read and reduced band by band, so that a coarse window
+# over an image without a pyramid never materialises the full-resolution region.
+MAX_SOURCE_PIXELS_PER_READ = 1 << 24
+
+
+@dataclass(frozen=True)
+class Box:
+    """A rectangle in level-0 (full-resolution) pixel coordinates; floats allowed, end-exclusive."""
+
+    y0: float
+    x0: float
+    y1: float
+    x1: float
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+    @property
+    def width(self) -> float:
+        return self.x1 - self.x0
+
+
+@dataclass(frozen=True)
+class PyramidLevel:
+    """One resolution level stored in the input: its pixel shape and its scale relative to level 0."""
+
+    height: int
+    width: int
+    downsample_y: float
+    downsample_x: float
+
+
+@dataclass(frozen=True)
+class PixelNormalization:
+    """How raw samples become float RGB in [0, 1]: band choice and the value range of the raw dtype."""
+
+    bands: tuple[int, ...] | None = None  # None: RGB as DESIGN section 4 says (gray replicated, alpha dropped)
+    value_range: tuple[float, float] | None = None  # None: by dtype (uint8 0..255, uint16 0..65535, float 0..1)
+
+
+@dataclass
+class ImageSource(ABC):
+    """A lazily read image with an optional stored pyramid.
+
+    Subclasses fill the fields and implement `read_level`; everything else (choosing the pyramid level,
+    bounded-memory reduction, conversion to float RGB) is shared here.
+    """
+
+    path: Path
+    height: int
+    width: int
+    bands: int
+    dtype: np.dtype
+    levels: list[PyramidLevel]  # levels[0] is full resolution
+    chunks: tuple[int, ...] | None = None
+    format_name: str = ""
+    georeference: dict | None = None  # JSON-serialisable GeoTIFF tags (ModelPixelScale, ModelTiepoint, ...)
+    extra: dict = field(default_factory=dict)
+
+    @abstractmethod
+    def read_level(self, level: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        """Raw samples of an integer region of one stored level, shape (y1-y0, x1-x0, bands)."""
+
+    def close(self) -> None:
+        """Release file handles. Idempotent."""
+
+    def __enter__(self) -> "ImageSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------------------------
+    def best_level(self, downsample: float) -> int:
+        """The coarsest stored level that is still at least as fine as `downsample`."""
+        best = 0
+        for index, level in enumerate(self.levels):
+            if max(level.downsample_y, level.downsample_x) <= downsample * (1 + 1e-6):
+                if max(level.downsample_y, level.downsample_x) >= max(
+                    self.levels[best].downsample_y, self.levels[best].downsample_x
+                ):
+                    best = index
+        return best
+
+    def read(
+        self,
+        box: Box,
+        out_height: int,
+        out_width: int,
+        normalization: PixelNormalization = PixelNormalization(),
+    ) -> torch.Tensor:
+        """Float RGB (3, out_height, out_width) in [0, 1] of `box`, from the best stored level.
+
+        Downsampling averages areas (exact box filter), upsampling is bilinear; large source regions are
+        reduced in horizontal bands so memory stays bounded by MAX_SOURCE_PIXELS_PER_READ.
+        """
+        downsample = min(box.height / out_height, box.width / out_width)
+        level_index = self.best_level(max(downsample, 1.0))
+        level = self.levels[level_index]
+        ly0, ly1 = box.y0 / level.downsample_y, box.y1 / level.downsample_y
+        lx0, lx1 = box.x0 / level.downsample_x, box.x1 / level.downsample_x
+        iy0, iy1 = max(0, math.floor(ly0 + 1e-6)), min(level.height, math.ceil(ly1 - 1e-6))
+        ix0, ix1 = max(0, math.floor(lx0 + 1e-6)), min(level.width, math.ceil(lx1 - 1e-6))
+        if iy1 <= iy0 or ix1 <= ix0:
+            raise InputError(f"{self.path}: region {box} lies outside the image")
+        source_rows = iy1 - iy0
+        rows_per_band = max(1, MAX_SOURCE_PIXELS_PER_READ // max(1, ix1 - ix0))
+        if source_rows <= rows_per_band or out_height >= source_rows:
+            raw = self.read_level(level_index, iy0, ix0, iy1, ix1)
+            return _resize(self._to_rgb(raw, normalization), out_height, out_width)
+        # Banded reduction: each band of output rows comes from its own slice of source rows.
+        out_rows_per_band = max(1, math.floor(rows_per_band * out_height / source_rows))
+        bands = []
+        for oy0 in range(0, out_height, out_rows_per_band):
+            oy1 = min(out_height, oy0 + out_rows_per_band)
+            sy0 = iy0 + math.floor(oy0 * source_rows / out_height)
+            sy1 = iy0 + math.ceil(oy1 * source_rows / out_height)
+            raw = self.read_level(level_index, sy0, ix0, min(sy1, iy1), ix1)
+            bands.append(_resize(self._to_rgb(raw, normalization), oy1 - oy0, out_width))
+        return torch.cat(bands, dim=1)
+
+    def _to_rgb(self, raw: np.ndarray, normalization: PixelNormalization) -> torch.Tensor:
+        return to_unit_rgb(raw, normalization, self.path)
+
+
+def to_unit_rgb(raw: np.ndarray, normalization: PixelNormalization, path: Path | str = "") -> torch.Tensor:
+    """Raw (h, w, bands) samples -> float32 tensor (3, h, w) in [0, 1] as DESIGN section 4 says."""
+    if raw.ndim == 2:
+        raw = raw[:, :, None]
+    bands = raw.shape[2]
+    if normalization.bands is not None:
+        if max(normalization.bands) >= bands or min(normalization.bands) < 0:
+            raise InputError(f"{path}: --bands {normalization.bands} but the image has {bands} band(s)")
+        raw = raw[:, :, list(normalization.bands)]
+    elif bands in (1, 2):  # gray, gray + alpha
+        raw = raw[:, :, :1]
+    elif bands >= 3:
+        if bands > 4:
+            raise InputError(f"{path}: {bands} bands; choose three with --bands (for example --bands 0,1,2)")
+        raw = raw[:, :, :3]  # RGBA drops alpha
+    if raw.shape[2] == 1:
+        raw = np.repeat(raw, 3, axis=2)
+    if raw.shape[2] != 3:
+        raise InputError(f"{path}: --bands must name 1 or 3 bands, got {raw.shape[2]}")
+    low, high = normalization.value_range or default_value_range(raw.dtype, path)
+    array = torch.from_numpy(np.ascontiguousarray(raw)).permute(2, 0, 1).to(torch.float32)
+    return ((array - low) / (high - low)).clamp_(0.0, 1.0)
+
+
+def default_value_range(dtype: np.dtype, path: Path | str = "") -> tuple[float, float]:
+    """The value range that maps to [0, 1] when the model bundle says nothing else."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return 0.0, 255.0
+    if dtype == np.uint16:
+        return 0.0, 65535.0
+    if dtype == np.bool_:
+        return 0.0, 1.0
+    if dtype.kind == "f":
+        return 0.0, 1.0
+    raise InputError(f"{path}: unsupported sample type {dtype} (use uint8, uint16 or float)")
+
+
+def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    if image.shape[1:] == (height, width):
+        return image
+    if image.shape[1] >= height and image.shape[2] >= width:
+        return F.adaptive_avg_pool2d(image[None], (height, width))[0]
+    return F.interpolate(image[None], size=(height, width), mode="bilinear", align_corners=False)[0]

@@ -1,0 +1,81 @@
+"""Built-in segmenter architectures small enough to train and run on a CPU."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SmallUNet(nn.Module):
+    """A compact U-Net: a strided encoder of `widths` channels and a light additive decoder.
+
+    The first stage works at half resolution (a stride-2 stem) because full-resolution convolutions
+    dominate CPU time while the refiner restores the fine detail MagNet needs.
+    """
+
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = (16, 32, 64, 128)) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, widths[0], 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+        )
+        self.encoders = nn.ModuleList()
+        channels = widths[0]
+        for width in widths:
+            self.encoders.append(_conv_block(channels, width))
+            channels = width
+        self.laterals = nn.ModuleList(nn.Conv2d(width, widths[0] * 2, 1) for width in widths)
+        self.head = nn.Sequential(
+            nn.Conv2d(widths[0] * 2, widths[0] * 2, 3, padding=1, bias=False),
+            nn.BatchNorm2d(widths[0] * 2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(widths[0] * 2, num_classes, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        x = self.stem(x)
+        features: list[torch.Tensor] = []
+        for index, encoder in enumerate(self.encoders):
+            if index > 0:
+                x = F.max_pool2d(x, 2, ceil_mode=True)
+            x = encoder(x)
+            features.append(x)
+        projected: list[torch.Tensor] = []
+        for index, lateral in enumerate(self.laterals):
+            projected.append(lateral(features[index]))
+        # FPN-style top-down sum of lateral projections (indexing keeps it TorchScript-friendly).
+        top = projected[-1]
+        for index in range(len(projected) - 2, -1, -1):
+            finer = projected[index]
+            top = F.interpolate(top, size=finer.shape[-2:], mode="bilinear", align_corners=False) + finer
+        logits = self.head(top)
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "small_unet": SmallUNet,
+}
+
+
+def build_architecture(name: str, num_classes: int, **options: object) -> nn.Module:
+    """Instantiate a built-in architecture by name."""
+    from magnet_cli.errors import ModelError
+
+    if name not in ARCHITECTURES:
+        raise ModelError(f"unknown built-in architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    return ARCHITECTURES[name](num_classes, **options)

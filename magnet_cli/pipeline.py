@@ -1,0 +1,320 @@
+"""MagNet, MagNet-Fast, patch and downsample inference, built from the plan, scheduler and refine step.
+
+Two engines share the pieces:
+- the streaming engine walks the window tree (scheduler.py) and selects points per window, so memory
+  does not depend on image size (modes magnet with --selection window, patch, downsample);
+- the level engine keeps each level's whole map, like the reference implementation, for whole-level
+  point selection (--selection global) and MagNet-Fast, whose window ranking needs the whole level.
+Both hand finished full-resolution regions of class probabilities to a sink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from magnet_cli.errors import UsageError
+from magnet_cli.io.base import Box, ImageSource, PixelNormalization
+from magnet_cli.models.bundle import ModelBundle
+from magnet_cli.pyramid import Level, ScalePlan, Window, make_plan
+from magnet_cli.refine import crop_resize, points_for_level, refine, replace_points, score_map, top_points, uncertainty
+from magnet_cli.scheduler import TreeScheduler
+
+Mode = Literal["magnet", "fast", "patch", "downsample"]
+Selection = Literal["global", "window"]
+MODES: tuple[str, ...] = ("magnet", "fast", "patch", "downsample")
+
+# (y0, x0, y1, x1) full-resolution region, class probabilities (C, y1 - y0, x1 - x0)
+Sink = Callable[[tuple[int, int, int, int], torch.Tensor], None]
+# (level, windows just finished)
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How to run: everything `segment` exposes except inputs, outputs and the model."""
+
+    mode: Mode = "magnet"
+    levels: int | Sequence[int] | None = None
+    crop_size: tuple[int, int] | None = None
+    points: float | None = None  # None: the bundle's default
+    smooth_kernel: int | None = None  # None: the bundle's default
+    fast_patches: int = 3
+    selection: Selection = "window"
+    batch_size: int = 4
+    device: str = "auto"
+    read_threads: int = 2
+    normalization: PixelNormalization = PixelNormalization()
+
+
+@dataclass
+class RunStats:
+    """What a run did and where its time went (seconds)."""
+
+    windows_per_level: list[int] = field(default_factory=list)
+    segmenter_seconds: float = 0.0
+    refiner_seconds: float = 0.0
+    read_wait_seconds: float = 0.0
+    total_seconds: float = 0.0
+    device: str = "cpu"
+    peak_queued_windows: int = 0
+
+    @property
+    def windows(self) -> int:
+        return sum(self.windows_per_level)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA without it is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA device is available")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
+    return torch.device(name)
+
+
+def plan_for(source_height: int, source_width: int, bundle: ModelBundle, settings: InferenceSettings) -> ScalePlan:
+    """The full scale plan; modes then use all of it, its first level or its last level."""
+    return make_plan(source_height, source_width, bundle.input_size, settings.levels, settings.crop_size)
+
+
+def windows_per_level(plan: ScalePlan, settings: InferenceSettings) -> list[int]:
+    """How many windows each level will process in this mode (for progress bars and reports)."""
+    counts = [level.window_count for level in plan.levels]
+    if settings.mode == "patch":
+        return [counts[-1]]
+    if settings.mode == "downsample":
+        return [counts[0]]
+    if settings.mode == "fast":
+        return [counts[0]] + [min(settings.fast_patches, c) for c in counts[1:]]
+    return counts
+
+
+class Engine:
+    """Runs one model bundle over images; create once, call `run` per image."""
+
+    def __init__(self, bundle: ModelBundle, settings: InferenceSettings) -> None:
+        if settings.mode not in MODES:
+            raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {settings.mode!r}")
+        if settings.mode in ("magnet", "fast") and bundle.refiner is None:
+            raise UsageError(f"--mode {settings.mode} needs a refiner (--refiner FILE or a bundle with one)")
+        kernel = settings.smooth_kernel if settings.smooth_kernel is not None else bundle.smooth_kernel
+        if kernel < 1 or kernel % 2 == 0:
+            raise UsageError(f"--smooth-kernel must be odd and positive, got {kernel}")
+        points = settings.points if settings.points is not None else bundle.points
+        if points < 0:
+            raise UsageError(f"--points must be a count or a fraction >= 0, got {points}")
+        self.bundle = bundle
+        self.settings = settings
+        self.kernel = kernel
+        self.points = points
+        self.device = resolve_device(settings.device)
+        self.segmenter = bundle.segmenter.to(self.device)
+        self.refiner = bundle.refiner.to(self.device).eval() if bundle.refiner is not None else None
+        self.input_size = bundle.input_size
+
+    # --- model calls --------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _segment(self, images: torch.Tensor, stats: RunStats) -> torch.Tensor:
+        start = time.perf_counter()
+        with torch.inference_mode(), self._autocast():
+            probabilities = torch.softmax(self.segmenter(images.to(self.device)).float(), dim=1)
+        self._sync()
+        stats.segmenter_seconds += time.perf_counter() - start
+        return probabilities
+
+    def _refine_proposal(self, coarse: torch.Tensor, fine: torch.Tensor, stats: RunStats) -> torch.Tensor:
+        start = time.perf_counter()
+        with torch.inference_mode(), self._autocast():
+            proposal = torch.softmax(self.refiner(coarse, fine).float(), dim=1)  # type: ignore[misc]
+        self._sync()
+        stats.refiner_seconds += time.perf_counter() - start
+        return proposal
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # --- entry point --------------------------------------------------------------------------
+    def run(self, source: ImageSource, sink: Sink, progress: Progress | None = None) -> RunStats:
+        """Segment one image; every full-resolution pixel reaches `sink` exactly once."""
+        plan = plan_for(source.height, source.width, self.bundle, self.settings)
+        stats = RunStats(device=str(self.device))
+        start = time.perf_counter()
+        h, w = self.input_size
+
+        def read(window: Window) -> torch.Tensor:
+            return source.read(Box(window.y0, window.x0, window.y1, window.x1), h, w, self.settings.normalization)
+
+        with ThreadPoolExecutor(max_workers=max(1, self.settings.read_threads), thread_name_prefix="read") as pool:
+            mode = self.settings.mode
+            if mode == "fast" or (mode == "magnet" and self.settings.selection == "global"):
+                self._run_levels(plan, read, pool, sink, progress or _ignore, stats)
+            else:
+                if mode == "patch":
+                    plan = _single_level(plan, plan.levels[-1])
+                elif mode == "downsample":
+                    plan = _single_level(plan, plan.levels[0])
+                self._run_tree(plan, read, pool, sink, progress or _ignore, stats)
+        stats.total_seconds = time.perf_counter() - start
+        return stats
+
+    # --- streaming engine ---------------------------------------------------------------------
+    def _run_tree(self, plan: ScalePlan, read, pool, sink: Sink, progress: Progress, stats: RunStats) -> None:
+        scheduler = TreeScheduler(plan, self.settings.batch_size, read, pool)
+        stats.windows_per_level = [0] * plan.depth
+        h, w = self.input_size
+        last = plan.depth - 1
+        for level, tasks in scheduler:
+            images = self._gather(tasks, stats)
+            fine = self._segment(images, stats)
+            if level == 0 or self.refiner is None:
+                maps = fine
+            else:
+                boxes = torch.tensor(
+                    [_box_in_parent(t.window, t.parent, h, w) for t in tasks], dtype=torch.float64  # type: ignore[arg-type]
+                )
+                parents = torch.stack([t.parent_map for t in tasks])  # type: ignore[misc]
+                coarse = crop_resize(parents, boxes.to(parents.device), (h, w))
+                proposal = self._refine_proposal(coarse, fine, stats)
+                spec = plan.levels[level]
+                k_level = points_for_level(self.points, spec.pixel_count)
+                k = min(h * w, round(k_level * h * w / spec.pixel_count))
+                maps = refine(coarse, proposal, k, self.kernel)
+            for task, window_map in zip(tasks, maps):
+                if level == last:
+                    _emit(plan, task.window, window_map, sink)
+                else:
+                    scheduler.expand(task.window, window_map)
+            stats.windows_per_level[level] += len(tasks)
+            progress(level, len(tasks))
+        stats.peak_queued_windows = scheduler.peak_queued
+
+    def _gather(self, tasks: list, stats: RunStats) -> torch.Tensor:
+        start = time.perf_counter()
+        images = torch.stack([t.image.result() for t in tasks])
+        stats.read_wait_seconds += time.perf_counter() - start
+        return images
+
+    # --- level engine (whole-level maps, as the reference) -------------------------------------
+    def _run_levels(self, plan: ScalePlan, read, pool, sink: Sink, progress: Progress, stats: RunStats) -> None:
+        h, w = self.input_size
+        stats.windows_per_level = [0] * plan.depth
+        level_map: torch.Tensor | None = None
+        for index, spec in enumerate(plan.levels):
+            windows = plan.windows(index)
+            if index == 0:
+                level_map, _ = self._assemble(plan, spec, windows, read, pool, stats, coarse=None)
+            else:
+                coarse = F.interpolate(level_map, size=(spec.height, spec.width), mode="bilinear", align_corners=False)
+                if self.settings.mode == "fast":
+                    windows = self._most_uncertain(spec, windows, coarse, self.settings.fast_patches)
+                proposal, covered = self._assemble(plan, spec, windows, read, pool, stats, coarse=coarse)
+                k = points_for_level(self.points, spec.pixel_count, len(windows), spec.window_count)
+                score = score_map(coarse, proposal, self.kernel, blur_size=(h, w))
+                # Only points inside refined windows may be replaced (outside them R is empty).
+                score = torch.where(covered, score, torch.full_like(score, -1.0))
+                k = min(k, int(covered.sum()))
+                level_map = replace_points(coarse, proposal, top_points(score, k))
+            stats.windows_per_level[index] = len(windows)
+            progress(index, len(windows))
+        assert level_map is not None
+        last = plan.depth - 1
+        scale_y = plan.levels[last].height / plan.image_height
+        scale_x = plan.levels[last].width / plan.image_width
+        for window in plan.windows(last):
+            y0, x0, y1, x1 = plan.owned_region(window)
+            box = torch.tensor([[y0 * scale_y, x0 * scale_x, y1 * scale_y, x1 * scale_x]], dtype=torch.float64)
+            sink((y0, x0, y1, x1), _resample(level_map, box, (y1 - y0, x1 - x0))[0])
+
+    def _assemble(self, plan, spec: Level, windows: list[Window], read, pool, stats, coarse):
+        """Segment (and refine, given the coarse level map) windows; average them into a level map."""
+        h, w = self.input_size
+        c = self.bundle.num_classes
+        total = torch.zeros(1, c, spec.height, spec.width, device=self.device)
+        count = torch.zeros(1, 1, spec.height, spec.width, device=self.device)
+        batch = self.settings.batch_size
+        futures = [pool.submit(read, window) for window in windows[:batch]]
+        for start in range(0, len(windows), batch):
+            chunk = windows[start : start + batch]
+            images = torch.stack([f.result() for f in futures])
+            futures = [pool.submit(read, window) for window in windows[start + batch : start + 2 * batch]]
+            maps = self._segment(images, stats)
+            regions = [_level_region(spec, window) for window in chunk]
+            if coarse is not None:
+                boxes = torch.tensor([[r[0], r[1], r[2], r[3]] for r in regions], dtype=torch.float64)
+                crops = crop_resize(coarse.expand(len(chunk), -1, -1, -1), boxes.to(coarse.device), (h, w))
+                maps = self._refine_proposal(crops, maps, stats)
+            for window_map, (y0, x0, y1, x1) in zip(maps, regions):
+                resized = F.interpolate(window_map[None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
+                total[:, :, y0:y1, x0:x1] += resized
+                count[:, :, y0:y1, x0:x1] += 1
+        return total / count.clamp(min=1), count > 0
+
+    @staticmethod
+    def _most_uncertain(spec: Level, windows: list[Window], coarse: torch.Tensor, n: int) -> list[Window]:
+        """MagNet-Fast: the n windows with the HIGHEST mean uncertainty of Y (the paper, not the code)."""
+        u = uncertainty(coarse)[0, 0]
+        means = []
+        for window in windows:
+            y0, x0, y1, x1 = _level_region(spec, window)
+            means.append(float(u[y0:y1, x0:x1].mean()))
+        order = sorted(range(len(windows)), key=lambda i: (-means[i], i))
+        return [windows[i] for i in sorted(order[:n])]
+
+
+def _ignore(level: int, count: int) -> None:
+    return None
+
+
+def _single_level(plan: ScalePlan, level: Level) -> ScalePlan:
+    return ScalePlan(plan.image_height, plan.image_width, plan.input_height, plan.input_width, (level,))
+
+
+def _level_region(spec: Level, window: Window) -> tuple[int, int, int, int]:
+    y0, y1 = spec.rows.interval(window.row)
+    x0, x1 = spec.cols.interval(window.col)
+    return y0, x0, y1, x1
+
+
+def _box_in_parent(window: Window, parent: Window, height: int, width: int) -> list[float]:
+    """The child's box in the parent's map pixels (the parent's map spans its box at height x width)."""
+    sy, sx = height / (parent.y1 - parent.y0), width / (parent.x1 - parent.x0)
+    return [
+        (window.y0 - parent.y0) * sy,
+        (window.x0 - parent.x0) * sx,
+        (window.y1 - parent.y0) * sy,
+        (window.x1 - parent.x0) * sx,
+    ]
+
+
+def _emit(plan: ScalePlan, window: Window, window_map: torch.Tensor, sink: Sink) -> None:
+    """Hand the part of a finest-level window's map that it owns to the sink, at full resolution."""
+    y0, x0, y1, x1 = plan.owned_region(window)
+    h, w = window_map.shape[-2:]
+    sy, sx = h / (window.y1 - window.y0), w / (window.x1 - window.x0)
+    box = torch.tensor(
+        [[(y0 - window.y0) * sy, (x0 - window.x0) * sx, (y1 - window.y0) * sy, (x1 - window.x0) * sx]],
+        dtype=torch.float64,
+    )
+    sink((y0, x0, y1, x1), _resample(window_map[None], box, (y1 - y0, x1 - x0))[0])
+
+
+def _resample(maps: torch.Tensor, box: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """crop_resize, with a plain slice when the box is whole pixels at scale 1 (the common case)."""
+    y0, x0, y1, x1 = (float(v) for v in box[0])
+    if all(abs(v - round(v)) < 1e-6 for v in (y0, x0, y1, x1)) and (round(y1 - y0), round(x1 - x0)) == tuple(size):
+        return maps[:, :, round(y0) : round(y1), round(x0) : round(x1)]
+    return crop_resize(maps, box.to(maps.device), size)

@@ -1,0 +1,122 @@
+"""The MagNet refinement step as pure tensor functions (paper section 3.2, DESIGN section 2).
+
+Maps are probabilities shaped (N, C, H, W). Y is the coarse cumulative map, R the refiner's proposal.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def certainty(probabilities: torch.Tensor) -> torch.Tensor:
+    """top1 - top2 over the class axis, shaped (N, 1, H, W). Zero where the map is all zeros."""
+    top2 = torch.topk(probabilities, k=2, dim=1).values
+    return (top2[:, 0] - top2[:, 1]).unsqueeze(1)
+
+
+def uncertainty(probabilities: torch.Tensor) -> torch.Tensor:
+    """1 - certainty: 1 where the two best classes tie, 0 where one class has all the mass."""
+    return 1.0 - certainty(probabilities)
+
+
+def median_blur(x: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Median filter of an odd square kernel with zero padding, per channel (as the reference does).
+
+    With kernel*kernel odd the median is the middle value, so this equals any exact median filter.
+    """
+    if kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"median kernel must be odd and positive, got {kernel}")
+    if kernel == 1:
+        return x
+    n, c, h, w = x.shape
+    planes = x.reshape(n * c, 1, h, w)
+    # One plane at a time: the unfolded neighbourhoods take kernel^2 times the plane's memory.
+    out = torch.empty_like(planes)
+    for i in range(n * c):
+        patches = F.unfold(planes[i : i + 1], kernel_size=kernel, padding=kernel // 2)  # (1, k*k, H*W)
+        out[i] = patches.median(dim=1).values.reshape(1, h, w)
+    return out.reshape(n, c, h, w)
+
+
+def score_map(
+    coarse: torch.Tensor, refined: torch.Tensor, smooth_kernel: int, blur_size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Q = median_blur(u(Y) * c(R)): high where the coarse map is unsure and the refined one is sure.
+
+    Like the reference, the product is resized (nearest) to `blur_size` (the model input size), blurred
+    there and resized back (nearest); None blurs at the map's own size.
+    """
+    product = uncertainty(coarse) * certainty(refined)
+    size = product.shape[-2:]
+    if blur_size is None or tuple(blur_size) == tuple(size):
+        return median_blur(product, smooth_kernel)
+    small = F.interpolate(product, size=blur_size, mode="nearest")
+    return F.interpolate(median_blur(small, smooth_kernel), size=size, mode="nearest")
+
+
+def points_for_level(points: float, level_pixels: int, selected_windows: int = 1, total_windows: int = 1) -> int:
+    """How many points one level replaces: a count (> 1) or a fraction (<= 1) of the level's pixels,
+    scaled by the fraction of windows refined, always an integer within [0, level_pixels]."""
+    share = selected_windows / total_windows
+    if points > 1:
+        k = min(int(points), int(level_pixels * share))
+    else:
+        k = int(level_pixels * points * share)
+    return max(0, min(k, level_pixels))
+
+
+def top_points(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Flat indices (N, k) of the k highest scores of each map in (N, 1, H, W).
+
+    Ties are broken by the lower flat index so that results are deterministic on every device.
+    """
+    n = score.shape[0]
+    flat = score.reshape(n, -1)
+    k = min(k, flat.shape[1])
+    if k <= 0:
+        return torch.empty(n, 0, dtype=torch.long, device=score.device)
+    if k == flat.shape[1]:
+        return torch.arange(k, device=score.device).expand(n, k)
+    # A stable descending sort gives the documented tie-break; topk's order among ties is unspecified.
+    return torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :k]
+
+
+def replace_points(coarse: torch.Tensor, refined: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Y with R's class probabilities at the given flat indices (a new tensor)."""
+    n, c, h, w = coarse.shape
+    gather = indices.unsqueeze(1).expand(n, c, indices.shape[1])
+    out = coarse.reshape(n, c, h * w).clone()
+    out.scatter_(2, gather, refined.reshape(n, c, h * w).gather(2, gather))
+    return out.reshape(n, c, h, w)
+
+
+def refine(
+    coarse: torch.Tensor, refined: torch.Tensor, k: int, smooth_kernel: int, blur_size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """One MagNet refinement: Y takes R's probabilities at the k points of highest score Q."""
+    if k <= 0:
+        return coarse
+    score = score_map(coarse, refined, smooth_kernel, blur_size)
+    return replace_points(coarse, refined, top_points(score, k))
+
+
+def crop_resize(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resample boxes of maps to `size`, bilinear with align_corners=False semantics, borders clamped.
+
+    `maps` (N, C, H, W), `boxes` (N, 4) as (y0, x0, y1, x1) in the maps' pixel units. Equals upsampling
+    the whole map (F.interpolate, bilinear, align_corners=False) and cropping, when the box is aligned.
+    """
+    n, _, h, w = maps.shape
+    out_h, out_w = size
+    dtype, device = maps.dtype, maps.device
+    ys = (torch.arange(out_h, device=device, dtype=torch.float64) + 0.5) / out_h
+    xs = (torch.arange(out_w, device=device, dtype=torch.float64) + 0.5) / out_w
+    boxes = boxes.to(torch.float64)
+    # Source pixel coordinates (pixel i's centre at i + 0.5), then grid_sample's normalised [-1, 1].
+    sy = boxes[:, 0:1] + ys[None] * (boxes[:, 2:3] - boxes[:, 0:1])
+    sx = boxes[:, 1:2] + xs[None] * (boxes[:, 3:4] - boxes[:, 1:2])
+    gy = (sy / h * 2 - 1)[:, :, None].expand(n, out_h, out_w)
+    gx = (sx / w * 2 - 1)[:, None, :].expand(n, out_h, out_w)
+    grid = torch.stack([gx, gy], dim=-1).to(dtype)
+    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -1,0 +1,122 @@
+"""Engine behaviour on in-memory images: coverage, determinism, mode semantics, bounded queues."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from magnet_cli.errors import UsageError
+from magnet_cli.io.array import ArraySource
+from magnet_cli.pipeline import Engine, InferenceSettings
+
+from tests.conftest import NUM_CLASSES, random_rgb, tiny_bundle
+
+
+def run(bundle, image, **options):
+    """Run the engine; return the full probability map and how often each pixel was written."""
+    height, width = image.shape[:2]
+    probabilities = torch.zeros(NUM_CLASSES, height, width)
+    writes = np.zeros((height, width), dtype=np.int32)
+
+    def sink(region, probs):
+        y0, x0, y1, x1 = region
+        assert probs.shape == (NUM_CLASSES, y1 - y0, x1 - x0)
+        probabilities[:, y0:y1, x0:x1] = probs
+        writes[y0:y1, x0:x1] += 1
+
+    stats = Engine(bundle, InferenceSettings(device="cpu", **options)).run(ArraySource(image), sink)
+    return probabilities, writes, stats
+
+
+@pytest.mark.parametrize(
+    "mode, selection", [("magnet", "window"), ("magnet", "global"), ("fast", "global"), ("patch", "window"), ("downsample", "window")]
+)
+@pytest.mark.parametrize("shape", [(200, 150), (64, 64), (40, 300)])
+def test_every_pixel_is_written_exactly_once(bundle, mode, selection, shape):
+    probabilities, writes, stats = run(bundle, random_rgb(*shape), mode=mode, selection=selection)
+    assert (writes == 1).all()
+    assert torch.allclose(probabilities.sum(0), torch.ones(shape), atol=1e-4)
+
+
+def test_runs_are_deterministic(bundle):
+    image = random_rgb(300, 260, seed=3)
+    first, _, _ = run(bundle, image, mode="magnet")
+    second, _, _ = run(bundle, image, mode="magnet")
+    assert torch.equal(first, second)
+
+
+def test_patch_mode_is_the_segmenter_on_each_full_resolution_window(bundle):
+    image = random_rgb(128, 128)
+    probabilities, _, stats = run(bundle, image, mode="patch")
+    assert stats.windows_per_level == [4]
+    window = torch.from_numpy(image[64:128, 0:64]).permute(2, 0, 1).float()[None] / 255
+    with torch.no_grad():
+        expected = bundle.segmenter(window).softmax(1)[0]
+    assert torch.allclose(probabilities[:, 64:128, 0:64], expected, atol=1e-5)
+
+
+def test_downsample_mode_is_the_segmenter_on_the_whole_image_upsampled(bundle):
+    image = random_rgb(128, 128)
+    probabilities, _, stats = run(bundle, image, mode="downsample")
+    assert stats.windows_per_level == [1]
+    whole = F.adaptive_avg_pool2d(torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255, (64, 64))
+    with torch.no_grad():
+        expected = F.interpolate(bundle.segmenter(whole).softmax(1), size=(128, 128), mode="bilinear", align_corners=False)
+    assert torch.allclose(probabilities, expected[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("selection", ["window", "global"])
+def test_zero_points_keeps_the_coarse_map_upsampled(bundle, selection):
+    image = random_rgb(128, 128)
+    refined, _, _ = run(bundle, image, mode="magnet", points=0, selection=selection)
+    coarse, _, _ = run(bundle, image, mode="downsample")
+    assert torch.allclose(refined, coarse, atol=1e-5)
+
+
+def test_all_points_take_the_refiners_proposal_everywhere(bundle):
+    image = random_rgb(128, 128)
+    everything, _, _ = run(bundle, image, mode="magnet", points=1.0, smooth_kernel=1)
+    nothing, _, _ = run(bundle, image, mode="magnet", points=0)
+    assert not torch.allclose(everything, nothing, atol=1e-3)
+
+
+@pytest.mark.parametrize("points", [0.0, 1.0])
+def test_window_and_global_engines_compute_the_same_maps_when_selection_cannot_differ(points):
+    bundle = tiny_bundle(input_size=64)
+    image = random_rgb(128, 128, seed=5)
+    # Two levels: children crop the root's map, which spans the whole image, so both engines see the
+    # same Y and R; with no points or all points the per-window and whole-level choices coincide.
+    window, _, _ = run(bundle, image, mode="magnet", selection="window", points=points, smooth_kernel=1)
+    whole, _, _ = run(bundle, image, mode="magnet", selection="global", points=points, smooth_kernel=1)
+    assert torch.allclose(window, whole, atol=1e-5)
+
+
+def test_fast_mode_refines_only_the_most_uncertain_windows(bundle):
+    image = random_rgb(256, 256)
+    _, _, stats = run(bundle, image, mode="fast", fast_patches=2, selection="global")
+    assert stats.windows_per_level == [1, 2, 2]
+
+
+def test_streaming_queue_stays_bounded_whatever_the_image_size():
+    bundle = tiny_bundle(input_size=16)
+    peaks = []
+    for size in (128, 512):
+        _, _, stats = run(bundle, np.zeros((size, size, 3), np.uint8), mode="magnet", batch_size=2)
+        peaks.append(stats.peak_queued_windows)
+        assert stats.windows == sum(4**k for k in range(len(stats.windows_per_level)))
+    # 128 px: 4 levels, 85 windows; 512 px: 6 levels, 1365 windows. The queue grows with depth only.
+    assert peaks[1] <= peaks[0] + 2 * 10 * 2
+
+
+def test_mode_needing_a_refiner_without_one_is_a_usage_error(bundle):
+    bundle.refiner = None
+    with pytest.raises(UsageError, match="needs a refiner"):
+        Engine(bundle, InferenceSettings(mode="magnet"))
+
+
+@pytest.mark.parametrize("options, message", [({"smooth_kernel": 4}, "odd"), ({"mode": "nope"}, "--mode"), ({"device": "tpu"}, "--device")])
+def test_bad_settings_are_usage_errors(bundle, options, message):
+    with pytest.raises(UsageError, match=message):
+        Engine(bundle, InferenceSettings(**options))

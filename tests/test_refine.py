@@ -1,0 +1,135 @@
+"""Exact tests of the refinement math: certainty, median blur, point counts, selection, replacement."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from magnet_cli.refine import (
+    certainty,
+    crop_resize,
+    median_blur,
+    points_for_level,
+    refine,
+    replace_points,
+    score_map,
+    top_points,
+    uncertainty,
+)
+
+
+def probs(*pixels):
+    """(1, C, 1, len(pixels)) from per-pixel class probability lists."""
+    return torch.tensor(pixels, dtype=torch.float32).T.reshape(1, len(pixels[0]), 1, len(pixels))
+
+
+def test_certainty_is_top1_minus_top2():
+    p = probs([0.7, 0.2, 0.1], [0.4, 0.4, 0.2], [1.0, 0.0, 0.0])
+    assert torch.allclose(certainty(p).flatten(), torch.tensor([0.5, 0.0, 1.0]))
+    assert torch.allclose(uncertainty(p).flatten(), torch.tensor([0.5, 1.0, 0.0]))
+
+
+def test_certainty_of_an_empty_map_is_zero():
+    assert certainty(torch.zeros(1, 3, 2, 2)).abs().sum() == 0
+
+
+def numpy_median_zero_padded(x: np.ndarray, k: int) -> np.ndarray:
+    pad = k // 2
+    padded = np.pad(x, pad)
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = np.median(padded[i : i + k, j : j + k])
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_median_blur_matches_a_zero_padded_median_filter(k):
+    x = np.random.default_rng(k).random((9, 11)).astype(np.float32)
+    got = median_blur(torch.from_numpy(x)[None, None], k)[0, 0].numpy()
+    assert np.allclose(got, numpy_median_zero_padded(x, k))
+
+
+def test_median_blur_hand_case_removes_an_isolated_spike_and_erodes_corners():
+    x = torch.zeros(1, 1, 5, 5)
+    x[0, 0, 2, 2] = 1.0  # isolated spike vanishes
+    assert median_blur(x, 3).sum() == 0
+    ones = torch.ones(1, 1, 3, 3)  # corners see 4 ones + 5 zero pads: median 0; edges 6 ones: 1
+    expected = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
+    assert torch.equal(median_blur(ones, 3)[0, 0], expected)
+
+
+def test_even_median_kernel_is_refused():
+    with pytest.raises(ValueError):
+        median_blur(torch.zeros(1, 1, 4, 4), 16)
+
+
+@pytest.mark.parametrize(
+    "points, pixels, selected, total, expected",
+    [
+        (2**16, 2048 * 1024, 1, 1, 65536),  # the paper's count
+        (32768, 256 * 128, 85, 85, 32768),  # count equal to the level
+        (10, 4, 1, 1, 4),  # count clipped to the level
+        (0.75, 100, 3, 85, 2),  # fraction scaled by refined windows: int(100 * .75 * 3 / 85)
+        (2**16, 512 * 256, 3, 16, 24576),  # count scaled by refined windows (an int, not a float)
+        (0.0, 100, 1, 1, 0),
+    ],
+)
+def test_points_for_level(points, pixels, selected, total, expected):
+    k = points_for_level(points, pixels, selected, total)
+    assert k == expected and isinstance(k, int)
+
+
+def test_top_points_picks_highest_and_breaks_ties_by_lower_index():
+    score = torch.tensor([[[[0.1, 0.9, 0.5], [0.9, 0.2, 0.5]]]])
+    assert top_points(score, 2).tolist() == [[1, 3]]
+    assert top_points(score, 3).tolist() == [[1, 3, 2]]
+    assert top_points(score, 10).shape == (1, 6)
+    assert top_points(score, 0).shape == (1, 0)
+
+
+def test_replace_points_copies_refined_probabilities_only_at_indices():
+    coarse = torch.zeros(1, 2, 2, 2)
+    coarse[:, 0] = 1
+    fine = torch.zeros(1, 2, 2, 2)
+    fine[:, 1] = 1
+    out = replace_points(coarse, fine, torch.tensor([[3, 0]]))
+    assert out[0, 1].tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    assert out[0, 0].tolist() == [[0.0, 1.0], [1.0, 0.0]]
+    assert coarse[0, 0].sum() == 4  # input untouched
+
+
+def test_refine_replaces_where_coarse_unsure_and_refined_sure():
+    # Pixel 0: Y unsure, R sure -> replaced. Pixel 1: Y sure, R sure -> kept. Pixel 2: Y unsure, R unsure.
+    coarse = probs([0.5, 0.5], [0.9, 0.1], [0.5, 0.5])
+    refined = probs([0.0, 1.0], [0.0, 1.0], [0.5, 0.5])
+    assert torch.allclose(score_map(coarse, refined, 1).flatten(), torch.tensor([1.0, 0.2, 0.0]))
+    out = refine(coarse, refined, k=1, smooth_kernel=1)
+    assert torch.allclose(out[0, :, 0].T, torch.tensor([[0.0, 1.0], [0.9, 0.1], [0.5, 0.5]]))
+
+
+def test_score_blurred_at_model_input_size_then_resized_back_nearest():
+    coarse = torch.full((1, 2, 8, 8), 0.5)
+    refined = torch.zeros(1, 2, 8, 8)
+    refined[:, 0] = 1
+    refined[:, :, 0, 0] = 0.5  # one uncertain refined pixel
+    score = score_map(coarse, refined, 3, blur_size=(4, 4))
+    # At 4x4 the top-left 2x2 block is the uncertain pixel's nearest sample: 1 everywhere but the
+    # zero-padded corners of the 4x4 grid; back at 8x8 each 4x4 value covers a 2x2 block.
+    small = median_blur(F.interpolate(uncertainty(coarse) * certainty(refined), size=(4, 4)), 3)
+    assert torch.equal(score, F.interpolate(small, size=(8, 8)))
+    assert score[0, 0, 0, 0] == 0 and score[0, 0, 3, 3] == 1
+
+
+def test_crop_resize_equals_upsample_then_crop():
+    maps = torch.rand(2, 3, 16, 12)
+    up = F.interpolate(maps, size=(32, 24), mode="bilinear", align_corners=False)
+    boxes = torch.tensor([[0.0, 0.0, 8.0, 6.0], [4.0, 3.0, 12.0, 9.0]])  # halves of the map at 2x
+    got = crop_resize(maps, boxes, (16, 12))
+    assert torch.allclose(got[0], up[0, :, 0:16, 0:12], atol=1e-6)
+    assert torch.allclose(got[1], up[1, :, 8:24, 6:18], atol=1e-6)
+
+
+def test_crop_resize_identity_box_returns_the_map():
+    maps = torch.rand(1, 2, 5, 7)
+    assert torch.allclose(crop_resize(maps, torch.tensor([[0.0, 0.0, 5.0, 7.0]]), (5, 7)), maps, atol=1e-6)
