@@ -23,7 +23,7 @@ from magnet_cli.errors import UsageError
 from magnet_cli.io.base import Box, ImageSource, PixelNormalization
 from magnet_cli.models.bundle import ModelBundle
 from magnet_cli.pyramid import Level, ScalePlan, Window, make_plan
-from magnet_cli.refine import crop_resize, points_for_level, refine, replace_points, score_map, top_points, uncertainty
+from magnet_cli.refine import crop_resize, points_for_level, refine, uncertainty
 from magnet_cli.scheduler import TreeScheduler
 
 Mode = Literal["magnet", "fast", "patch", "downsample"]
@@ -223,11 +223,7 @@ class Engine:
                     windows = self._most_uncertain(spec, windows, coarse, self.settings.fast_patches)
                 proposal, covered = self._assemble(plan, spec, windows, read, pool, stats, coarse=coarse)
                 k = points_for_level(self.points, spec.pixel_count, len(windows), spec.window_count)
-                score = score_map(coarse, proposal, self.kernel, blur_size=(h, w))
-                # Only points inside refined windows may be replaced (outside them R is empty).
-                score = torch.where(covered, score, torch.full_like(score, -1.0))
-                k = min(k, int(covered.sum()))
-                level_map = replace_points(coarse, proposal, top_points(score, k))
+                level_map = refine(coarse, proposal, k, self.kernel, blur_size=(h, w), allowed=covered)
             stats.windows_per_level[index] = len(windows)
             progress(index, len(windows))
         assert level_map is not None

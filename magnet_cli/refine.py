@@ -92,12 +92,25 @@ def replace_points(coarse: torch.Tensor, refined: torch.Tensor, indices: torch.T
 
 
 def refine(
-    coarse: torch.Tensor, refined: torch.Tensor, k: int, smooth_kernel: int, blur_size: tuple[int, int] | None = None
+    coarse: torch.Tensor,
+    refined: torch.Tensor,
+    k: int,
+    smooth_kernel: int,
+    blur_size: tuple[int, int] | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One MagNet refinement: Y takes R's probabilities at the k points of highest score Q."""
+    """One MagNet refinement: Y takes R's probabilities at the k points of highest score Q.
+
+    `allowed` (N, 1, H, W bool) restricts replacement to where R exists (MagNet-Fast refines only
+    some windows of a level; elsewhere R is empty and must never overwrite Y).
+    """
+    if allowed is not None:
+        k = min(k, int(allowed.sum()))
     if k <= 0:
         return coarse
     score = score_map(coarse, refined, smooth_kernel, blur_size)
+    if allowed is not None:
+        score = torch.where(allowed, score, torch.full_like(score, -1.0))  # scores are >= 0
     return replace_points(coarse, refined, top_points(score, k))
 
 
