@@ -22,8 +22,10 @@ import torch.nn.functional as F
 from magnet_cli.errors import UsageError
 from magnet_cli.io.base import Box, ImageSource, PixelNormalization
 from magnet_cli.models.bundle import ModelBundle
+from magnet_cli.models.refiner import fuse_for_inference
 from magnet_cli.pyramid import Level, ScalePlan, Window, make_plan
 from magnet_cli.refine import crop_resize, points_for_level, refine, uncertainty
+from magnet_cli.runtime import keep_freed_memory_in_heap
 from magnet_cli.scheduler import TreeScheduler
 
 Mode = Literal["magnet", "fast", "patch", "downsample"]
@@ -117,8 +119,13 @@ class Engine:
         self.kernel = kernel
         self.points = points
         self.device = resolve_device(settings.device)
+        keep_freed_memory_in_heap()
+        # channels_last: oneDNN convolutions run about 3x faster in it on CPU (measured on the refiner).
         self.segmenter = bundle.segmenter.to(self.device)
-        self.refiner = bundle.refiner.to(self.device).eval() if bundle.refiner is not None else None
+        self.segmenter.module = _channels_last(self.segmenter.module)
+        self.refiner = (
+            _channels_last(fuse_for_inference(bundle.refiner).to(self.device)) if bundle.refiner is not None else None
+        )
         self.input_size = bundle.input_size
 
     # --- model calls --------------------------------------------------------------------------
@@ -130,7 +137,8 @@ class Engine:
     def _segment(self, images: torch.Tensor, stats: RunStats) -> torch.Tensor:
         start = time.perf_counter()
         with torch.inference_mode(), self._autocast():
-            probabilities = torch.softmax(self.segmenter(images.to(self.device)).float(), dim=1)
+            images = images.to(self.device).contiguous(memory_format=torch.channels_last)
+            probabilities = torch.softmax(self.segmenter(images).float(), dim=1).contiguous()
         self._sync()
         stats.segmenter_seconds += time.perf_counter() - start
         return probabilities
@@ -138,7 +146,8 @@ class Engine:
     def _refine_proposal(self, coarse: torch.Tensor, fine: torch.Tensor, stats: RunStats) -> torch.Tensor:
         start = time.perf_counter()
         with torch.inference_mode(), self._autocast():
-            proposal = torch.softmax(self.refiner(coarse, fine).float(), dim=1)  # type: ignore[misc]
+            coarse, fine = (t.contiguous(memory_format=torch.channels_last) for t in (coarse, fine))
+            proposal = torch.softmax(self.refiner(coarse, fine).float(), dim=1).contiguous()  # type: ignore[misc]
         self._sync()
         stats.refiner_seconds += time.perf_counter() - start
         return proposal
@@ -269,6 +278,13 @@ class Engine:
             means.append(float(u[y0:y1, x0:x1].mean()))
         order = sorted(range(len(windows)), key=lambda i: (-means[i], i))
         return [windows[i] for i in sorted(order[:n])]
+
+
+def _channels_last(module: torch.nn.Module) -> torch.nn.Module:
+    try:
+        return module.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
+    except (RuntimeError, TypeError):  # some TorchScript modules refuse; they still run
+        return module
 
 
 def _ignore(level: int, count: int) -> None:

@@ -41,7 +41,7 @@ def main() -> None:
         (args.input_size, args.input_size),
         refiner,
         points=0.5,
-        smooth_kernel=11,
+        smooth_kernel=5,
         extra={
             "description": "RANDOM-INIT PLACEHOLDER: untrained weights; masks are meaningless until issue 3 lands.",
             "training": {

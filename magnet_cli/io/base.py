@@ -159,7 +159,7 @@ def to_unit_rgb(raw: np.ndarray, normalization: PixelNormalization, path: Path |
     if raw.shape[2] != 3:
         raise InputError(f"{path}: --bands must name 1 or 3 bands, got {raw.shape[2]}")
     low, high = normalization.value_range or default_value_range(raw.dtype, path)
-    array = torch.from_numpy(np.ascontiguousarray(raw)).permute(2, 0, 1).to(torch.float32)
+    array = torch.from_numpy(raw.astype(np.float32)).permute(2, 0, 1)  # astype copies: sources may be read-only
     return ((array - low) / (high - low)).clamp_(0.0, 1.0)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Literal
 
@@ -121,3 +122,27 @@ def save_refiner(refiner: Refiner, path: Path | str) -> None:
         {"state_dict": refiner.state_dict(), "num_classes": refiner.num_classes, "input_order": refiner.input_order},
         Path(path),
     )
+
+
+def fuse_for_inference(refiner: Refiner) -> Refiner:
+    """A copy with every BatchNorm that follows a convolution folded into it (eval only).
+
+    Same function up to float rounding, about a fifth less CPU time. The input BatchNorm (bn0) stays:
+    it precedes a zero-padded convolution, and folding it would change the border pixels.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(refiner).eval()
+
+    def fold(owner: nn.Module, conv_name: str, bn_name: str) -> None:
+        setattr(owner, conv_name, fuse_conv_bn_eval(getattr(owner, conv_name), getattr(owner, bn_name)))
+        setattr(owner, bn_name, nn.Identity())
+
+    fold(fused, "conv1", "bn1")
+    fold(fused, "conv2", "bn2")
+    for block in fused.residual:
+        for i in (1, 2, 3):
+            fold(block, f"conv{i}", f"bn{i}")
+        if block.downsample is not None:
+            block.downsample = nn.Sequential(fuse_conv_bn_eval(block.downsample[0], block.downsample[1]))
+    return fused

@@ -91,3 +91,17 @@ def test_foreign_state_dict_is_a_model_error(tmp_path):
     torch.save({"weight": torch.zeros(3)}, path)
     with pytest.raises(ModelError, match="not a MagNet refiner"):
         load_refiner(path)
+
+
+def test_fused_refiner_computes_the_same_function():
+    from magnet_cli.models.refiner import fuse_for_inference
+
+    refiner = Refiner(4)
+    refiner.load_state_dict(reference_like_state(4, seed=3))
+    refiner.eval()
+    coarse, fine = torch.rand(2, 4, 20, 24).softmax(1), torch.rand(2, 4, 20, 24).softmax(1)
+    with torch.no_grad():
+        expected = refiner(coarse, fine)
+        got = fuse_for_inference(refiner)(coarse, fine)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for n, m in fuse_for_inference(refiner).named_modules() if n != "bn0")

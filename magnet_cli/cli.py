@@ -1,0 +1,189 @@
+"""The `magnet` command line: parse options, call the library, render with rich. No logic lives here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from magnet_cli.errors import MagnetError, UsageError
+
+app = typer.Typer(
+    name="magnet",
+    help="Segment gigapixel images with MagNet (progressive multi-scale refinement) in flat memory.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _run(action):
+    """Turn user errors into one red line and exit code 2, Ctrl-C into exit code 130."""
+    try:
+        return action()
+    except MagnetError as error:
+        _fail(str(error))
+    except KeyboardInterrupt:
+        _fail("interrupted; no output was completed", 130)
+
+
+def _parse_size(text: Optional[str], option: str) -> Optional[tuple[int, int]]:
+    if text is None:
+        return None
+    try:
+        parts = [int(p) for p in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        raise UsageError(f"{option} {text}: expected HxW, e.g. 512x512") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise UsageError(f"{option} {text}: expected HxW, e.g. 512x512")
+    return parts[0], parts[1]
+
+
+def _parse_floats(text: Optional[str], option: str, count: int) -> Optional[tuple[float, ...]]:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise UsageError(f"{option} {text}: expected {count} comma-separated numbers") from None
+    if len(values) != count:
+        raise UsageError(f"{option} {text}: expected {count} comma-separated numbers")
+    return values
+
+
+def _parse_points(text: Optional[str]) -> Optional[float]:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"--points {text}: expected a count (65536) or a fraction (0.5)") from None
+    if value < 0 or (value > 1 and value != int(value)):
+        raise UsageError(f"--points {text}: expected a count (65536) or a fraction (0.5)")
+    return value
+
+
+def _parse_bands(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    if text is None:
+        return None
+    try:
+        return tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise UsageError(f"--bands {text}: expected band indices such as 0,1,2") from None
+
+
+@app.command("segment")
+def segment_command(
+    inputs: List[Path] = typer.Argument(..., help="Images (TIFF, Zarr, OME-Zarr, PNG, JPEG) or folders of them."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output .zarr (one input) or folder (several)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model bundle folder (default: the bundled model)."),
+    segmenter: Optional[str] = typer.Option(None, "--segmenter", help="TorchScript segmenter file (or module:factory)."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Class count N or a class file (names, colours)."),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="Segmenter input size HxW."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean for --segmenter, e.g. 0.485,0.456,0.406."),
+    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std for --segmenter."),
+    refiner: Optional[Path] = typer.Option(None, "--refiner", help="Refiner checkpoint (ours or the reference's)."),
+    refiner_input_order: Optional[str] = typer.Option(
+        None, "--refiner-input-order", help="coarse_fine or fine_coarse (reference checkpoints: fine_coarse)."
+    ),
+    mode: str = typer.Option("magnet", "--mode", help="magnet, fast, patch or downsample."),
+    levels: Optional[str] = typer.Option(None, "--levels", help="Level count (3) or level long sides (256,512,1024)."),
+    points: Optional[str] = typer.Option(None, "--points", help="Points refined per level: count or fraction."),
+    smooth_kernel: Optional[int] = typer.Option(None, "--smooth-kernel", help="Odd median-blur kernel of the score."),
+    fast_patches: int = typer.Option(3, "--fast-patches", help="Windows refined per level in --mode fast."),
+    selection: str = typer.Option("window", "--selection", help="Point selection: window (streaming) or global."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Windows per segmenter/refiner call."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    bands: Optional[str] = typer.Option(None, "--bands", help="Bands to use as RGB for multi-band rasters, e.g. 3,2,1."),
+    write_probabilities: bool = typer.Option(False, "--write-probabilities", help="Also store class probabilities."),
+    write_uncertainty: bool = typer.Option(False, "--write-uncertainty", help="Also store the uncertainty map."),
+    preview: Optional[Path] = typer.Option(None, "--preview", help="PNG overlay of the mask on a thumbnail."),
+    zarr_format: int = typer.Option(3, "--zarr-format", help="3 (OME-Zarr NGFF 0.5) or 2 (NGFF 0.4)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    json_output: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+) -> None:
+    """Segment images into OME-Zarr label images."""
+    from magnet_cli.pyramid import parse_levels
+    from magnet_cli.segment import segment
+
+    def action():
+        return segment(
+            inputs,
+            output,
+            model=model,
+            segmenter=segmenter,
+            classes=classes,
+            input_size=_parse_size(input_size, "--input-size"),
+            mean=_parse_floats(mean, "--mean", 3),  # type: ignore[arg-type]
+            std=_parse_floats(std, "--std", 3),  # type: ignore[arg-type]
+            refiner=refiner,
+            refiner_input_order=refiner_input_order,
+            mode=mode,
+            levels=parse_levels(levels),
+            points=_parse_points(points),
+            smooth_kernel=smooth_kernel,
+            fast_patches=fast_patches,
+            selection=selection,
+            batch_size=batch_size,
+            device=device,
+            bands=_parse_bands(bands),
+            write_probabilities=write_probabilities,
+            write_uncertainty=write_uncertainty,
+            preview=preview,
+            zarr_format=zarr_format,
+            overwrite=overwrite,
+            progress=not no_progress,
+        )
+
+    results = _run(action)
+    if json_output:
+        out.print_json(json.dumps([r.to_dict() for r in results]))
+        return
+    table = Table(title="magnet segment")
+    for column in ("input", "output", "size", "mode", "windows", "seconds"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(r.input, r.output, f"{r.height} x {r.width}", r.mode, str(r.windows), f"{r.seconds:.1f}")
+    out.print(table)
+
+
+@app.command("info")
+def info_command(
+    path: Path = typer.Argument(..., help="An image (TIFF, Zarr, OME-Zarr, PNG, JPEG)."),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Size, dtype, pyramid levels, chunking and georeferencing of an image."""
+    from magnet_cli.info import info
+
+    details = _run(lambda: info(path))
+    if json_output:
+        out.print_json(json.dumps(details, default=str))
+        return
+    table = Table(show_header=False, title=str(path))
+    for key, value in details.items():
+        table.add_row(key, json.dumps(value, default=str) if isinstance(value, (list, dict)) else str(value))
+    out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

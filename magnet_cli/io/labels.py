@@ -1,0 +1,380 @@
+"""The label output: an OME-Zarr multiscale label image written window by window, never whole in memory.
+
+Layout of `<name>.zarr` (DESIGN section 4):
+
+    <name>.zarr/             group: a multiscale label image (NGFF 0.5 on Zarr v3, or NGFF 0.4 on Zarr v2)
+      0, 1, ...              uint8/uint16 class ids (y, x); level k is level 0 sampled every 2^k pixels
+      probabilities/0        optional (C, y, x) uint8, round(p * 255); its own one-level multiscales
+      uncertainty/0          optional (y, x) uint8, round(u * 255); its own one-level multiscales
+
+Every pyramid level is written straight from each window (no second pass), and the whole store is
+built in a sibling `<name>.partial-<pid>` directory renamed into place by `finalize()`, so nothing
+half-written ever sits at the output path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import numcodecs
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from magnet_cli.classes import ClassInfo
+from magnet_cli.errors import InputError, OutputError
+
+AXES_YX = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+AXES_CYX = [{"name": "c", "type": "channel"}, *AXES_YX]
+NGFF_VERSION = {3: "0.5", 2: "0.4"}
+OME_KEYS = {"ome", "multiscales", "image-label"}  # attribute keys the writer owns
+QUANTIZATION = {"dtype": "uint8", "scale": 1 / 255, "offset": 0.0}  # stored = round(value / scale)
+
+
+def level_shapes(height: int, width: int, min_level_size: int) -> list[tuple[int, int]]:
+    """Shapes of the nearest-neighbour pyramid: halve (rounding up) until the long side <= min_level_size."""
+    if min_level_size < 1:
+        raise ValueError(f"min_level_size must be >= 1, got {min_level_size}")
+    shapes = [(height, width)]
+    while max(shapes[-1]) > min_level_size:
+        factor = 1 << len(shapes)
+        shapes.append((-(-height // factor), -(-width // factor)))
+    return shapes
+
+
+def label_dtype(num_classes: int) -> np.dtype:
+    """uint8 for up to 255 classes, uint16 beyond."""
+    return np.dtype(np.uint8 if num_classes <= 255 else np.uint16)
+
+
+def quantize(values: np.ndarray) -> np.ndarray:
+    """Floats in [0, 1] to uint8 round(v * 255) (clipped), the storage of probabilities and uncertainty."""
+    return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def partial_path(path: Path) -> Path:
+    """The hidden-until-finished sibling an output is built in before being renamed to `path`."""
+    return path.with_name(f"{path.name}.partial-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def replace_file_atomically(path: Path) -> Iterator[Path]:
+    """Yield a sibling temporary file name; on success rename it onto `path`, on error remove it."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory, not a file")
+    if not path.parent.is_dir():
+        raise OutputError(f"cannot write {path}: folder {path.parent} does not exist")
+    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}{path.suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+
+
+class LabelWriter:
+    """Writes a label mask (plus optional probabilities and uncertainty) window by window.
+
+    Use as a context manager, or call `finalize()` (output complete and visible) or `abort()` (nothing
+    left behind). `write()` must be called from one thread at a time; each full-resolution pixel is
+    expected to be written by exactly one window.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        height: int,
+        width: int,
+        classes: list[ClassInfo],
+        *,
+        chunk_size: int = 1024,
+        zarr_format: int = 3,
+        write_probabilities: bool = False,
+        write_uncertainty: bool = False,
+        attributes: dict | None = None,
+        overwrite: bool = False,
+        min_level_size: int = 256,
+    ) -> None:
+        if zarr_format not in NGFF_VERSION:
+            raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format}")
+        if height < 1 or width < 1 or chunk_size < 1:
+            raise ValueError(f"invalid output geometry {height} x {width}, chunk {chunk_size}")
+        if len(classes) < 1 or len(classes) > 65535:
+            raise ValueError(f"between 1 and 65535 classes are supported, got {len(classes)}")
+        clash = OME_KEYS & set(attributes or {})
+        if clash:
+            raise ValueError(f"attributes may not set the OME keys {sorted(clash)}")
+        self.path = Path(path)
+        self.height, self.width = height, width
+        self.classes = list(classes)
+        self.zarr_format = zarr_format
+        self.chunk_size = chunk_size
+        self.overwrite = overwrite
+        self.dtype = label_dtype(len(classes))
+        self.shapes = level_shapes(height, width, min_level_size)
+        self._check_destination()
+        self.partial = partial_path(self.path)
+        try:
+            if self.partial.exists():  # left by an earlier process with our pid: never a live output
+                shutil.rmtree(self.partial)
+            self.partial.mkdir()
+        except OSError as error:
+            raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None
+        self._state = "open"
+        try:
+            self._create_store(write_probabilities, write_uncertainty, attributes or {})
+        except BaseException as error:
+            self.abort()
+            if isinstance(error, OSError):
+                raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None
+            raise
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def write(
+        self,
+        y0: int,
+        x0: int,
+        labels: np.ndarray,
+        probabilities: np.ndarray | None = None,
+        uncertainty: np.ndarray | None = None,
+    ) -> None:
+        """Store one window at full-resolution offset (y0, x0), and its samples on every pyramid level."""
+        if self._state != "open":
+            raise RuntimeError(f"LabelWriter for {self.path} is {self._state}; write() needs an open writer")
+        labels = np.asarray(labels)
+        if labels.ndim != 2 or labels.size == 0:
+            raise ValueError(f"labels must be a non-empty (h, w) array, got shape {labels.shape}")
+        h, w = labels.shape
+        y0, x0 = int(y0), int(x0)
+        if y0 < 0 or x0 < 0 or y0 + h > self.height or x0 + w > self.width:
+            raise ValueError(
+                f"window ({y0}, {x0}) + {h} x {w} lies outside the {self.height} x {self.width} output"
+            )
+        if labels.dtype.kind not in "iu":
+            raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= len(self.classes):
+            raise ValueError(f"class ids must lie in [0, {len(self.classes)}), got [{low}, {high}]")
+        if self._probabilities is not None:
+            if probabilities is None:
+                raise ValueError("this writer stores probabilities: write() needs them")
+            probabilities = np.asarray(probabilities)
+            expected = (len(self.classes), h, w)
+            if probabilities.shape != expected:
+                raise ValueError(f"probabilities must have shape {expected}, got {probabilities.shape}")
+        if self._uncertainty is not None:
+            if uncertainty is None:
+                raise ValueError("this writer stores uncertainty: write() needs it")
+            uncertainty = np.asarray(uncertainty)
+            if uncertainty.shape != (h, w):
+                raise ValueError(f"uncertainty must have shape {(h, w)}, got {uncertainty.shape}")
+
+        labels = labels.astype(self.dtype, copy=False)
+        for level, array in enumerate(self._levels):
+            factor = 1 << level
+            dy, dx = -y0 % factor, -x0 % factor  # first row/column in the window on this level's grid
+            if dy >= h or dx >= w:
+                continue
+            block = labels[dy::factor, dx::factor]
+            ty, tx = (y0 + dy) // factor, (x0 + dx) // factor
+            array[ty : ty + block.shape[0], tx : tx + block.shape[1]] = block
+        if self._probabilities is not None:
+            self._probabilities[:, y0 : y0 + h, x0 : x0 + w] = quantize(probabilities)
+        if self._uncertainty is not None:
+            self._uncertainty[y0 : y0 + h, x0 : x0 + w] = quantize(uncertainty)
+
+    def finalize(self) -> Path:
+        """Make the output complete and visible at `path` (replacing an old one only with overwrite)."""
+        if self._state == "finalized":
+            return self.path
+        if self._state != "open":
+            raise RuntimeError(f"LabelWriter for {self.path} was aborted")
+        if os.path.lexists(self.path) and not self.overwrite:
+            raise OutputError(
+                f"{self.path} appeared while writing; pass --overwrite to replace it "
+                f"(the finished output is in {self.partial})"
+            )
+        self._release_arrays()
+        replaced = self.path.with_name(f"{self.path.name}.replaced-{os.getpid()}")
+        try:
+            if os.path.lexists(self.path):
+                os.rename(self.path, replaced)
+                try:
+                    os.rename(self.partial, self.path)
+                except OSError:
+                    os.rename(replaced, self.path)  # put the old output back
+                    raise
+                _remove(replaced)
+            else:
+                os.rename(self.partial, self.path)
+        except OSError as error:
+            raise OutputError(f"cannot move the finished output to {self.path}: {error.strerror or error}") from None
+        self._state = "finalized"
+        return self.path
+
+    def abort(self) -> None:
+        """Remove everything written so far; the output path is left as it was. Safe to call twice."""
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        self._release_arrays()
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+    def __enter__(self) -> LabelWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        if exc_type is None:
+            self.finalize()
+        else:
+            self.abort()  # KeyboardInterrupt included: it reaches __exit__ like any exception
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _check_destination(self) -> None:
+        path = self.path
+        if os.path.lexists(path):
+            if not path.is_dir():
+                raise OutputError(f"{path} exists and is not a directory; choose another output path")
+            if not self.overwrite:
+                raise OutputError(f"{path} already exists; pass --overwrite to replace it")
+            if any(path.iterdir()) and not _is_zarr_store(path):
+                raise OutputError(f"{path} is a non-empty folder that is not a Zarr store; refusing to replace it")
+        if not path.parent.is_dir():
+            raise OutputError(f"cannot write {path}: folder {path.parent} does not exist")
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write {path}: folder {path.parent} is not writable")
+
+    def _create_store(self, write_probabilities: bool, write_uncertainty: bool, attributes: dict) -> None:
+        fmt = self.zarr_format
+        root = zarr.open_group(self.partial, mode="w", zarr_format=fmt)
+        self._levels = [
+            self._create_array(root, str(level), shape, self.dtype, ["y", "x"])
+            for level, shape in enumerate(self.shapes)
+        ]
+        datasets = [
+            {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [float(1 << level)] * 2}]}
+            for level in range(len(self.shapes))
+        ]
+        multiscale = {
+            "name": self.path.name,
+            "axes": AXES_YX,
+            "datasets": datasets,
+            "type": "nearest",
+            "metadata": {"description": "level k holds every 2^k-th pixel of level 0 in y and x (no filtering)"},
+        }
+        image_label = {
+            "colors": [{"label-value": i, "rgba": [*map(int, c.color), 255]} for i, c in enumerate(self.classes)],
+            "properties": [{"label-value": i, "class": c.name} for i, c in enumerate(self.classes)],
+            "source": {},  # the input is usually not an OME-Zarr image, so there is no path to give
+        }
+        root.attrs.update({**_ome_attributes(fmt, [multiscale], {"image-label": image_label}), **attributes})
+
+        self._probabilities = self._uncertainty = None
+        names = [c.name for c in self.classes]
+        if write_probabilities:
+            group = root.create_group("probabilities")
+            shape = (len(self.classes), self.height, self.width)
+            self._probabilities = self._create_array(group, "0", shape, np.dtype(np.uint8), ["c", "y", "x"])
+            group.attrs.update(_side_attributes(fmt, "probabilities", AXES_CYX, {"classes": names}))
+        if write_uncertainty:
+            group = root.create_group("uncertainty")
+            shape = (self.height, self.width)
+            self._uncertainty = self._create_array(group, "0", shape, np.dtype(np.uint8), ["y", "x"])
+            group.attrs.update(_side_attributes(fmt, "uncertainty", AXES_YX, {"measure": "1 - (top1 - top2)"}))
+
+    def _create_array(
+        self, group: zarr.Group, name: str, shape: tuple[int, ...], dtype: np.dtype, dims: list[str]
+    ) -> zarr.Array:
+        chunks = tuple([1] * (len(shape) - 2) + [min(self.chunk_size, n) for n in shape[-2:]])
+        if self.zarr_format == 3:
+            return group.create_array(
+                name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, dimension_names=dims,
+                compressors=BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),
+            )
+        # NGFF 0.4 stores chunks in nested folders ("/" separator), see its on-disk layout section.
+        return group.create_array(
+            name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+            compressors=numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE),
+        )
+
+    def _release_arrays(self) -> None:
+        self._levels, self._probabilities, self._uncertainty = [], None, None
+
+
+def _ome_attributes(zarr_format: int, multiscales: list[dict], extra: dict) -> dict:
+    """NGFF 0.5 nests everything under "ome" with one version; 0.4 puts keys at the top, versioned each."""
+    version = NGFF_VERSION[zarr_format]
+    if zarr_format == 3:
+        return {"ome": {"version": version, "multiscales": multiscales, **extra}}
+    return {
+        "multiscales": [{"version": version, **m} for m in multiscales],
+        **{key: {"version": version, **value} for key, value in extra.items()},
+    }
+
+
+def _side_attributes(zarr_format: int, name: str, axes: list[dict], info: dict) -> dict:
+    """Minimal one-level multiscales for the probabilities / uncertainty groups, plus their encoding."""
+    dataset = {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(axes)}]}
+    multiscale = {"name": name, "axes": axes, "datasets": [dataset]}
+    return {**_ome_attributes(zarr_format, [multiscale], {}), "magnet": {"quantization": QUANTIZATION, **info}}
+
+
+def _is_zarr_store(path: Path) -> bool:
+    return any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray"))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+# -- reading back ---------------------------------------------------------------------------------
+
+
+def multiscales_of(attributes: dict) -> list[dict]:
+    """The "multiscales" list of a group's attributes, for NGFF 0.5 ("ome" namespace) and 0.4 alike."""
+    return (attributes.get("ome") or {}).get("multiscales") or attributes.get("multiscales") or []
+
+
+def open_label_levels(label_path: Path) -> list[zarr.Array]:
+    """The pyramid arrays of a label image written by `LabelWriter` (or any NGFF multiscale), finest first."""
+    label_path = Path(label_path)
+    try:
+        root = zarr.open_group(label_path, mode="r")
+    except (FileNotFoundError, OSError, ValueError, KeyError, zarr.errors.GroupNotFoundError) as error:
+        raise InputError(f"{label_path}: not a readable Zarr label image ({error})") from None
+    multiscales = multiscales_of(dict(root.attrs))
+    if not multiscales or not multiscales[0].get("datasets"):
+        raise InputError(f"{label_path}: no OME-NGFF multiscales metadata")
+    try:
+        return [root[dataset["path"]] for dataset in multiscales[0]["datasets"]]
+    except KeyError as error:
+        raise InputError(f"{label_path}: multiscales names a missing array {error}") from None
+
+
+def read_labels(
+    label_path: Path, level: int = 0, region: tuple[int, int, int, int] | None = None
+) -> np.ndarray:
+    """Class ids of one pyramid level, whole or `region` = (y0, x0, y1, x1) in that level's pixels."""
+    levels = open_label_levels(label_path)
+    if not 0 <= level < len(levels):
+        raise ValueError(f"{label_path} has pyramid levels 0..{len(levels) - 1}, not {level}")
+    array = levels[level]
+    if region is None:
+        return array[...]
+    y0, x0, y1, x1 = region
+    return array[y0:y1, x0:x1]

@@ -1,0 +1,90 @@
+"""Open any supported input by its content (TIFF, PNG/JPEG/..., Zarr folder), list a folder's images, describe one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from magnet_cli.errors import InputError
+from magnet_cli.io.base import ImageSource
+from magnet_cli.io.raster import RasterSource
+from magnet_cli.io.tiff import TiffSource
+from magnet_cli.io.zarr_source import ZarrSource, is_zarr_dir
+
+TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".tf8", ".tf2", ".svs", ".gtif", ".gtiff", ".ndpi", ".scn", ".qptiff"}
+RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".webp"}
+SUPPORTED_SUFFIXES = TIFF_SUFFIXES | RASTER_SUFFIXES
+
+
+def sniff(head: bytes) -> str | None:
+    """'tiff', 'raster' or None from a file's first bytes."""
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if (
+        head.startswith(b"\x89PNG\r\n\x1a\n")
+        or head.startswith(b"\xff\xd8\xff")
+        or head[:4] in (b"GIF8",)
+        or head[:2] == b"BM"
+        or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+    ):
+        return "raster"
+    return None
+
+
+def open_image(path: str | Path) -> ImageSource:
+    """The ImageSource for a file or Zarr folder, chosen by content rather than by name."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        if is_zarr_dir(path):
+            return ZarrSource(path)
+        raise InputError(f"{path}: a folder but not a Zarr store (no zarr.json, .zarray or .zgroup)")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(16)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if not head:
+        raise InputError(f"{path}: empty file")
+    kind = sniff(head)
+    if kind == "tiff":
+        return TiffSource(path)
+    if kind == "raster":
+        return RasterSource(path)
+    expected = "a TIFF" if path.suffix.lower() in TIFF_SUFFIXES else "a supported image (TIFF, PNG, JPEG or Zarr)"
+    raise InputError(f"{path}: not {expected} (unrecognised file header)")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Supported images directly in a folder (files by suffix, Zarr stores), sorted, hidden ones skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder")
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            if is_zarr_dir(entry):
+                found.append(entry)
+        elif entry.suffix.lower() in SUPPORTED_SUFFIXES:
+            found.append(entry)
+    return found
+
+
+def describe(source: ImageSource) -> dict:
+    """A JSON-serialisable summary of an opened image, as `magnet info` prints it."""
+    return {
+        "path": str(source.path),
+        "format": source.format_name,
+        "height": source.height,
+        "width": source.width,
+        "bands": source.bands,
+        "dtype": str(source.dtype),
+        "levels": [
+            [level.height, level.width, round(max(level.downsample_y, level.downsample_x), 4)]
+            for level in source.levels
+        ],
+        "chunks": list(source.chunks) if source.chunks is not None else None,
+        "georeference": source.georeference,
+    }

@@ -1,0 +1,175 @@
+"""A temporary pyramid for inputs stored without one, built in one pass over level 0 in bounded memory.
+
+Level k (k >= 1) has shape ceil(H / 2^k) x ceil(W / 2^k) and downsample exactly 2^k: its pixel (i, j)
+is the mean of level-0 rows [i 2^k, (i+1) 2^k) and columns [j 2^k, (j+1) 2^k), clipped to the image
+(ceiling convention: the last row/column of a level averages only the pixels that exist). Level 0 is
+read in blocks whose sides are multiples of 2^K (K the coarsest level), so every block maps onto whole
+pixels of every level and is reduced into all of them at once, exactly and independently of the others.
+Integer samples are rounded to the nearest value; bool samples become float32 means in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from magnet_cli.io.base import ImageSource, PyramidLevel
+from magnet_cli.io.zarr_source import region_index
+
+BLOCK_SIDE = 1024  # level-0 block side for tiled or chunk-less sources (rounded up to a multiple of 2^K)
+BLOCK_PIXELS = 1 << 22  # target level-0 pixels per block when strips force full-width blocks
+CACHE_CHUNK = 256  # chunk side of the temporary Zarr levels
+
+
+def pyramid_shapes(height: int, width: int, min_size: int) -> list[tuple[int, int]]:
+    """Shapes of levels 1..K: ceil(H / 2^k) x ceil(W / 2^k), down to a long side of at most min_size."""
+    if min_size < 1:
+        raise ValueError(f"min_size must be positive, got {min_size}")
+    shapes = []
+    k = 1
+    while True:
+        shape = (-(-height // 2**k), -(-width // 2**k))
+        shapes.append(shape)
+        if max(shape) <= min_size:
+            return shapes
+        k += 1
+
+
+def ensure_pyramid(source: ImageSource, tmp_dir: Path | None = None, min_size: int = 512) -> ImageSource:
+    """`source` itself when it has a stored pyramid or is small, else a source with a temporary pyramid.
+
+    The temporary pyramid lives in a fresh folder under `tmp_dir` (the system temp folder when None) and
+    is deleted by the returned source's close(), which also closes `source`. If building fails, `source`
+    is closed too (the caller would have no other handle to close it with).
+    """
+    if len(source.levels) > 1 or max(source.height, source.width) <= 2 * min_size:
+        return source
+    try:
+        return CachedPyramidSource(source, tmp_dir, min_size)
+    except BaseException:
+        source.close()
+        raise
+
+
+class CachedPyramidSource(ImageSource):
+    """Level 0 from the original source, coarser levels from a temporary Zarr store it deletes on close."""
+
+    def __init__(self, source: ImageSource, tmp_dir: Path | None, min_size: int) -> None:
+        shapes = pyramid_shapes(source.height, source.width, min_size)
+        self._source = source
+        self._dir: Path | None = Path(tempfile.mkdtemp(prefix="magnet-pyramid-", dir=tmp_dir))
+        try:
+            self._arrays = build_levels(source, shapes, self._dir)
+        except BaseException:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+            raise
+        levels = [source.levels[0]] + [
+            PyramidLevel(h, w, float(2**k), float(2**k)) for k, (h, w) in enumerate(shapes, start=1)
+        ]
+        super().__init__(
+            source.path,
+            source.height,
+            source.width,
+            source.bands,
+            source.dtype,
+            levels,
+            chunks=source.chunks,
+            format_name=source.format_name,
+            georeference=source.georeference,
+            extra={**source.extra, "temporary_pyramid": str(self._dir)},
+        )
+
+    def read_level(self, level: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        if level == 0:
+            return self._source.read_level(0, y0, x0, y1, x1)
+        array = self._arrays[level - 1]
+        return np.asarray(array[region_index("YXC", array.shape, y0, x0, y1, x1)])
+
+    def close(self) -> None:
+        self._arrays = []
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+        self._source.close()
+
+
+# --------------------------------------------------------------------------------------------------
+def build_levels(source: ImageSource, shapes: list[tuple[int, int]], directory: Path) -> list[zarr.Array]:
+    """Write levels 1..K of `source` into Zarr arrays under `directory`, reading level 0 once."""
+    step = 2 ** len(shapes)
+    level_dtype = np.dtype(np.float32) if source.dtype == np.bool_ else np.dtype(source.dtype)
+    arrays = [
+        zarr.create_array(
+            store=str(directory / f"level{k}.zarr"),
+            shape=(h, w, source.bands),
+            chunks=(min(CACHE_CHUNK, h), min(CACHE_CHUNK, w), source.bands),
+            dtype=level_dtype,
+            fill_value=0,
+            zarr_format=3,
+        )
+        for k, (h, w) in enumerate(shapes, start=1)
+    ]
+    block_y, block_x = block_shape(source, step)
+    first_sum_dtype = np.float64 if source.dtype == np.float64 else np.float32
+    for y0 in range(0, source.height, block_y):
+        y1 = min(source.height, y0 + block_y)
+        for x0 in range(0, source.width, block_x):
+            x1 = min(source.width, x0 + block_x)
+            sums = source.read_level(0, y0, x0, y1, x1).astype(first_sum_dtype)
+            rows, cols = np.ones(y1 - y0), np.ones(x1 - x0)
+            for k, array in enumerate(arrays, start=1):
+                sums = _pair_sum(_pair_sum(sums, 0), 1)
+                if k == 1:
+                    sums = sums.astype(np.float64)  # float32 is exact for level 1 of uint8/uint16, not beyond
+                rows, cols = _pair_sum(rows, 0), _pair_sum(cols, 0)
+                mean = sums / (rows[:, None, None] * cols[None, :, None])
+                ly, lx = y0 >> k, x0 >> k
+                array[ly : ly + mean.shape[0], lx : lx + mean.shape[1]] = _cast(mean, level_dtype)
+    return arrays
+
+
+def block_shape(source: ImageSource, step: int) -> tuple[int, int]:
+    """Level-0 block (rows, columns): multiples of `step`, aligned to the source's chunks where cheap."""
+    chunk_y, chunk_x = (source.chunks[-2], source.chunks[-1]) if source.chunks and len(source.chunks) >= 2 else (0, 0)
+    if chunk_x >= source.width:  # strips span whole rows: read full-width bands of strips
+        block_x = _round_up(source.width, step)
+        unit = _aligned_unit(step, chunk_y, limit=max(step, 4 * BLOCK_PIXELS // source.width))
+        return _round_up(max(1, BLOCK_PIXELS // source.width), unit), block_x
+    unit_y = _aligned_unit(step, chunk_y, limit=4 * BLOCK_SIDE)
+    unit_x = _aligned_unit(step, chunk_x, limit=4 * BLOCK_SIDE)
+    return _round_up(max(BLOCK_SIDE, chunk_y), unit_y), _round_up(max(BLOCK_SIDE, chunk_x), unit_x)
+
+
+def _aligned_unit(step: int, chunk: int, limit: int) -> int:
+    """lcm(step, chunk) when it is at most `limit` (blocks then never split a chunk), else step."""
+    if chunk <= 0:
+        return step
+    unit = math.lcm(step, chunk)
+    return unit if unit <= limit else step
+
+
+def _round_up(value: int, unit: int) -> int:
+    return -(-value // unit) * unit
+
+
+def _pair_sum(array: np.ndarray, axis: int) -> np.ndarray:
+    """Sums of neighbouring pairs along `axis`; an odd last element stays alone."""
+    array = np.moveaxis(array, axis, 0)
+    n = array.shape[0]
+    out = array[0 : n - 1 : 2] + array[1:n:2]
+    if n % 2:
+        out = np.concatenate([out, array[n - 1 : n]], axis=0)
+    return np.moveaxis(out, 0, axis)
+
+
+def _cast(mean: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(mean), info.min, info.max).astype(dtype)
+    return mean.astype(dtype)

@@ -1,0 +1,297 @@
+"""TIFF, BigTIFF, OME-TIFF, SVS and GeoTIFF as an ImageSource, decoding only the tiles/strips a read touches.
+
+Compressed data is read through tifffile's Zarr store (one Zarr chunk per TIFF tile or strip); uncompressed
+contiguous data is memory-mapped. The image read is the largest series (SVS: the baseline pyramid, not
+the thumbnail, label or macro), with its pyramid from SubIFDs or reduced-resolution pages.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+import zarr
+from zarr.storage import WrapperStore
+
+from magnet_cli.errors import InputError
+from magnet_cli.io.base import ImageSource, PyramidLevel
+from magnet_cli.io.zarr_source import check_image, region_index, to_yxc
+
+# GeoTIFF and GDAL tags copied into `ImageSource.georeference` under these names (GeoTIFF writers map the
+# names back to the codes).
+GEOTIFF_TAGS = {
+    33550: "ModelPixelScaleTag",
+    33922: "ModelTiepointTag",
+    34264: "ModelTransformationTag",
+    34735: "GeoKeyDirectoryTag",
+    34736: "GeoDoubleParamsTag",
+    34737: "GeoAsciiParamsTag",
+    42112: "GDAL_METADATA",
+    42113: "GDAL_NODATA",
+}
+# Decode a small probe region at open (to fail early on missing codecs and corrupt first tiles) only when
+# the tile holding it is at most this many pixels; a huge single strip would cost a full decode.
+PROBE_MAX_CHUNK_PIXELS = 1 << 24
+
+
+class TiffSource(ImageSource):
+    """The main image of a TIFF file with its stored pyramid, read lazily."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"{path}: no such file")
+        self._tif: tifffile.TiffFile | None = None
+        self._stores: list[Any] = []
+        self._arrays: list[Any] = []
+        try:
+            self._open(path)
+        except BaseException:
+            self._close_handles()
+            raise
+
+    def _open(self, path: Path) -> None:
+        warnings: list[str] = []
+        try:
+            with _captured_warnings(warnings):
+                self._tif = tifffile.TiffFile(path)
+                series_index, series = _main_series(self._tif, path)
+                opened = [self._open_level(path, series, index) for index in range(len(series.levels))]
+                keyframe = series.keyframe
+                georeference = _georeference(keyframe)
+        except (InputError, MemoryError):
+            raise
+        except Exception as exc:  # tifffile/zarr errors on a malformed file
+            raise InputError(f"{path}: not a readable TIFF file: {exc}") from exc
+        self._arrays = [array for array, _ in opened]
+        self._axes = [axes for _, axes in opened]
+        self._failures: list[dict[str, Exception]] = [
+            {} if isinstance(array, np.memmap) else array.store.failures for array in self._arrays
+        ]
+        shapes = [_plane_shape(array.shape, axes) for array, axes in opened]
+        height, width = shapes[0]
+        if series.dtype is None:
+            raise InputError(f"{path}: unsupported TIFF sample format ({keyframe.bitspersample} bits per sample)")
+        dtype = np.dtype(series.dtype).newbyteorder("=")
+        check_image(path, height, width, dtype)
+        if any(h <= 0 or w <= 0 for h, w in shapes):
+            raise InputError(f"{path}: empty pyramid level among {shapes}")
+        tif = self._tif
+        kind = "OME-TIFF" if tif.is_ome else "SVS" if tif.is_svs else "TIFF"
+        if tif.is_bigtiff:
+            kind += " (BigTIFF)"
+        if georeference is not None:
+            kind = "GeoTIFF" + kind[4:] if kind.startswith("TIFF") else kind + " + GeoTIFF"
+        chunks = (
+            (keyframe.tilelength, keyframe.tilewidth)
+            if keyframe.is_tiled
+            else (min(keyframe.rowsperstrip, keyframe.imagelength), keyframe.imagewidth)
+        )
+        extra: dict[str, Any] = {
+            "series": series_index,
+            "series_name": series.name,
+            "axes": series.get_axes(False),
+            "compression": _name(keyframe.compression),
+            "photometric": _name(keyframe.photometric),
+            "planar": keyframe.planarconfig == 2,
+        }
+        if warnings:
+            extra["warnings"] = warnings
+        base_axes, base_shape = self._axes[0], self._arrays[0].shape
+        bands = base_shape[base_axes.index("C")] if "C" in base_axes else 1
+        levels = [PyramidLevel(h, w, height / h, width / w) for h, w in shapes]
+        super().__init__(path, height, width, bands, dtype, levels, chunks, kind, georeference, extra)
+        if not isinstance(self._arrays[0], np.memmap) and chunks[0] * chunks[1] <= PROBE_MAX_CHUNK_PIXELS:
+            self.read_level(0, 0, 0, 1, 1)  # fail at open on a missing codec or a corrupt first tile
+
+    def _open_level(self, path: Path, series: tifffile.TiffPageSeries, index: int) -> tuple[Any, str]:
+        """The array of one pyramid level (memory map or Zarr view) and its one-letter axes."""
+        level = series.levels[index]
+        shape, axes = level.get_shape(False), level.get_axes(False)
+        letters = _letters(path, axes, shape)
+        offset = level.dataoffset
+        if offset is not None and getattr(series, "transform", None) is None and level.dtype is not None:
+            dtype = np.dtype(self._tif.byteorder + level.dtype.char)
+            return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape), letters
+        store = _FailureRecordingStore(series.aszarr(level=index, squeeze=False))
+        self._stores.append(store)
+        array = zarr.open(store, mode="r", zarr_format=2)
+        if tuple(array.shape) != tuple(shape):
+            raise InputError(f"{path}: level {index} reads as {array.shape}, expected {shape}")
+        return array, letters
+
+    def read_level(self, level: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        if self._tif is None:
+            raise InputError(f"{self.path}: read after close")
+        array, axes = self._arrays[level], self._axes[level]
+        index = region_index(axes, array.shape, y0, x0, y1, x1)
+        try:
+            data = np.asarray(array[index])
+            failures = self._failures[level]
+            if failures:
+                bad = sorted(_chunk_keys(index, array.shape, array.chunks) & failures.keys())
+                if bad:
+                    raise failures[bad[0]]
+        except MemoryError:
+            raise
+        except Exception as exc:  # truncated file, corrupt tile, missing codec
+            raise InputError(
+                f"{self.path}: cannot decode level {level} rows {y0}:{y1} columns {x0}:{x1} "
+                f"(corrupt or truncated TIFF?): {exc}"
+            ) from exc
+        return to_yxc(data, axes)
+
+    def close(self) -> None:
+        self._arrays = []
+        self._close_handles()
+
+    def _close_handles(self) -> None:
+        for store in self._stores:
+            try:
+                store.close()
+            except Exception:  # closing a half-opened store must not hide the original error
+                pass
+        self._stores = []
+        if self._tif is not None:
+            self._tif.close()
+            self._tif = None
+
+
+# --------------------------------------------------------------------------------------------------
+class _FailureRecordingStore(WrapperStore):
+    """tifffile's Zarr store, with tiles that fail to decode recorded and served as missing.
+
+    Zarr fetches the chunks of one read concurrently; had a tile's exception propagated, the sibling fetches
+    would still be running after the read returned (and fail noisily once the file is closed). Instead
+    every fetch completes, and read_level raises for recorded failures inside the region it read.
+    """
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        self.failures: dict[str, Exception] = {}
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        try:
+            return await self._store.get(key, prototype, byte_range)
+        except Exception as exc:  # corrupt/truncated tile or missing codec: reported by read_level
+            self.failures[key] = exc
+            return None
+
+
+def _chunk_keys(index: tuple, shape: tuple[int, ...], chunks: tuple[int, ...]) -> set[str]:
+    """Zarr v2 keys ('i.j.k') of the chunks an index of ints and slices touches."""
+    ranges = []
+    for selection, size, chunk in zip(index, shape, chunks):
+        if isinstance(selection, slice):
+            start, stop, _ = selection.indices(size)
+            ranges.append(range(start // chunk, (stop - 1) // chunk + 1))
+        else:
+            ranges.append(range(selection // chunk, selection // chunk + 1))
+    return {".".join(map(str, key)) for key in itertools.product(*ranges)}
+
+
+def _plane_shape(shape: tuple[int, ...], axes: str) -> tuple[int, int]:
+    return shape[axes.index("Y")], shape[axes.index("X")]
+
+
+def _main_series(tif: tifffile.TiffFile, path: Path) -> tuple[int, tifffile.TiffPageSeries]:
+    """The series with the most pixels in its full-resolution level (first on ties)."""
+    best, best_pixels = -1, -1
+    for index, series in enumerate(tif.series):
+        axes, shape = series.get_axes(False), series.get_shape(False)
+        if "Y" not in axes or "X" not in axes:
+            continue
+        pixels = shape[axes.index("Y")] * shape[axes.index("X")]
+        if pixels > best_pixels:
+            best, best_pixels = index, pixels
+    shapes = [series.shape for series in tif.series]
+    if best < 0 or best_pixels == 0:
+        empty = [shape for shape in shapes if 0 in shape]
+        raise InputError(f"{path}: " + (f"empty image (shape {empty[0]})" if empty else "no image"))
+    return best, tif.series[best]
+
+
+def _letters(path: Path, axes: str, shape: tuple[int, ...]) -> str:
+    """tifffile axes -> 'Y', 'X', 'C' (samples or channels) and '_' for the axes read at index 0."""
+    band_axes = [i for i, a in enumerate(axes) if a in "SC" and shape[i] > 1]
+    if len(band_axes) > 1:
+        raise InputError(f"{path}: both samples and channels ({axes} {shape}); only one band axis is supported")
+    letters = ""
+    for i, axis in enumerate(axes):
+        if axis in "YX":
+            letters += axis
+        elif i in band_axes:
+            letters += "C"
+        else:
+            letters += "_"
+    if letters.count("Y") != 1 or letters.count("X") != 1:
+        raise InputError(f"{path}: no single image plane in axes {axes}")
+    return letters
+
+
+def _georeference(page: tifffile.TiffPage) -> dict | None:
+    """GeoTIFF/GDAL tags of the main page as JSON-serialisable values, or None when there are none."""
+    found = {name: _jsonable(page.tags.valueof(code)) for code, name in GEOTIFF_TAGS.items() if code in page.tags}
+    if not found:
+        return None
+    if 34735 in page.tags:
+        geokeys = page.geotiff_tags or {}
+        found["GeoKeys"] = {
+            str(key): _jsonable(value)
+            for key, value in geokeys.items()
+            if key not in ("ModelPixelScale", "ModelTiepoint", "ModelTransformation", "IntergraphMatrix")
+        }
+    return found
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value if isinstance(value.value, (int, float, str)) else value.name
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return value.decode("latin-1").rstrip("\x00")
+    if isinstance(value, str):
+        return value.rstrip("\x00")
+    return value
+
+
+def _name(value: Any) -> str:
+    return value.name if isinstance(value, enum.Enum) else str(value)
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, sink: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(record.getMessage())
+
+
+@contextmanager
+def _captured_warnings(sink: list[str]) -> Iterator[None]:
+    """Collect tifffile's warnings about malformed files into `sink` instead of printing them."""
+    logger = logging.getLogger("tifffile")
+    handler = _ListHandler(sink)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate

@@ -1,0 +1,298 @@
+"""`segment`: images in, OME-Zarr label images out. The library function behind `magnet segment`."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from magnet_cli.classes import ClassInfo, parse_classes
+from magnet_cli.errors import InputError, ModelError, OutputError, UsageError
+from magnet_cli.io.background import BackgroundWriter
+from magnet_cli.io.base import Box, PixelNormalization
+from magnet_cli.io.labels import LabelWriter
+from magnet_cli.io.open import list_images, open_image
+from magnet_cli.io.preview import write_preview
+from magnet_cli.io.pyramid_cache import ensure_pyramid
+from magnet_cli.models.bundle import ModelBundle, bundle_from_parts, load_bundle
+from magnet_cli.pipeline import Engine, InferenceSettings, plan_for, windows_per_level
+from magnet_cli.progress import LevelProgress, progress_enabled
+from magnet_cli.refine import uncertainty as uncertainty_of
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "default"
+OUTPUT_SUFFIX = ".zarr"
+
+
+@dataclass
+class SegmentResult:
+    """What one image's run produced; `magnet segment --json` prints a list of these."""
+
+    input: str
+    output: str
+    height: int
+    width: int
+    mode: str
+    levels: int
+    windows: int
+    windows_per_level: list[int]
+    seconds: float
+    segmenter_seconds: float
+    refiner_seconds: float
+    read_wait_seconds: float
+    device: str
+    preview: str | None = None
+    class_pixels: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_model(
+    model: Path | str | None = None,
+    segmenter: Path | str | None = None,
+    classes: str | list[ClassInfo] | None = None,
+    input_size: tuple[int, int] | None = None,
+    refiner: Path | str | None = None,
+    refiner_input_order: str | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+) -> ModelBundle:
+    """A bundle (--model, else the bundled default), or a bring-your-own TorchScript segmenter."""
+    class_list = parse_classes(classes) if isinstance(classes, str) else classes
+    if segmenter is not None:
+        if model is not None:
+            raise UsageError("give either --model or --segmenter, not both")
+        if input_size is None:
+            raise UsageError("--segmenter needs --input-size HxW (the size the model was trained at)")
+        return bundle_from_parts(
+            segmenter, class_list, input_size, refiner, mean=mean, std=std, refiner_input_order=refiner_input_order
+        )
+    directory = Path(model) if model is not None else Path(os.environ.get("MAGNET_MODEL", DEFAULT_MODEL_DIR))
+    bundle = load_bundle(directory)
+    if refiner is not None:
+        from magnet_cli.models.refiner import load_refiner
+
+        bundle.refiner = load_refiner(refiner, refiner_input_order, bundle.num_classes)  # type: ignore[arg-type]
+    if class_list is not None:
+        if len(class_list) != bundle.num_classes:
+            raise ModelError(f"--classes gives {len(class_list)} classes but {directory} has {bundle.num_classes}")
+        bundle.classes = class_list
+    if mean is not None and std is not None:
+        bundle.segmenter.mean, bundle.segmenter.std = mean, std
+    return bundle
+
+
+def expand_inputs(inputs: Sequence[Path | str]) -> list[Path]:
+    """Files as given; a folder stands for every image in it."""
+    if not inputs:
+        raise UsageError("no input given")
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir() and not _looks_like_zarr(path):
+            found = list_images(path)
+            if not found:
+                raise InputError(f"{path}: folder holds no supported image")
+            paths.extend(found)
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise InputError(f"{path}: no such file")
+    return paths
+
+
+def _looks_like_zarr(path: Path) -> bool:
+    return any((path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup", ".zattrs"))
+
+
+def output_paths(inputs: list[Path], output: Path, multiple: bool) -> list[Path]:
+    """One input writes OUTPUT itself; several write OUTPUT/<name>.zarr."""
+    if not multiple:
+        return [output]
+    names = [p.name[: -len(p.suffix)] if p.suffix else p.name for p in inputs]
+    if len(set(names)) != len(names):
+        raise UsageError("several inputs share a name; segment them into separate output folders")
+    return [output / f"{name}{OUTPUT_SUFFIX}" for name in names]
+
+
+def segment(
+    inputs: Sequence[Path | str],
+    output: Path | str,
+    *,
+    model: Path | str | None = None,
+    segmenter: Path | str | None = None,
+    classes: str | list[ClassInfo] | None = None,
+    input_size: tuple[int, int] | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    refiner: Path | str | None = None,
+    refiner_input_order: str | None = None,
+    mode: str = "magnet",
+    levels: int | Sequence[int] | None = None,
+    points: float | None = None,
+    smooth_kernel: int | None = None,
+    fast_patches: int = 3,
+    selection: str = "window",
+    batch_size: int = 4,
+    device: str = "auto",
+    bands: tuple[int, ...] | None = None,
+    write_probabilities: bool = False,
+    write_uncertainty: bool = False,
+    preview: Path | str | None = None,
+    zarr_format: int = 3,
+    overwrite: bool = False,
+    progress: bool = True,
+    bundle: ModelBundle | None = None,
+) -> list[SegmentResult]:
+    """Segment every input image into an OME-Zarr label image; returns one result per image."""
+    if zarr_format not in (2, 3):
+        raise UsageError(f"--zarr-format must be 2 or 3, got {zarr_format}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    paths = expand_inputs(inputs)
+    multiple = len(paths) > 1 or any(Path(i).is_dir() and not _looks_like_zarr(Path(i)) for i in inputs)
+    outputs = output_paths(paths, Path(output), multiple)
+    previews = _preview_paths(paths, outputs, preview, multiple)
+    for out in outputs:  # refuse before any work, so a batch never stops halfway on this
+        if out.exists() and not overwrite:
+            raise OutputError(f"{out}: already exists (use --overwrite to replace it)")
+    if bundle is None:
+        bundle = resolve_model(model, segmenter, classes, input_size, refiner, refiner_input_order, mean, std)
+    settings = InferenceSettings(
+        mode=mode,  # type: ignore[arg-type]
+        levels=levels,
+        points=points,
+        smooth_kernel=smooth_kernel,
+        fast_patches=fast_patches,
+        selection=selection,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        device=device,
+        normalization=PixelNormalization(bands, bundle.value_range),
+    )
+    engine = Engine(bundle, settings)
+    _make_folder(Path(output) if multiple else Path(output).parent)
+    for path in previews:
+        if path is not None:
+            _make_folder(path.parent)
+    return [
+        _segment_one(engine, path, out, prev, write_probabilities, write_uncertainty, zarr_format, overwrite, progress)
+        for path, out, prev in zip(paths, outputs, previews)
+    ]
+
+
+def _make_folder(folder: Path) -> None:
+    """Create a missing output folder (like `mkdir -p`); a file in the way is the user's to fix."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(f"{folder}: cannot create the output folder, a file is in the way") from None
+    except OSError as error:
+        raise OutputError(f"{folder}: cannot create the output folder ({error.strerror or error})") from None
+
+
+def _preview_paths(paths: list[Path], outputs: list[Path], preview: Path | str | None, multiple: bool) -> list[Path | None]:
+    if preview is None:
+        return [None] * len(paths)
+    if not multiple:
+        return [Path(preview)]
+    folder = Path(preview)
+    return [folder / (out.name[: -len(OUTPUT_SUFFIX)] + ".png") for out in outputs]
+
+
+def _segment_one(
+    engine: Engine,
+    path: Path,
+    output: Path,
+    preview: Path | None,
+    write_probabilities: bool,
+    write_uncertainty: bool,
+    zarr_format: int,
+    overwrite: bool,
+    progress: bool,
+) -> SegmentResult:
+    start = time.perf_counter()
+    bundle = engine.bundle
+    with tempfile.TemporaryDirectory(prefix="magnet-pyramid-") as scratch:
+        source = ensure_pyramid(open_image(path), Path(scratch), min_size=max(bundle.input_size))
+        try:
+            plan = plan_for(source.height, source.width, bundle, engine.settings)
+            counts = windows_per_level(plan, engine.settings)
+            attributes = {
+                "magnet": {
+                    "source": str(path),
+                    "model": bundle.name,
+                    "mode": engine.settings.mode,
+                    "levels": [[lv.height, lv.width] for lv in plan.levels],
+                    "georeference": source.georeference,
+                }
+            }
+            writer = LabelWriter(
+                output,
+                source.height,
+                source.width,
+                bundle.classes,
+                zarr_format=zarr_format,
+                write_probabilities=write_probabilities,
+                write_uncertainty=write_uncertainty,
+                attributes=attributes,
+                overwrite=overwrite,
+            )
+            histogram = np.zeros(bundle.num_classes, dtype=np.int64)
+            try:
+                background = BackgroundWriter(writer.write)
+                try:
+
+                    def sink(region: tuple[int, int, int, int], probabilities: torch.Tensor) -> None:
+                        probabilities = probabilities.float().cpu()
+                        labels = probabilities.argmax(0).numpy().astype(np.uint16 if bundle.num_classes > 255 else np.uint8)
+                        histogram[:] += np.bincount(labels.ravel(), minlength=bundle.num_classes)
+                        probs = probabilities.numpy() if write_probabilities else None
+                        unc = uncertainty_of(probabilities[None])[0, 0].numpy() if write_uncertainty else None
+                        background.submit(region[0], region[1], labels, probs, unc)
+
+                    with LevelProgress(path.name, counts, progress_enabled(progress)) as bars:
+                        stats = engine.run(source, sink, bars.advance)
+                finally:
+                    background.close()
+                final = writer.finalize()
+            except BaseException:
+                writer.abort()
+                raise
+            preview_path = None
+            if preview is not None:
+                thumbnail = _thumbnail(source, engine.settings.normalization)
+                write_preview(final, preview, bundle.classes, thumbnail=thumbnail)
+                preview_path = str(preview)
+        finally:
+            source.close()
+    return SegmentResult(
+        input=str(path),
+        output=str(output),
+        height=source.height,
+        width=source.width,
+        mode=engine.settings.mode,
+        levels=plan.depth,
+        windows=stats.windows,
+        windows_per_level=stats.windows_per_level,
+        seconds=round(time.perf_counter() - start, 3),
+        segmenter_seconds=round(stats.segmenter_seconds, 3),
+        refiner_seconds=round(stats.refiner_seconds, 3),
+        read_wait_seconds=round(stats.read_wait_seconds, 3),
+        device=stats.device,
+        preview=preview_path,
+        class_pixels={c.name: int(n) for c, n in zip(bundle.classes, histogram)},
+    )
+
+
+def _thumbnail(source, normalization: PixelNormalization, max_size: int = 1024) -> np.ndarray:
+    """An RGB uint8 thumbnail read lazily from the input's coarsest fitting level."""
+    scale = min(1.0, max_size / max(source.height, source.width))
+    h, w = max(1, round(source.height * scale)), max(1, round(source.width * scale))
+    rgb = source.read(Box(0, 0, source.height, source.width), h, w, normalization)
+    return (rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
