@@ -23,7 +23,7 @@ from magnet_cli.io.pyramid_cache import ensure_pyramid
 from magnet_cli.models.bundle import ModelBundle, bundle_from_parts, load_bundle
 from magnet_cli.pipeline import Engine, InferenceSettings, plan_for, windows_per_level
 from magnet_cli.progress import LevelProgress, progress_enabled
-from magnet_cli.refine import uncertainty as uncertainty_of
+from magnet_cli.refine import class_labels, uncertainty as uncertainty_of
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "default"
 OUTPUT_SUFFIX = ".zarr"
@@ -250,7 +250,7 @@ def _segment_one(
 
                     def sink(region: tuple[int, int, int, int], probabilities: torch.Tensor) -> None:
                         probabilities = probabilities.float().cpu()
-                        labels = probabilities.argmax(0).numpy().astype(np.uint16 if bundle.num_classes > 255 else np.uint8)
+                        labels = class_labels(probabilities).numpy().astype(np.uint16 if bundle.num_classes > 255 else np.uint8)
                         histogram[:] += np.bincount(labels.ravel(), minlength=bundle.num_classes)
                         probs = probabilities.numpy() if write_probabilities else None
                         unc = uncertainty_of(probabilities[None])[0, 0].numpy() if write_uncertainty else None

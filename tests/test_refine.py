@@ -43,7 +43,7 @@ def numpy_median_zero_padded(x: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("k", [1, 3, 5, 7, 9, 11])
 def test_median_blur_matches_a_zero_padded_median_filter(k):
     x = np.random.default_rng(k).random((9, 11)).astype(np.float32)
     got = median_blur(torch.from_numpy(x)[None, None], k)[0, 0].numpy()
@@ -133,3 +133,12 @@ def test_crop_resize_equals_upsample_then_crop():
 def test_crop_resize_identity_box_returns_the_map():
     maps = torch.rand(1, 2, 5, 7)
     assert torch.allclose(crop_resize(maps, torch.tensor([[0.0, 0.0, 5.0, 7.0]]), (5, 7)), maps, atol=1e-6)
+
+
+def test_class_labels_is_argmax_with_ties_to_the_lower_class():
+    from magnet_cli.refine import class_labels
+
+    p = torch.rand(5, 7, 9)
+    assert torch.equal(class_labels(p), p.argmax(0))
+    tied = torch.tensor([[[0.5]], [[0.5]], [[0.0]]])
+    assert class_labels(tied).item() == 0
