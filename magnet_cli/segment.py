@@ -16,6 +16,7 @@ from magnet_cli.classes import ClassInfo, parse_classes
 from magnet_cli.errors import InputError, ModelError, OutputError, UsageError
 from magnet_cli.io.background import BackgroundWriter
 from magnet_cli.io.base import Box, PixelNormalization
+from magnet_cli.io.geotiff import write_geotiff
 from magnet_cli.io.labels import LabelWriter
 from magnet_cli.io.open import list_images, open_image
 from magnet_cli.io.preview import write_preview
@@ -47,6 +48,7 @@ class SegmentResult:
     read_wait_seconds: float
     device: str
     preview: str | None = None
+    geotiff: str | None = None
     class_pixels: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -145,6 +147,7 @@ def segment(
     write_probabilities: bool = False,
     write_uncertainty: bool = False,
     preview: Path | str | None = None,
+    geotiff: Path | str | None = None,
     zarr_format: int = 3,
     overwrite: bool = False,
     progress: bool = True,
@@ -158,9 +161,10 @@ def segment(
     paths = expand_inputs(inputs)
     multiple = len(paths) > 1 or any(Path(i).is_dir() and not _looks_like_zarr(Path(i)) for i in inputs)
     outputs = output_paths(paths, Path(output), multiple)
-    previews = _preview_paths(paths, outputs, preview, multiple)
-    for out in outputs:  # refuse before any work, so a batch never stops halfway on this
-        if out.exists() and not overwrite:
+    previews = _side_paths(outputs, preview, multiple, ".png")
+    geotiffs = _side_paths(outputs, geotiff, multiple, ".tif")
+    for out in [*outputs, *previews, *geotiffs]:  # refuse before any work: a batch never stops halfway on this
+        if out is not None and out.exists() and not overwrite:
             raise OutputError(f"{out}: already exists (use --overwrite to replace it)")
     if bundle is None:
         bundle = resolve_model(model, segmenter, classes, input_size, refiner, refiner_input_order, mean, std)
@@ -177,12 +181,12 @@ def segment(
     )
     engine = Engine(bundle, settings)
     _make_folder(Path(output) if multiple else Path(output).parent)
-    for path in previews:
+    for path in [*previews, *geotiffs]:
         if path is not None:
             _make_folder(path.parent)
     return [
-        _segment_one(engine, path, out, prev, write_probabilities, write_uncertainty, zarr_format, overwrite, progress)
-        for path, out, prev in zip(paths, outputs, previews)
+        _segment_one(engine, path, out, side, write_probabilities, write_uncertainty, zarr_format, overwrite, progress)
+        for path, out, side in zip(paths, outputs, zip(previews, geotiffs))
     ]
 
 
@@ -196,20 +200,20 @@ def _make_folder(folder: Path) -> None:
         raise OutputError(f"{folder}: cannot create the output folder ({error.strerror or error})") from None
 
 
-def _preview_paths(paths: list[Path], outputs: list[Path], preview: Path | str | None, multiple: bool) -> list[Path | None]:
-    if preview is None:
-        return [None] * len(paths)
+def _side_paths(outputs: list[Path], given: Path | str | None, multiple: bool, suffix: str) -> list[Path | None]:
+    """Paths of per-image side outputs (preview PNG, GeoTIFF): the path itself, or a folder of them."""
+    if given is None:
+        return [None] * len(outputs)
     if not multiple:
-        return [Path(preview)]
-    folder = Path(preview)
-    return [folder / (out.name[: -len(OUTPUT_SUFFIX)] + ".png") for out in outputs]
+        return [Path(given)]
+    return [Path(given) / (out.name[: -len(OUTPUT_SUFFIX)] + suffix) for out in outputs]
 
 
 def _segment_one(
     engine: Engine,
     path: Path,
     output: Path,
-    preview: Path | None,
+    side_outputs: tuple[Path | None, Path | None],
     write_probabilities: bool,
     write_uncertainty: bool,
     zarr_format: int,
@@ -218,6 +222,7 @@ def _segment_one(
 ) -> SegmentResult:
     start = time.perf_counter()
     bundle = engine.bundle
+    preview, geotiff = side_outputs
     with tempfile.TemporaryDirectory(prefix="magnet-pyramid-") as scratch:
         source = ensure_pyramid(open_image(path), Path(scratch), min_size=max(bundle.input_size))
         try:
@@ -264,11 +269,11 @@ def _segment_one(
             except BaseException:
                 writer.abort()
                 raise
-            preview_path = None
             if preview is not None:
                 thumbnail = _thumbnail(source, engine.settings.normalization)
                 write_preview(final, preview, bundle.classes, thumbnail=thumbnail)
-                preview_path = str(preview)
+            if geotiff is not None:
+                write_geotiff(final, geotiff, source.georeference)
         finally:
             source.close()
     return SegmentResult(
@@ -285,7 +290,8 @@ def _segment_one(
         refiner_seconds=round(stats.refiner_seconds, 3),
         read_wait_seconds=round(stats.read_wait_seconds, 3),
         device=stats.device,
-        preview=preview_path,
+        preview=str(preview) if preview else None,
+        geotiff=str(geotiff) if geotiff else None,
         class_pixels={c.name: int(n) for c, n in zip(bundle.classes, histogram)},
     )
 

@@ -154,10 +154,13 @@ def test_geotiff_input_keeps_its_georeference(bundle_dir, tmp_path):
     path = tmp_path / "geo.tif"
     extratags = [(33550, "d", 3, (0.5, 0.5, 0.0), True), (33922, "d", 6, (0, 0, 0, 500000.0, 4100000.0, 0), True)]
     tifffile.imwrite(path, random_rgb(96, 96), photometric="rgb", extratags=extratags)
-    out = tmp_path / "geo.zarr"
-    assert segment(bundle_dir, path, "-o", out).exit_code == 0
+    out, geotiff = tmp_path / "geo.zarr", tmp_path / "mask.tif"
+    assert segment(bundle_dir, path, "-o", out, "--geotiff", geotiff).exit_code == 0
     georeference = zarr.open_group(str(out), mode="r").attrs["magnet"]["georeference"]
     assert "500000.0" in json.dumps(georeference) and "0.5" in json.dumps(georeference)
+    with tifffile.TiffFile(geotiff) as tif:
+        assert tif.pages[0].tags["ModelTiepointTag"].value[3] == 500000.0
+        assert np.array_equal(tif.asarray(), read_labels(out))
 
 
 # --- bad input: one line, exit code 2, nothing that looks finished ------------------------------
@@ -221,6 +224,10 @@ def test_existing_output_needs_overwrite(bundle_dir, png, tmp_path):
     assert segment(bundle_dir, png, "-o", out).exit_code == 0
     assert_clean_failure(segment(bundle_dir, png, "-o", out), "--overwrite")
     assert segment(bundle_dir, png, "-o", out, "--overwrite").exit_code == 0
+    preview = tmp_path / "p.png"
+    preview.write_bytes(b"keep me")
+    assert_clean_failure(segment(bundle_dir, png, "-o", tmp_path / "new.zarr", "--preview", preview), "p.png")
+    assert preview.read_bytes() == b"keep me" and not (tmp_path / "new.zarr").exists()
 
 
 def test_unwritable_output_path(bundle_dir, png, tmp_path):
@@ -255,3 +262,45 @@ def test_bad_option_values(bundle_dir, png, tmp_path):
     assert_clean_failure(segment(bundle_dir, png, "-o", out, "--smooth-kernel", "16"), "--smooth-kernel")
     assert_clean_failure(segment(bundle_dir, png, "-o", out, "--mode", "turbo"), "--mode")
     assert not out.exists()
+
+
+def test_striped_tiff_without_pyramid_gets_a_temporary_one_that_is_removed(bundle_dir, tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    path = tmp_path / "striped.tif"
+    tifffile.imwrite(path, random_rgb(520, 400, seed=8), photometric="rgb", rowsperstrip=16)
+    calls = []
+    from magnet_cli.io import pyramid_cache
+
+    original = pyramid_cache.CachedPyramidSource.read_level
+
+    def spy(self, level, *box):
+        calls.append(level)
+        return original(self, level, *box)
+
+    monkeypatch.setattr(pyramid_cache.CachedPyramidSource, "read_level", spy)
+    result = segment(bundle_dir, path, "-o", tmp_path / "s.zarr")
+    assert result.exit_code == 0, result.output
+    assert_label_image(tmp_path / "s.zarr", 520, 400)
+    assert max(calls) > 0  # coarse windows read a built level, not full resolution
+    assert list(scratch.iterdir()) == []  # the temporary pyramid is gone
+
+
+def test_segmenter_factory_from_a_module(tmp_path, png, monkeypatch):
+    module = tmp_path / "my_models.py"
+    module.write_text(
+        "from magnet_cli.models.builtin import SmallUNet\n"
+        "def build(num_classes):\n    return SmallUNet(num_classes, widths=(8, 16))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "factory.zarr"
+    result = invoke("segment", png, "-o", out, "--segmenter", "my_models:build", "--classes", "3",
+                    "--input-size", "32", "--mode", "patch", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert_label_image(out, 150, 200)
+    missing = invoke("segment", png, "-o", tmp_path / "x.zarr", "--segmenter", "my_models:build",
+                     "--input-size", "32", "--mode", "patch")
+    assert_clean_failure(missing, "--classes")

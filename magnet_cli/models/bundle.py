@@ -162,7 +162,9 @@ def bundle_from_parts(
 
     spec = str(segmenter_path)
     if ":" in spec and not Path(spec).exists() and not spec[1:3] == ":\\":
-        module = load_factory(spec, len(classes) if classes else 0)
+        if classes is None:
+            raise ModelError(f"segmenter factory {spec!r} needs --classes (it is called with the class count)")
+        module = load_factory(spec, len(classes))
     else:
         module = load_torchscript(segmenter_path)
     num_classes = infer_num_classes(module, input_size)
