@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,14 +14,14 @@ import torch
 from magnet_cli.classes import ClassInfo, parse_classes
 from magnet_cli.errors import InputError, ModelError, OutputError, UsageError
 from magnet_cli.io.background import BackgroundWriter
-from magnet_cli.io.base import Box, PixelNormalization
+from magnet_cli.io.base import Box, ImageSource, PixelNormalization
 from magnet_cli.io.geotiff import write_geotiff
 from magnet_cli.io.labels import LabelWriter
 from magnet_cli.io.open import list_images, open_image
 from magnet_cli.io.preview import write_preview
 from magnet_cli.io.pyramid_cache import ensure_pyramid
 from magnet_cli.models.bundle import ModelBundle, bundle_from_parts, load_bundle
-from magnet_cli.pipeline import Engine, InferenceSettings, plan_for, windows_per_level
+from magnet_cli.pipeline import Engine, InferenceSettings, RunStats, plan_for, windows_per_level
 from magnet_cli.progress import LevelProgress, progress_enabled
 from magnet_cli.refine import class_labels, uncertainty as uncertainty_of
 
@@ -223,59 +222,36 @@ def _segment_one(
     start = time.perf_counter()
     bundle = engine.bundle
     preview, geotiff = side_outputs
-    with tempfile.TemporaryDirectory(prefix="magnet-pyramid-") as scratch:
-        source = ensure_pyramid(open_image(path), Path(scratch), min_size=max(bundle.input_size))
-        try:
-            plan = plan_for(source.height, source.width, bundle, engine.settings)
-            counts = windows_per_level(plan, engine.settings)
-            attributes = {
-                "magnet": {
-                    "source": str(path),
-                    "model": bundle.name,
-                    "mode": engine.settings.mode,
-                    "levels": [[lv.height, lv.width] for lv in plan.levels],
-                    "georeference": source.georeference,
-                }
+    # An input without a stored pyramid gets a temporary one, deleted when the source closes.
+    with ensure_pyramid(open_image(path), min_size=max(bundle.input_size)) as source:
+        plan = plan_for(source.height, source.width, bundle, engine.settings)
+        attributes = {
+            "magnet": {
+                "source": str(path),
+                "model": bundle.name,
+                "mode": engine.settings.mode,
+                "levels": [[lv.height, lv.width] for lv in plan.levels],
+                "georeference": source.georeference,
             }
-            writer = LabelWriter(
-                output,
-                source.height,
-                source.width,
-                bundle.classes,
-                zarr_format=zarr_format,
-                write_probabilities=write_probabilities,
-                write_uncertainty=write_uncertainty,
-                attributes=attributes,
-                overwrite=overwrite,
-            )
-            histogram = np.zeros(bundle.num_classes, dtype=np.int64)
-            try:
-                background = BackgroundWriter(writer.write)
-                try:
-
-                    def sink(region: tuple[int, int, int, int], probabilities: torch.Tensor) -> None:
-                        probabilities = probabilities.float().cpu()
-                        labels = class_labels(probabilities).numpy().astype(np.uint16 if bundle.num_classes > 255 else np.uint8)
-                        histogram[:] += np.bincount(labels.ravel(), minlength=bundle.num_classes)
-                        probs = probabilities.numpy() if write_probabilities else None
-                        unc = uncertainty_of(probabilities[None])[0, 0].numpy() if write_uncertainty else None
-                        background.submit(region[0], region[1], labels, probs, unc)
-
-                    with LevelProgress(path.name, counts, progress_enabled(progress)) as bars:
-                        stats = engine.run(source, sink, bars.advance)
-                finally:
-                    background.close()
-                final = writer.finalize()
-            except BaseException:
-                writer.abort()
-                raise
-            if preview is not None:
-                thumbnail = _thumbnail(source, engine.settings.normalization)
-                write_preview(final, preview, bundle.classes, thumbnail=thumbnail)
-            if geotiff is not None:
-                write_geotiff(final, geotiff, source.georeference)
-        finally:
-            source.close()
+        }
+        # The writer finalises (renames into place) only if the block ends cleanly; else it aborts.
+        with LabelWriter(
+            output,
+            source.height,
+            source.width,
+            bundle.classes,
+            zarr_format=zarr_format,
+            write_probabilities=write_probabilities,
+            write_uncertainty=write_uncertainty,
+            attributes=attributes,
+            overwrite=overwrite,
+        ) as writer:
+            bars = LevelProgress(path.name, windows_per_level(plan, engine.settings), progress_enabled(progress))
+            stats, histogram = _stream_into(engine, source, writer, bars, write_probabilities, write_uncertainty)
+        if preview is not None:
+            write_preview(output, preview, bundle.classes, thumbnail=_thumbnail(source, engine.settings.normalization))
+        if geotiff is not None:
+            write_geotiff(output, geotiff, source.georeference)
     return SegmentResult(
         input=str(path),
         output=str(output),
@@ -296,7 +272,37 @@ def _segment_one(
     )
 
 
-def _thumbnail(source, normalization: PixelNormalization, max_size: int = 1024) -> np.ndarray:
+def _stream_into(
+    engine: Engine,
+    source: ImageSource,
+    writer: LabelWriter,
+    bars: LevelProgress,
+    write_probabilities: bool,
+    write_uncertainty: bool,
+) -> tuple[RunStats, np.ndarray]:
+    """Run the engine with a sink that turns probabilities into labels and writes them on a thread."""
+    num_classes = engine.bundle.num_classes
+    label_dtype = np.uint16 if num_classes > 255 else np.uint8
+    histogram = np.zeros(num_classes, dtype=np.int64)
+    background = BackgroundWriter(writer.write)
+
+    def sink(region: tuple[int, int, int, int], probabilities: torch.Tensor) -> None:
+        probabilities = probabilities.float().cpu()
+        labels = class_labels(probabilities).numpy().astype(label_dtype)
+        histogram[:] += np.bincount(labels.ravel(), minlength=num_classes)
+        probs = probabilities.numpy() if write_probabilities else None
+        unc = uncertainty_of(probabilities[None])[0, 0].numpy() if write_uncertainty else None
+        background.submit(region[0], region[1], labels, probs, unc)
+
+    try:
+        with bars:
+            stats = engine.run(source, sink, bars.advance)
+    finally:
+        background.close()  # drains queued writes; re-raises a write error
+    return stats, histogram
+
+
+def _thumbnail(source: ImageSource, normalization: PixelNormalization, max_size: int = 1024) -> np.ndarray:
     """An RGB uint8 thumbnail read lazily from the input's coarsest fitting level."""
     scale = min(1.0, max_size / max(source.height, source.width))
     h, w = max(1, round(source.height * scale)), max(1, round(source.width * scale))
