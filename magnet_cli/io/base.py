@@ -15,7 +15,7 @@ from magnet_cli.errors import InputError
 
 # Above this many source pixels a region is read and reduced band by band, so that a coarse window
 # over an image without a pyramid never materialises the full-resolution region.
-MAX_SOURCE_PIXELS_PER_READ = 1 << 24
+MAX_SOURCE_PIXELS_PER_READ = 1 << 22
 
 
 @dataclass(frozen=True)

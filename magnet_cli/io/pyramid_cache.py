@@ -47,8 +47,11 @@ def ensure_pyramid(source: ImageSource, tmp_dir: Path | None = None, min_size: i
     is deleted by the returned source's close(), which also closes `source`. If building fails, `source`
     is closed too (the caller would have no other handle to close it with).
     """
-    if len(source.levels) > 1 or max(source.height, source.width) <= 2 * min_size:
+    coarsest = source.levels[-1]
+    if max(coarsest.height, coarsest.width) <= 2 * min_size:
         return source
+    # No pyramid, or a stored one that stops short (a 2-level TIFF of a huge image): build the missing
+    # coarser levels from the coarsest stored level, so coarse windows never read huge regions.
     try:
         return CachedPyramidSource(source, tmp_dir, min_size)
     except BaseException:
@@ -57,20 +60,24 @@ def ensure_pyramid(source: ImageSource, tmp_dir: Path | None = None, min_size: i
 
 
 class CachedPyramidSource(ImageSource):
-    """Level 0 from the original source, coarser levels from a temporary Zarr store it deletes on close."""
+    """The stored levels from the original source, coarser ones from a temporary Zarr store it deletes
+    on close."""
 
     def __init__(self, source: ImageSource, tmp_dir: Path | None, min_size: int) -> None:
-        shapes = pyramid_shapes(source.height, source.width, min_size)
+        base = source.levels[-1]
+        shapes = pyramid_shapes(base.height, base.width, min_size)
         self._source = source
+        self._stored = len(source.levels)
         self._dir: Path | None = Path(tempfile.mkdtemp(prefix="magnet-pyramid-", dir=tmp_dir))
         try:
-            self._arrays = build_levels(source, shapes, self._dir)
+            self._arrays = build_levels(source, shapes, self._dir, base_level=self._stored - 1)
         except BaseException:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
             raise
-        levels = [source.levels[0]] + [
-            PyramidLevel(h, w, float(2**k), float(2**k)) for k, (h, w) in enumerate(shapes, start=1)
+        levels = list(source.levels) + [
+            PyramidLevel(h, w, base.downsample_y * 2**k, base.downsample_x * 2**k)
+            for k, (h, w) in enumerate(shapes, start=1)
         ]
         super().__init__(
             source.path,
@@ -86,9 +93,9 @@ class CachedPyramidSource(ImageSource):
         )
 
     def read_level(self, level: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
-        if level == 0:
-            return self._source.read_level(0, y0, x0, y1, x1)
-        array = self._arrays[level - 1]
+        if level < self._stored:
+            return self._source.read_level(level, y0, x0, y1, x1)
+        array = self._arrays[level - self._stored]
         return np.asarray(array[region_index("YXC", array.shape, y0, x0, y1, x1)])
 
     def close(self) -> None:
@@ -100,8 +107,11 @@ class CachedPyramidSource(ImageSource):
 
 
 # --------------------------------------------------------------------------------------------------
-def build_levels(source: ImageSource, shapes: list[tuple[int, int]], directory: Path) -> list[zarr.Array]:
-    """Write levels 1..K of `source` into Zarr arrays under `directory`, reading level 0 once."""
+def build_levels(
+    source: ImageSource, shapes: list[tuple[int, int]], directory: Path, base_level: int = 0
+) -> list[zarr.Array]:
+    """Write levels 1..K below stored level `base_level` into Zarr arrays under `directory`, reading
+    that level once."""
     step = 2 ** len(shapes)
     level_dtype = np.dtype(np.float32) if source.dtype == np.bool_ else np.dtype(source.dtype)
     arrays = [
@@ -115,13 +125,17 @@ def build_levels(source: ImageSource, shapes: list[tuple[int, int]], directory: 
         )
         for k, (h, w) in enumerate(shapes, start=1)
     ]
-    block_y, block_x = block_shape(source, step)
+    base = source.levels[base_level]
+    if base_level == 0:
+        block_y, block_x = block_shape(source, step)
+    else:  # stored coarse levels are tiled like level 0 in practice; their chunking is not recorded
+        block_y = block_x = _round_up(BLOCK_SIDE, step)
     first_sum_dtype = np.float64 if source.dtype == np.float64 else np.float32
-    for y0 in range(0, source.height, block_y):
-        y1 = min(source.height, y0 + block_y)
-        for x0 in range(0, source.width, block_x):
-            x1 = min(source.width, x0 + block_x)
-            sums = source.read_level(0, y0, x0, y1, x1).astype(first_sum_dtype)
+    for y0 in range(0, base.height, block_y):
+        y1 = min(base.height, y0 + block_y)
+        for x0 in range(0, base.width, block_x):
+            x1 = min(base.width, x0 + block_x)
+            sums = source.read_level(base_level, y0, x0, y1, x1).astype(first_sum_dtype)
             rows, cols = np.ones(y1 - y0), np.ones(x1 - x0)
             for k, array in enumerate(arrays, start=1):
                 sums = _pair_sum(_pair_sum(sums, 0), 1)

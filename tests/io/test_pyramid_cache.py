@@ -31,11 +31,25 @@ def test_pyramid_shapes_use_the_ceiling_and_stop_at_min_size():
     assert pyramid_shapes(5, 3, 1) == [(3, 2), (2, 1), (1, 1)]
 
 
-def test_stored_pyramid_or_small_image_is_returned_unchanged(subifd_tiff):
+def test_deep_enough_stored_pyramid_or_small_image_is_returned_unchanged(subifd_tiff):
     with TiffSource(subifd_tiff) as source:
-        assert ensure_pyramid(source, min_size=16) is source
+        coarsest = source.levels[-1]
+        assert ensure_pyramid(source, min_size=max(coarsest.height, coarsest.width)) is source
     small = ArraySource(pattern(64, 64))
     assert ensure_pyramid(small, min_size=32) is small
+
+
+def test_shallow_stored_pyramid_is_extended_from_its_coarsest_level(tmp_path, read_level_spy):
+    image = pattern(256, 192)
+    stored = image[::2, ::2].copy()  # a stored level 1 that is not a block mean: proves we build from it
+    original = ArraySource(image, pyramid=[stored])
+    calls = read_level_spy(original)
+    with ensure_pyramid(original, tmp_path, min_size=32) as source:
+        assert [(lv.height, lv.width, lv.downsample_y) for lv in source.levels] == [
+            (256, 192, 1.0), (128, 96, 2.0), (64, 48, 4.0), (32, 24, 8.0)]
+        assert {call[0] for call in calls} == {1}  # built from the stored level 1 only
+        np.testing.assert_allclose(source.read_level(2, 0, 0, 64, 48), np.rint(block_means(stored, 2)))
+        np.testing.assert_array_equal(source.read_level(1, 0, 0, 128, 96), stored)
 
 
 def test_levels_are_exact_block_means_with_power_of_two_downsamples(tmp_path):
