@@ -134,7 +134,8 @@ class Engine:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _segment(self, images: torch.Tensor, stats: RunStats) -> torch.Tensor:
+    def segment_windows(self, images: torch.Tensor, stats: RunStats) -> torch.Tensor:
+        """O = softmax(segmenter(images)) for a batch (N, 3, h, w); time goes to stats."""
         start = time.perf_counter()
         with torch.inference_mode(), self._autocast():
             images = images.to(self.device).contiguous(memory_format=torch.channels_last)
@@ -143,7 +144,8 @@ class Engine:
         stats.segmenter_seconds += time.perf_counter() - start
         return probabilities
 
-    def _refine_proposal(self, coarse: torch.Tensor, fine: torch.Tensor, stats: RunStats) -> torch.Tensor:
+    def propose_refinement(self, coarse: torch.Tensor, fine: torch.Tensor, stats: RunStats) -> torch.Tensor:
+        """R = softmax(refiner(Y, O)) for a batch; time goes to stats."""
         start = time.perf_counter()
         with torch.inference_mode(), self._autocast():
             # On CPU one window at a time: batching gains nothing there, and the refiner's full-resolution
@@ -194,7 +196,7 @@ class Engine:
         last = plan.depth - 1
         for level, tasks in scheduler:
             images = self._gather(tasks, stats)
-            fine = self._segment(images, stats)
+            fine = self.segment_windows(images, stats)
             if level == 0 or self.refiner is None:
                 maps = fine
             else:
@@ -203,7 +205,7 @@ class Engine:
                 )
                 parents = torch.stack([t.parent_map for t in tasks])  # type: ignore[misc]
                 coarse = crop_resize(parents, boxes.to(parents.device), (h, w))
-                proposal = self._refine_proposal(coarse, fine, stats)
+                proposal = self.propose_refinement(coarse, fine, stats)
                 spec = plan.levels[level]
                 k_level = points_for_level(self.points, spec.pixel_count)
                 k = min(h * w, round(k_level * h * w / spec.pixel_count))
@@ -262,12 +264,12 @@ class Engine:
             chunk = windows[start : start + batch]
             images = torch.stack([f.result() for f in futures])
             futures = [pool.submit(read, window) for window in windows[start + batch : start + 2 * batch]]
-            maps = self._segment(images, stats)
+            maps = self.segment_windows(images, stats)
             regions = [_level_region(spec, window) for window in chunk]
             if coarse is not None:
                 boxes = torch.tensor([[r[0], r[1], r[2], r[3]] for r in regions], dtype=torch.float64)
                 crops = crop_resize(coarse.expand(len(chunk), -1, -1, -1), boxes.to(coarse.device), (h, w))
-                maps = self._refine_proposal(crops, maps, stats)
+                maps = self.propose_refinement(crops, maps, stats)
             for window_map, (y0, x0, y1, x1) in zip(maps, regions):
                 resized = F.interpolate(window_map[None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
                 total[:, :, y0:y1, x0:x1] += resized
