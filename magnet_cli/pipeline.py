@@ -11,6 +11,7 @@ Both hand finished full-resolution regions of class probabilities to a sink.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -100,6 +101,32 @@ def windows_per_level(plan: ScalePlan, settings: InferenceSettings) -> list[int]
     return counts
 
 
+# The level engine holds about this many float32 copies of the finest level map at once
+# (cumulative map, its upsampling, the proposal sum, the score, the result).
+LEVEL_MAP_COPIES = 5
+
+
+def available_memory_bytes() -> int:
+    """Physical memory free now (Linux); a large number where it cannot be known."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def check_level_maps_fit(plan: ScalePlan, num_classes: int) -> None:
+    """Refuse whole-level maps that would not fit, instead of running out of memory halfway."""
+    finest = plan.levels[-1]
+    needed = LEVEL_MAP_COPIES * 4 * num_classes * finest.pixel_count
+    available = available_memory_bytes()
+    if needed > available // 2:
+        raise UsageError(
+            f"--selection global and --mode fast keep whole level maps: about {needed / 2**30:.1f} GiB for this "
+            f"image, more than half the free memory ({available / 2**30:.1f} GiB); use --mode magnet "
+            "--selection window (streaming, flat memory) or fewer/smaller --levels"
+        )
+
+
 class Engine:
     """Runs one model bundle over images; create once, call `run` per image."""
 
@@ -178,6 +205,7 @@ class Engine:
         with ThreadPoolExecutor(max_workers=max(1, self.settings.read_threads), thread_name_prefix="read") as pool:
             mode = self.settings.mode
             if mode == "fast" or (mode == "magnet" and self.settings.selection == "global"):
+                check_level_maps_fit(plan, self.bundle.num_classes)
                 self._run_levels(plan, read, pool, sink, progress or _ignore, stats)
             else:
                 if mode == "patch":

@@ -120,3 +120,15 @@ def test_mode_needing_a_refiner_without_one_is_a_usage_error(bundle):
 def test_bad_settings_are_usage_errors(bundle, options, message):
     with pytest.raises(UsageError, match=message):
         Engine(bundle, InferenceSettings(**options))
+
+
+def test_whole_level_modes_refuse_images_whose_level_maps_would_not_fit(bundle, monkeypatch):
+    from magnet_cli import pipeline
+
+    monkeypatch.setattr(pipeline, "available_memory_bytes", lambda: 2 * 5 * 4 * NUM_CLASSES * 200 * 200 - 1)
+    image = random_rgb(200, 200)
+    for mode, selection in (("fast", "global"), ("magnet", "global")):
+        with pytest.raises(UsageError, match="--selection window"):
+            run(bundle, image, mode=mode, selection=selection)
+    _, writes, _ = run(bundle, image, mode="magnet", selection="window")  # streaming is unaffected
+    assert (writes == 1).all()
