@@ -27,6 +27,7 @@ from zarr.codecs import BloscCodec
 
 from magnet_cli.classes import ClassInfo
 from magnet_cli.errors import InputError, OutputError
+from magnet_cli.io.chunk_buffer import ChunkAssembler
 
 AXES_YX = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
 AXES_CYX = [{"name": "c", "type": "channel"}, *AXES_YX]
@@ -186,11 +187,11 @@ class LabelWriter:
                 continue
             block = labels[dy::factor, dx::factor]
             ty, tx = (y0 + dy) // factor, (x0 + dx) // factor
-            array[ty : ty + block.shape[0], tx : tx + block.shape[1]] = block
+            array.write((ty, tx), block)
         if self._probabilities is not None:
-            self._probabilities[:, y0 : y0 + h, x0 : x0 + w] = quantize(probabilities)
+            self._probabilities.write((0, y0, x0), quantize(probabilities))
         if self._uncertainty is not None:
-            self._uncertainty[y0 : y0 + h, x0 : x0 + w] = quantize(uncertainty)
+            self._uncertainty.write((y0, x0), quantize(uncertainty))
 
     def finalize(self) -> Path:
         """Make the output complete and visible at `path` (replacing an old one only with overwrite)."""
@@ -203,6 +204,8 @@ class LabelWriter:
                 f"{self.path} appeared while writing; pass --overwrite to replace it "
                 f"(the finished output is in {self.partial})"
             )
+        for assembler in self._assemblers():
+            assembler.flush()
         self._release_arrays()
         replaced = self.path.with_name(f"{self.path.name}.replaced-{os.getpid()}")
         try:
@@ -257,8 +260,9 @@ class LabelWriter:
     def _create_store(self, write_probabilities: bool, write_uncertainty: bool, attributes: dict) -> None:
         fmt = self.zarr_format
         root = zarr.open_group(self.partial, mode="w", zarr_format=fmt)
+        # Writes go through ChunkAssemblers: each chunk is encoded once, when complete.
         self._levels = [
-            self._create_array(root, str(level), shape, self.dtype, ["y", "x"])
+            ChunkAssembler(self._create_array(root, str(level), shape, self.dtype, ["y", "x"]))
             for level, shape in enumerate(self.shapes)
         ]
         datasets = [
@@ -284,12 +288,14 @@ class LabelWriter:
         if write_probabilities:
             group = root.create_group("probabilities")
             shape = (len(self.classes), self.height, self.width)
-            self._probabilities = self._create_array(group, "0", shape, np.dtype(np.uint8), ["c", "y", "x"])
+            self._probabilities = ChunkAssembler(
+                self._create_array(group, "0", shape, np.dtype(np.uint8), ["c", "y", "x"])
+            )
             group.attrs.update(_side_attributes(fmt, "probabilities", AXES_CYX, {"classes": names}))
         if write_uncertainty:
             group = root.create_group("uncertainty")
             shape = (self.height, self.width)
-            self._uncertainty = self._create_array(group, "0", shape, np.dtype(np.uint8), ["y", "x"])
+            self._uncertainty = ChunkAssembler(self._create_array(group, "0", shape, np.dtype(np.uint8), ["y", "x"]))
             group.attrs.update(_side_attributes(fmt, "uncertainty", AXES_YX, {"measure": "1 - (top1 - top2)"}))
 
     def _create_array(
@@ -307,6 +313,9 @@ class LabelWriter:
             chunk_key_encoding={"name": "v2", "separator": "/"},
             compressors=numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE),
         )
+
+    def _assemblers(self) -> list[ChunkAssembler]:
+        return [a for a in (*self._levels, self._probabilities, self._uncertainty) if a is not None]
 
     def _release_arrays(self) -> None:
         self._levels, self._probabilities, self._uncertainty = [], None, None
