@@ -5,7 +5,7 @@ Every CLI command is a plain function here: `magnet_cli.segment(...)`, `magnet_c
 
 from magnet_cli.errors import InputError, MagnetError, ModelError, OutputError, UsageError
 
-__all__ = ["segment", "info", "MagnetError", "InputError", "ModelError", "OutputError", "UsageError"]
+__all__ = ["segment", "info", "synth", "MagnetError", "InputError", "ModelError", "OutputError", "UsageError"]
 __version__ = "0.1.0"
 
 
@@ -19,4 +19,8 @@ def __getattr__(name: str):
         from magnet_cli.info import info
 
         return info
+    if name == "synth":
+        from magnet_cli.synth import synth
+
+        return synth
     raise AttributeError(name)
