@@ -29,14 +29,18 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _run(action):
+INTERRUPTED_OUTPUT = "interrupted; no output was completed"
+INTERRUPTED_TRAINING = "interrupted; the last completed epoch's checkpoint is kept (continue with --resume)"
+
+
+def _run(action, interrupted: str = INTERRUPTED_OUTPUT):
     """Turn user errors into one red line and exit code 2, Ctrl-C into exit code 130."""
     try:
         return action()
     except MagnetError as error:
         _fail(str(error))
     except KeyboardInterrupt:
-        _fail("interrupted; no output was completed", 130)
+        _fail(interrupted, 130)
 
 
 def _parse_size(text: Optional[str], option: str) -> Optional[tuple[int, int]]:
@@ -215,6 +219,125 @@ def synth_command(
         table.add_column(column)
     for index, (image, mask) in enumerate(pairs):
         table.add_row(str(seed + index), str(image), str(mask))
+    out.print(table)
+
+
+@app.command("train-segmenter")
+def train_segmenter_command(
+    data: str = typer.Argument(..., help="Dataset folder (images/, masks/, classes.json) or synth:SEED:COUNT:SIZE."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output folder: becomes a model bundle plus checkpoint."),
+    architecture: str = typer.Option("small_unet", "--architecture", help="Built-in segmenter architecture."),
+    input_size: str = typer.Option("256", "--input-size", help="Segmenter input size HxW."),
+    epochs: int = typer.Option(20, "--epochs", help="Epochs (one checkpoint each)."),
+    steps: int = typer.Option(100, "--steps", help="Optimiser steps per epoch."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Windows per step."),
+    lr: float = typer.Option(1e-3, "--lr", help="Learning rate."),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw or sgd."),
+    seed: int = typer.Option(0, "--seed", help="Seed of weights and window sampling."),
+    device: str = typer.Option("cpu", "--device", help="auto, cpu or cuda."),
+    val: Optional[str] = typer.Option(None, "--val", help="Validation dataset (folder or synth:SEED:COUNT:SIZE)."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Class count N or a class file (default: DATA/classes.json)."),
+    ignore_index: int = typer.Option(255, "--ignore-index", help="Mask value that is not trained on."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT/checkpoint.pt."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    json_output: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+) -> None:
+    """Train a built-in segmenter on windows of every scale level; write a model bundle."""
+    from magnet_cli.train.segmenter import train_segmenter
+
+    result = _run(
+        lambda: train_segmenter(
+            data,
+            output,
+            architecture=architecture,
+            input_size=_parse_size(input_size, "--input-size"),  # type: ignore[arg-type]
+            epochs=epochs,
+            steps_per_epoch=steps,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            seed=seed,
+            device=device,
+            resume=resume,
+            overwrite=overwrite,
+            val_data=val,
+            classes=classes,
+            ignore_index=ignore_index,
+            progress=not no_progress,
+        ),
+        INTERRUPTED_TRAINING,
+    )
+    _print_training(result, "magnet train-segmenter", json_output)
+
+
+@app.command("train-refiner")
+def train_refiner_command(
+    data: str = typer.Argument(..., help="Dataset folder (images/, masks/, classes.json) or synth:SEED:COUNT:SIZE."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output folder: becomes a complete model bundle."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Bundle whose segmenter is kept frozen."),
+    segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="TorchScript segmenter file instead of --model."),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="Input size HxW of a --segmenter file."),
+    epochs: int = typer.Option(50, "--epochs", help="Epochs (one checkpoint each)."),
+    steps: int = typer.Option(100, "--steps", help="Optimiser steps per epoch."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Pairs per step."),
+    lr: float = typer.Option(1e-3, "--lr", help="Initial SGD learning rate."),
+    milestones: Optional[str] = typer.Option(None, "--milestones", help="Epochs of lr x0.1 (default: paper's, scaled)."),
+    ohem: bool = typer.Option(False, "--ohem", help="Online hard example mining cross-entropy."),
+    seed: int = typer.Option(0, "--seed", help="Seed of weights and pair sampling."),
+    device: str = typer.Option("cpu", "--device", help="auto, cpu or cuda."),
+    val: Optional[str] = typer.Option(None, "--val", help="Validation dataset (folder or synth:SEED:COUNT:SIZE)."),
+    ignore_index: int = typer.Option(255, "--ignore-index", help="Mask value that is not trained on."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT/checkpoint.pt."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    json_output: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+) -> None:
+    """Train the MagNet refiner over a frozen segmenter (paper recipe); write a complete bundle."""
+    from magnet_cli.train.refiner import train_refiner
+
+    def action():
+        if (model is None) == (segmenter is None):
+            raise UsageError("give exactly one of --model BUNDLE or --segmenter FILE")
+        marks = None
+        if milestones is not None:
+            try:
+                marks = [int(p) for p in milestones.split(",") if p.strip()]
+            except ValueError:
+                raise UsageError(f"--milestones {milestones}: expected epochs such as 20,30,40,45") from None
+        return train_refiner(
+            data,
+            model if model is not None else segmenter,  # type: ignore[arg-type]
+            output,
+            epochs=epochs,
+            steps_per_epoch=steps,
+            batch_size=batch_size,
+            lr=lr,
+            milestones=marks,
+            ohem=ohem,
+            input_size=_parse_size(input_size, "--input-size"),
+            seed=seed,
+            device=device,
+            resume=resume,
+            overwrite=overwrite,
+            val_data=val,
+            ignore_index=ignore_index,
+            progress=not no_progress,
+        )
+
+    _print_training(_run(action, INTERRUPTED_TRAINING), "magnet train-refiner", json_output)
+
+
+def _print_training(result: dict, title: str, json_output: bool) -> None:
+    if json_output:
+        out.print_json(json.dumps(result))
+        return
+    table = Table(title=f"{title}: {result['output']}")
+    keys = [k for k in result["history"][-1] if k not in ("val_on",)] if result["history"] else []
+    for key in keys:
+        table.add_column(key)
+    for record in result["history"]:
+        table.add_row(*(f"{record[k]:.4g}" if isinstance(record[k], float) else str(record[k]) for k in keys))
     out.print(table)
 
 

@@ -1,0 +1,60 @@
+"""`magnet train-segmenter` and `magnet train-refiner` end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from magnet_cli.cli import app
+from magnet_cli.models.bundle import load_bundle
+
+runner = CliRunner()
+TINY = ["--epochs", "1", "--steps", "1", "--batch-size", "2", "--seed", "2", "--no-progress"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_train_segmenter_then_refiner_write_loadable_bundles(dataset_dir, tmp_path):
+    # The CLI has no --architecture-options: the default small_unet at input 32 is still quick.
+    seg = invoke("train-segmenter", dataset_dir, "-o", tmp_path / "seg", "--input-size", "32", *TINY, "--json")
+    assert seg.exit_code == 0, seg.output
+    summary = json.loads(seg.output)
+    assert summary["epochs"] == 1 and len(summary["history"]) == 1
+    assert load_bundle(tmp_path / "seg").refiner is None
+
+    ref = invoke("train-refiner", dataset_dir, "--model", tmp_path / "seg", "-o", tmp_path / "ref", *TINY, "--ohem")
+    assert ref.exit_code == 0, ref.output
+    assert "magnet train-refiner" in ref.output
+    bundle = load_bundle(tmp_path / "ref")
+    assert bundle.refiner is not None and bundle.input_size == (32, 32)
+    assert set(bundle.metadata["training"]) == {"segmenter", "refiner"}
+
+    again = invoke("train-refiner", dataset_dir, "--model", tmp_path / "seg", "-o", tmp_path / "ref", *TINY)
+    assert again.exit_code == 2 and "--resume" in again.output
+    resumed = invoke(
+        "train-refiner", dataset_dir, "--model", tmp_path / "seg", "-o", tmp_path / "ref", *TINY[2:], "--epochs", "2",
+        "--resume", "--json",
+    )
+    assert resumed.exit_code == 0, resumed.output
+    assert [r["epoch"] for r in json.loads(resumed.output)["history"]] == [1, 2]
+
+
+def test_train_segmenter_on_synth_scenes_in_memory(tmp_path):
+    result = invoke("train-segmenter", "synth:5:1:64", "-o", tmp_path / "seg", "--input-size", "32", *TINY)
+    assert result.exit_code == 0, result.output
+    assert load_bundle(tmp_path / "seg").num_classes == 6
+
+
+def test_train_refiner_needs_exactly_one_segmenter(dataset_dir, tmp_path):
+    result = invoke("train-refiner", dataset_dir, "-o", tmp_path / "ref", *TINY)
+    assert result.exit_code == 2 and "exactly one of --model" in result.output
+
+
+def test_bad_dataset_is_one_red_line(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    result = invoke("train-segmenter", tmp_path, "-o", tmp_path / "out", *TINY)
+    assert result.exit_code == 2 and "no images" in result.output

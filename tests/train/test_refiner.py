@@ -1,0 +1,122 @@
+"""train_refiner: the paper's schedule, OHEM, loss falls, seed, resume and the complete bundle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from magnet_cli.errors import ModelError
+from magnet_cli.models.bundle import load_bundle
+from magnet_cli.models.refiner import Refiner, load_refiner
+from magnet_cli.train.common import read_log
+from magnet_cli.train.dataset import RefinerPairSampler, load_dataset
+from magnet_cli.train.refiner import (
+    load_frozen_segmenter,
+    ohem_cross_entropy,
+    refiner_step,
+    scaled_milestones,
+    train_refiner,
+)
+
+from tests.train.conftest import INPUT
+
+
+def tiny(dataset_dir, segmenter, output, **options):
+    settings = dict(epochs=2, steps_per_epoch=1, batch_size=2, seed=1, val_pairs=2, progress=False)
+    settings.update(options)
+    return train_refiner(dataset_dir, segmenter, output, **settings)
+
+
+def refiner_weights(directory) -> dict[str, torch.Tensor]:
+    return torch.load(directory / "refiner.pt", weights_only=True)["state_dict"]
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_paper_milestones_scale_with_the_epoch_count():
+    assert scaled_milestones(50) == [20, 30, 40, 45]
+    assert scaled_milestones(10) == [4, 6, 8, 9]
+    assert scaled_milestones(2) == [1]
+    assert scaled_milestones(1) == []
+
+
+def test_ohem_averages_only_the_hard_pixels():
+    # Three pixels, two classes: true-class probabilities 0.9 (easy), 0.6 and 0.2 (hard).
+    p = torch.tensor([0.9, 0.6, 0.2])
+    logits = torch.stack([torch.log(p), torch.log(1 - p)]).reshape(1, 2, 1, 3)
+    target = torch.zeros(1, 1, 3, dtype=torch.int64)
+    hard = ohem_cross_entropy(logits, target, threshold=0.7, min_kept=1)
+    assert float(hard) == pytest.approx(float(-(torch.log(p[1]) + torch.log(p[2])) / 2), rel=1e-5)
+    every = ohem_cross_entropy(logits, target, threshold=0.7, min_kept=3)  # min_kept keeps all three
+    assert float(every) == pytest.approx(float(F.cross_entropy(logits, target)))
+    two = ohem_cross_entropy(logits, target, threshold=0.1, min_kept=1)  # the cut rises to keep one
+    assert float(two) == pytest.approx(float(-torch.log(p[2])), rel=1e-5)
+    ignored = torch.full_like(target, 255)
+    assert float(ohem_cross_entropy(logits, ignored)) == 0.0
+
+
+def test_loss_falls_on_a_repeated_batch(dataset_dir, segmenter_bundle):
+    frozen = load_frozen_segmenter(segmenter_bundle)
+    sampler = RefinerPairSampler(load_dataset(dataset_dir), (INPUT, INPUT), frozen.probabilities)
+    coarse, fine, labels = sampler.batch(np.random.default_rng(0), 2)
+    torch.manual_seed(0)
+    refiner = Refiner(6)
+    optimizer = torch.optim.SGD(refiner.parameters(), lr=1e-2, momentum=0.9)
+    losses = [refiner_step(refiner, optimizer, coarse, fine, labels)[0] for _ in range(10)]
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_same_seed_and_resume_follow_one_trajectory(dataset_dir, segmenter_bundle, tmp_path):
+    straight = tiny(dataset_dir, segmenter_bundle, tmp_path / "a")
+    again = tiny(dataset_dir, segmenter_bundle, tmp_path / "b")
+    assert same(refiner_weights(tmp_path / "a"), refiner_weights(tmp_path / "b"))
+    tiny(dataset_dir, segmenter_bundle, tmp_path / "c", epochs=1, milestones=[1])
+    resumed = tiny(dataset_dir, segmenter_bundle, tmp_path / "c", resume=True, milestones=[1])
+    assert [r["loss"] for r in straight["history"]] == [r["loss"] for r in again["history"]]
+    assert [r["epoch"] for r in read_log(tmp_path / "c")] == [1, 2]
+    assert resumed["history"][1]["lr"] == pytest.approx(1e-4)  # the schedule resumed too
+    assert same(refiner_weights(tmp_path / "a"), refiner_weights(tmp_path / "c"))
+
+
+def test_output_is_a_complete_bundle(dataset_dir, segmenter_bundle, tmp_path):
+    result = tiny(dataset_dir, segmenter_bundle, tmp_path / "run", epochs=1, ohem=True, ohem_min_kept=100)
+    bundle = load_bundle(tmp_path / "run")
+    assert bundle.refiner is not None and bundle.refiner.input_order == "coarse_fine"
+    assert bundle.input_size == (INPUT, INPUT) and bundle.num_classes == 6
+    record = bundle.metadata["training"]["refiner"]
+    assert record["seed"] == 1 and record["ohem"] is True and record["milestones"] == []
+    assert {"refined_miou", "coarse_miou", "fine_miou"} <= set(result["history"][0])
+    frozen = load_bundle(segmenter_bundle).segmenter.module.state_dict()
+    assert same(bundle.segmenter.module.state_dict(), frozen)  # the segmenter stayed frozen
+
+
+def test_a_torchscript_segmenter_travels_as_torchscript(dataset_dir, segmenter_bundle, tmp_path):
+    tiny(dataset_dir, segmenter_bundle / "segmenter.ts", tmp_path / "run", epochs=1, input_size=(INPUT, INPUT))
+    bundle = load_bundle(tmp_path / "run")
+    assert isinstance(bundle.segmenter.module, torch.jit.ScriptModule)
+    assert load_refiner(tmp_path / "run" / "refiner.pt").num_classes == 6
+
+
+def test_unknown_class_ids_for_the_bundle_are_refused(segmenter_bundle, tmp_path):
+    import imageio.v3 as iio
+
+    from magnet_cli.errors import InputError
+
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "masks").mkdir()
+    iio.imwrite(tmp_path / "data" / "images" / "a.png", np.zeros((32, 32, 3), np.uint8))
+    iio.imwrite(tmp_path / "data" / "masks" / "a.png", np.full((32, 32), 9, np.uint8))
+    with pytest.raises(InputError, match=r"class id\(s\) \[9\] but only 6 classes"):
+        tiny(tmp_path / "data", segmenter_bundle, tmp_path / "out")
+
+
+def test_segmenter_with_other_classes_than_the_data_is_a_model_error(tmp_path):
+    from magnet_cli.models.builtin import SmallUNet
+
+    torch.jit.script(SmallUNet(3, widths=(8, 16)).eval()).save(str(tmp_path / "three.ts"))
+    with pytest.raises(ModelError, match="outputs 3 classes but the dataset has 6"):
+        tiny("synth:0:1:64", tmp_path / "three.ts", tmp_path / "out", input_size=(INPUT, INPUT))
