@@ -14,6 +14,19 @@ def progress_enabled(requested: bool) -> bool:
     return requested and sys.stderr.isatty()
 
 
+def new_bar(*status_columns: TextColumn) -> Progress:
+    """The one progress-bar look of every command, on stderr; extra columns go before the times."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *status_columns,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+
+
 class LevelProgress(AbstractContextManager):
     """Tracks windows done per level for one image; a no-op when disabled."""
 
@@ -25,15 +38,7 @@ class LevelProgress(AbstractContextManager):
 
     def __enter__(self) -> "LevelProgress":
         if self._enabled:
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
+            self._bar = new_bar()
             self._bar.start()
             self._overall = self._bar.add_task(self._title, total=sum(self._counts))
             self._levels = [

@@ -20,6 +20,7 @@ from magnet_cli.io.labels import LabelWriter
 from magnet_cli.io.open import list_images, open_image
 from magnet_cli.io.preview import write_preview
 from magnet_cli.io.pyramid_cache import ensure_pyramid
+from magnet_cli.io.zarr_source import is_zarr_dir
 from magnet_cli.models.bundle import ModelBundle, bundle_from_parts, load_bundle
 from magnet_cli.pipeline import Engine, InferenceSettings, RunStats, plan_for, windows_per_level
 from magnet_cli.progress import LevelProgress, progress_enabled
@@ -96,7 +97,7 @@ def expand_inputs(inputs: Sequence[Path | str]) -> list[Path]:
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir() and not _looks_like_zarr(path):
+        if path.is_dir() and not is_zarr_dir(path):
             found = list_images(path)
             if not found:
                 raise InputError(f"{path}: folder holds no supported image")
@@ -106,10 +107,6 @@ def expand_inputs(inputs: Sequence[Path | str]) -> list[Path]:
         else:
             raise InputError(f"{path}: no such file")
     return paths
-
-
-def _looks_like_zarr(path: Path) -> bool:
-    return any((path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup", ".zattrs"))
 
 
 def output_paths(inputs: list[Path], output: Path, multiple: bool) -> list[Path]:
@@ -158,7 +155,7 @@ def segment(
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     paths = expand_inputs(inputs)
-    multiple = len(paths) > 1 or any(Path(i).is_dir() and not _looks_like_zarr(Path(i)) for i in inputs)
+    multiple = len(paths) > 1 or any(Path(i).is_dir() and not is_zarr_dir(Path(i)) for i in inputs)
     outputs = output_paths(paths, Path(output), multiple)
     previews = _side_paths(outputs, preview, multiple, ".png")
     geotiffs = _side_paths(outputs, geotiff, multiple, ".tif")

@@ -146,18 +146,11 @@ class TrainProgress(AbstractContextManager):
 
     def __enter__(self) -> "TrainProgress":
         if self._enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import TextColumn
 
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
+            from magnet_cli.progress import new_bar
+
+            self._bar = new_bar(TextColumn("{task.fields[status]}"))
             self._bar.start()
         return self
 
