@@ -284,6 +284,9 @@ def train_refiner_command(
     lr: float = typer.Option(1e-3, "--lr", help="Initial SGD learning rate."),
     milestones: Optional[str] = typer.Option(None, "--milestones", help="Epochs of lr x0.1 (default: paper's, scaled)."),
     ohem: bool = typer.Option(False, "--ohem", help="Online hard example mining cross-entropy."),
+    coarse_from: str = typer.Option(
+        "parent", "--coarse-from", help="Coarse map of a pair: parent (adjacent levels) or whole (reference code)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of weights and pair sampling."),
     device: str = typer.Option("cpu", "--device", help="auto, cpu or cuda."),
     val: Optional[str] = typer.Option(None, "--val", help="Validation dataset (folder or synth:SEED:COUNT:SIZE)."),
@@ -315,6 +318,7 @@ def train_refiner_command(
             lr=lr,
             milestones=marks,
             ohem=ohem,
+            coarse_source=coarse_from,
             input_size=_parse_size(input_size, "--input-size"),
             seed=seed,
             device=device,

@@ -564,7 +564,7 @@ def _blocks(height: int, width: int, rows: int) -> Iterator[tuple[int, int, int,
             yield y, x, min(y + rows, height), min(x + BLOCK_WIDTH, width)
 
 
-def _reduce_into(levels: list[Any], block: np.ndarray, y0: int, x0: int) -> None:
+def reduce_into(levels: list[Any], block: np.ndarray, y0: int, x0: int) -> None:
     """Store the block's share of every smaller pyramid level: level k pixel (i, j) is the rounded mean
     of the level-0 pixels [i 2^k, (i+1) 2^k) x [j 2^k, (j+1) 2^k) that exist (the convention of
     `io.pyramid_cache`); y0 and x0 are multiples of 2^k, so the block covers whole level-k pixels."""
@@ -625,7 +625,7 @@ def _write_tiff(spec: SceneSpec, image_path: Path, mask_path: Path, metadata: di
         def rendered() -> Iterator[np.ndarray]:
             for y0, x0, y1, x1 in _blocks(height, width, TIFF_TILE):
                 image, mask[y0:y1, x0:x1] = render_region(spec, y0, x0, y1, x1)
-                _reduce_into(smaller, image, y0, x0)
+                reduce_into(smaller, image, y0, x0)
                 advance((y1 - y0) * (x1 - x0))
                 yield from _split(image)  # tifffile stops pulling after the last tile: nothing may follow
 

@@ -26,7 +26,7 @@ from magnet_cli.synth import (
     SYNTH_CLASSES,
     WATER,
     SceneSpec,
-    _reduce_into,
+    reduce_into,
     _road_segments,
     image_levels,
     render_region,
@@ -171,7 +171,7 @@ def test_tiff_images_carry_a_box_averaged_pyramid(tmp_path):
 def test_pyramid_levels_average_the_pixels_that_exist():
     block = np.array([[0, 1, 9], [2, 2, 9], [4, 4, 7]], np.uint8)[..., None]
     levels = [np.zeros((2, 2, 1), np.uint8), np.zeros((1, 1, 1), np.uint8)]
-    _reduce_into(levels, block, 0, 0)
+    reduce_into(levels, block, 0, 0)
     assert levels[0][..., 0].tolist() == [[1, 9], [4, 7]]  # 1.25, 9, 4, 7
     assert levels[1][..., 0].tolist() == [[4]]  # 38 / 9
 

@@ -236,14 +236,20 @@ def parse_synth_spec(spec: str) -> tuple[int, int, int]:
 def synth_dataset(spec: str) -> SegmentationDataset:
     """Synthetic scenes (seeds SEED..SEED+COUNT-1, SIZE x SIZE) rendered in memory when first read."""
     from magnet_cli.io.array import ArraySource
-    from magnet_cli.synth import SYNTH_CLASSES, SceneSpec, render_region, scene_name
+    from magnet_cli.synth import SYNTH_CLASSES, SceneSpec, reduce_into, image_levels, render_region, scene_name
 
     seed, count, size = parse_synth_spec(spec)
 
     def opener(scene_seed: int, name: str) -> Callable[[], tuple[ImageSource, ImageSource]]:
         def open_pair() -> tuple[ImageSource, ImageSource]:
             image, mask = render_region(SceneSpec(scene_seed, size, size), 0, 0, size, size)
-            return ArraySource(image, name=f"{name}.image"), ArraySource(mask, name=f"{name}.mask")
+            # A stored pyramid, as a written scene has: coarse windows then read a few pixels, not 16M.
+            levels = [np.empty((h, w, 3), np.uint8) for h, w in image_levels(size, size)[1:]]
+            reduce_into(levels, image, 0, 0)
+            return (
+                ArraySource(image, name=f"{name}.image", pyramid=levels),
+                ArraySource(mask, name=f"{name}.mask"),
+            )
 
         return open_pair
 
@@ -322,24 +328,34 @@ class WindowSampler:
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
+COARSE_SOURCES = ("parent", "whole")
+
+
 @dataclass
 class RefinerPairSampler:
-    """Refiner training pairs (DESIGN section 2, paper section 3.3): for a random image, the coarse map Y
-    (segmenter softmax on the whole image at model input size) cropped to a window of a random finer
-    level and resized to h x w, the fine map O (segmenter softmax on that window) and the window's mask.
+    """Refiner training pairs (DESIGN section 2, paper section 3.3): the coarse map Y cropped to a window
+    of a random level s >= 2 and resized to h x w, the fine map O (segmenter softmax on that window) and
+    the window's mask.
 
-    The segmenter is frozen: whole-image maps are computed once per image and cached.
-    `segment` maps images (N, 3, h, w) to probabilities (N, C, h, w) without gradients.
+    `coarse_source` says where Y comes from: "parent" (default) is the segmenter's map of the window's
+    parent at level s - 1, so pairs come from random adjacent levels, the scale gap the refiner meets
+    at every step of inference; "whole" is the map of the whole image (level 1), as the reference
+    train.py does, which trains mostly on the large gaps of the deepest levels.
+    The segmenter is frozen; `segment` maps images (N, 3, h, w) to probabilities (N, C, h, w) without
+    gradients. Whole-image maps are cached per image.
     """
 
     dataset: SegmentationDataset
     input_size: tuple[int, int]
     segment: Callable[[torch.Tensor], torch.Tensor]
     augment: bool = True
+    coarse_source: str = "parent"
     _windows: WindowSampler | None = field(default=None, repr=False)
     _coarse: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if self.coarse_source not in COARSE_SOURCES:
+            raise UsageError(f"coarse source {self.coarse_source!r}: expected one of {', '.join(COARSE_SOURCES)}")
         self._windows = WindowSampler(self.dataset, self.input_size, augment=False)
 
     def coarse_map(self, index: int) -> torch.Tensor:
@@ -352,27 +368,47 @@ class RefinerPairSampler:
 
     def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`size` pairs stacked: coarse Y (B, C, h, w), fine O (B, C, h, w), labels (B, h, w)."""
-        assert self._windows is not None
-        h, w = self.input_size
-        draws = [self._windows.draw_window(rng, min_level=1) for _ in range(size)]
-        images, labels, coarse = [], [], []
+        sampler = self._windows
+        assert sampler is not None
+        draws = [sampler.draw_window(rng, min_level=1) for _ in range(size)]
+        images, labels, coarse_boxes, parent_images = [], [], [], []
         for index, window in draws:
-            item = self.dataset.items[index]
             box = window_box(window)
             images.append(self.dataset.read_image(index, box, self.input_size))
             labels.append(self.dataset.read_mask(index, box, self.input_size))
-            scale = torch.tensor([h / item.height, w / item.width, h / item.height, w / item.width], dtype=torch.float64)
-            map_box = torch.tensor([box.y0, box.x0, box.y1, box.x1], dtype=torch.float64) * scale
-            coarse.append(crop_resize(self.coarse_map(index)[None], map_box[None], self.input_size)[0])
-        fine = self.segment(torch.stack(images))
+            if self.coarse_source == "parent":
+                parent = sampler.plan(index).parent(window)
+                assert parent is not None  # min_level=1: never a root
+                parent_images.append(self.dataset.read_image(index, window_box(parent), self.input_size))
+                coarse_boxes.append(window_box(parent))
+            else:
+                item = self.dataset.items[index]
+                coarse_boxes.append(Box(0, 0, item.height, item.width))
+        maps = self.segment(torch.stack(images + parent_images))
+        fine = maps[:size]
+        if self.coarse_source == "parent":
+            coarse_maps = list(maps[size:])
+        else:
+            coarse_maps = [self.coarse_map(index) for index, _ in draws]
         out_y, out_o, out_l = [], [], []
-        for y, o, label in zip(coarse, fine, labels):
+        for (index, window), area, coarse_map, o, label in zip(draws, coarse_boxes, coarse_maps, fine, labels):
+            y = crop_resize(coarse_map[None], _box_in(window_box(window), area, self.input_size)[None], self.input_size)[0]
             if self.augment:
                 y, o, label = augment([y, o, label], rng)
             out_y.append(y)
             out_o.append(o)
             out_l.append(label)
         return torch.stack(out_y), torch.stack(out_o), torch.stack(out_l)
+
+
+def _box_in(box: Box, area: Box, size: tuple[int, int]) -> torch.Tensor:
+    """`box` in the pixel coordinates of a map of `area` read at `size`: (y0, x0, y1, x1) float64."""
+    h, w = size
+    sy, sx = h / area.height, w / area.width
+    return torch.tensor(
+        [(box.y0 - area.y0) * sy, (box.x0 - area.x0) * sx, (box.y1 - area.y0) * sy, (box.x1 - area.x0) * sx],
+        dtype=torch.float64,
+    )
 
 
 def epoch_rng(seed: int, epoch: int, stream: int = 0) -> np.random.Generator:

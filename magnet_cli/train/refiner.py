@@ -146,6 +146,7 @@ def train_refiner(
     ohem_threshold: float = OHEM_THRESHOLD,
     ohem_min_kept: int = OHEM_MIN_KEPT,
     augment: bool = True,
+    coarse_source: str = "parent",
     input_size: tuple[int, int] | None = None,
     seed: int = 0,
     device: str = "cpu",
@@ -160,7 +161,8 @@ def train_refiner(
     """Train a Refiner(C, "coarse_fine") on (coarse crop, fine map, label) pairs of a frozen segmenter.
 
     SGD with momentum and weight decay, lr decayed by `gamma` at `milestones` (default: the paper's
-    scaled to `epochs`), cross-entropy or OHEM. The output folder becomes a complete bundle (segmenter
+    scaled to `epochs`), cross-entropy or OHEM. `coarse_source` is "parent" (pairs from adjacent levels)
+    or "whole" (the whole-image map, as the reference code trains). The output folder becomes a complete bundle (segmenter
     + refiner) plus checkpoint.pt and train_log.jsonl; `input_size` is needed only for TorchScript.
     """
     if epochs < 1 or steps_per_epoch < 1 or batch_size < 1:
@@ -194,8 +196,8 @@ def train_refiner(
     def segment(images: torch.Tensor) -> torch.Tensor:
         return frozen.probabilities(images.to(torch_device))
 
-    sampler = RefinerPairSampler(dataset, size, segment, augment=augment)
-    val_sampler = RefinerPairSampler(validation, size, segment, augment=False)
+    sampler = RefinerPairSampler(dataset, size, segment, augment=augment, coarse_source=coarse_source)
+    val_sampler = RefinerPairSampler(validation, size, segment, augment=False, coarse_source=coarse_source)
     val_rng = epoch_rng(seed, 0, stream=1)
     val_batches = [
         val_sampler.batch(val_rng, min(batch_size, val_pairs - start)) for start in range(0, max(0, val_pairs), batch_size)
@@ -238,6 +240,7 @@ def train_refiner(
         "gamma": gamma,
         "ohem": ohem,
         "augment": augment,
+        "coarse_source": coarse_source,
         "final_loss": last.get("loss"),
         "refined_miou": last.get("refined_miou"),
         "coarse_miou": last.get("coarse_miou"),
