@@ -332,6 +332,48 @@ def train_refiner_command(
     _print_training(_run(action, INTERRUPTED_TRAINING), "magnet train-refiner", json_output)
 
 
+@app.command("evaluate")
+def evaluate_command(
+    predicted: List[Path] = typer.Argument(..., help="Predicted masks (OME-Zarr, Zarr, TIFF, PNG) or one folder."),
+    truth: List[Path] = typer.Option(..., "--truth", help="Truth masks in the same order, or one folder (or dataset)."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Class count N or a class file."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Take the classes of this bundle."),
+    ignore_index: int = typer.Option(255, "--ignore-index", help="Truth value that is not scored."),
+    tolerance: int = typer.Option(2, "--boundary-tolerance", help="Pixels a boundary may be off and still match."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    json_output: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+) -> None:
+    """Per-class IoU, mIoU, pixel accuracy, frequency-weighted IoU and boundary F-score, streamed."""
+    from magnet_cli.evaluate import evaluate
+
+    result = _run(
+        lambda: evaluate(
+            predicted, truth, classes=classes, model=model, ignore_index=ignore_index, tolerance=tolerance,
+            progress=not no_progress,
+        )
+    )
+    summary = result.to_dict()
+    if json_output:
+        out.print_json(json.dumps(summary))
+        return
+    table = Table(title=f"magnet evaluate: {len(result.per_image)} mask(s), {summary['pixels']} scored pixels")
+    for column in ("class", "IoU", f"boundary F (±{tolerance} px)", "true pixels"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in summary["per_class"]:
+        table.add_row(row["class"], _percent(row["iou"]), _percent(row["boundary_f"]), str(row["true_pixels"]))
+    table.add_section()
+    table.add_row("[bold]mean", f"[bold]{_percent(summary['miou'])}", f"[bold]{_percent(summary['boundary_f'])}", "")
+    out.print(table)
+    out.print(
+        f"mIoU {_percent(summary['miou'])}  pixel accuracy {_percent(summary['pixel_accuracy'])}  "
+        f"frequency-weighted IoU {_percent(summary['fw_iou'])}  boundary F {_percent(summary['boundary_f'])}"
+    )
+
+
+def _percent(value: Optional[float]) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
 def _print_training(result: dict, title: str, json_output: bool) -> None:
     if json_output:
         out.print_json(json.dumps(result))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
+from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -54,3 +55,15 @@ class LevelProgress(AbstractContextManager):
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+@contextmanager
+def counting_bar(requested: bool, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """One bar of `total` units; yields `advance(n)`, a no-op when bars are off."""
+    if not progress_enabled(requested):
+        yield lambda n: None
+        return
+    bar = new_bar()
+    task = bar.add_task(description, total=total)
+    with bar:
+        yield lambda n: bar.advance(task, n)

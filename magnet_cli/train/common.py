@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from magnet_cli.errors import OutputError, UsageError
+from magnet_cli.evaluate import confusion, mean_iou
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.jsonl"
@@ -93,25 +94,6 @@ def truncate_log(output_dir: Path, epochs: int) -> list[dict]:
     records = [r for r in read_log(output_dir) if r.get("epoch", 0) <= epochs]
     (output_dir / LOG).write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return records
-
-
-# --- metrics (a streaming confusion matrix) ------------------------------------------------------------
-def confusion(predicted: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
-    """(C, C) int64 counts, rows = true class, columns = predicted; ignored pixels skipped."""
-    valid = (target != ignore_index) & (target >= 0) & (target < num_classes)
-    index = target[valid].to(torch.int64) * num_classes + predicted[valid].to(torch.int64)
-    return torch.bincount(index.cpu(), minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def mean_iou(matrix: torch.Tensor) -> float:
-    """Mean IoU over the classes present in the truth or the prediction."""
-    matrix = matrix.to(torch.float64)
-    tp = matrix.diagonal()
-    union = matrix.sum(0) + matrix.sum(1) - tp
-    present = union > 0
-    if not bool(present.any()):
-        return 0.0
-    return float((tp[present] / union[present]).mean())
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -9,7 +9,7 @@ from magnet_cli.errors import OutputError, UsageError
 from magnet_cli.models.builtin import SmallUNet
 from magnet_cli.models.bundle import load_bundle
 from magnet_cli.train import segmenter as segmenter_module
-from magnet_cli.train.common import CHECKPOINT, LOG, confusion, mean_iou, read_log
+from magnet_cli.train.common import CHECKPOINT, LOG, read_log
 from magnet_cli.train.dataset import WindowSampler, epoch_rng, load_dataset
 from magnet_cli.train.segmenter import segmenter_step, train_segmenter
 
@@ -102,11 +102,3 @@ def test_output_is_a_loadable_bundle_with_a_training_record(dataset_dir, tmp_pat
     assert (tmp_path / "run" / "segmenter.ts").is_file() and (tmp_path / "run" / LOG).is_file()
     logits = bundle.segmenter(torch.zeros(1, 3, INPUT, INPUT))
     assert logits.shape == (1, 6, INPUT, INPUT)
-
-
-def test_miou_from_a_confusion_matrix():
-    target = torch.tensor([[0, 0, 1, 255]])
-    predicted = torch.tensor([[0, 1, 1, 0]])
-    matrix = confusion(predicted, target, 2, 255)
-    assert matrix.tolist() == [[1, 1], [0, 1]]
-    assert mean_iou(matrix) == pytest.approx((1 / 2 + 1 / 2) / 2)
