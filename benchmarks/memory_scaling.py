@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import tifffile
+
+from magnet_cli.bench import run_measured
 
 TILE = 512
 
@@ -56,17 +57,6 @@ def write_pyramidal_tiff(path: Path, size: int, min_level: int = 1024) -> None:
                       photometric="rgb", compression="zlib", compressionargs={"level": 1})
 
 
-MEASURE = """
-import resource, subprocess, sys, time, json
-start = time.perf_counter()
-done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-seconds = time.perf_counter() - start
-print(json.dumps({"rc": done.returncode, "seconds": seconds,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-                  "stdout": done.stdout, "stderr": done.stderr[-2000:]}))
-"""
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[8192, 16384, 32768])
@@ -89,15 +79,14 @@ def main() -> None:
                    "--mode", args.mode, "--batch-size", str(args.batch_size), "--device", "cpu"]
         if args.model:
             command += ["--model", args.model]
-        measured = json.loads(subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True,
-                                             text=True, check=True).stdout)
+        measured = run_measured(command)
         if measured["rc"] != 0:
             sys.exit(f"segment failed on {image}: {measured['stderr']}")
         result = json.loads(measured["stdout"])[0]
         row = {
             "size": size,
             "megapixels": size * size / 1e6,
-            "seconds": round(measured["seconds"], 1),
+            "seconds": round(measured["wall_seconds"], 1),
             "peak_rss_mb": round(measured["peak_rss_mb"], 1),
             "windows": result["windows"],
             "segmenter_s": result["segmenter_seconds"],

@@ -374,6 +374,47 @@ def _percent(value: Optional[float]) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+@app.command("benchmark")
+def benchmark_command(
+    data: Optional[str] = typer.Argument(
+        None, help="Dataset folder (images/ + masks/) or synth:SEED:COUNT:SIZE (default: synth:9000:4:4096)."
+    ),
+    output: Path = typer.Option(Path("benchmark-results"), "-o", "--output", help="Folder for JSON, Markdown and plots."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model bundle (default: the bundled one)."),
+    modes: Optional[str] = typer.Option(None, "--modes", help="Comma-separated variants (default: all)."),
+    sizes: Optional[str] = typer.Option(None, "--sizes", help="Scaling sizes, e.g. 2048,4096,8192 (0 for none)."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Windows per model call."),
+    device: str = typer.Option("cpu", "--device", help="auto, cpu or cuda."),
+    quick: bool = typer.Option(False, "--quick", help="Small scenes and sizes: a few minutes on a CPU."),
+    no_peer: bool = typer.Option(False, "--no-peer", help="Skip the MONAI baseline even when installed."),
+    no_limit: bool = typer.Option(False, "--no-limit", help="Skip the model-only limit measurement."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Scratch folder for scenes and masks (default: OUTPUT/work)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Accuracy, time and memory of every mode on the same images, plus scaling, limit and peer."""
+    from magnet_cli.bench import DEFAULT_VARIANTS, benchmark, markdown
+
+    def action():
+        variants = [m.strip() for m in modes.split(",") if m.strip()] if modes else list(DEFAULT_VARIANTS)
+        try:
+            size_list = None if sizes is None else [int(s) for s in sizes.split(",") if s.strip() and int(s) > 0]
+        except ValueError:
+            raise UsageError(f"--sizes {sizes}: expected sizes such as 2048,4096,8192") from None
+        return benchmark(
+            data, output, model=model, variants=variants, sizes=size_list, batch_size=batch_size, device=device,
+            quick=quick, peer=not no_peer, limit=not no_limit, workdir=workdir, progress=not no_progress,
+            log=(lambda message: None) if json_output else (lambda message: err.print(message, highlight=False)),
+        )
+
+    report = _run(action)
+    if json_output:
+        out.print_json(json.dumps(report.to_dict()))
+        return
+    out.print(markdown(report), highlight=False, soft_wrap=True)
+    out.print(f"written: {output / 'benchmark.json'}, {output / 'benchmark.md'}, " + ", ".join(report.plots))
+
+
 def _print_training(result: dict, title: str, json_output: bool) -> None:
     if json_output:
         out.print_json(json.dumps(result))

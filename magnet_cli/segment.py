@@ -50,6 +50,7 @@ class SegmentResult:
     preview: str | None = None
     geotiff: str | None = None
     class_pixels: dict[str, int] = field(default_factory=dict)
+    peak_gpu_mb: float | None = None  # torch's max allocated memory on a CUDA device during this image
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -217,6 +218,8 @@ def _segment_one(
     progress: bool,
 ) -> SegmentResult:
     start = time.perf_counter()
+    if engine.device.type == "cuda":  # each image's peak, not the process's
+        torch.cuda.reset_peak_memory_stats(engine.device)
     bundle = engine.bundle
     preview, geotiff = side_outputs
     # An input without a stored pyramid gets a temporary one, deleted when the source closes.
@@ -266,7 +269,14 @@ def _segment_one(
         preview=str(preview) if preview else None,
         geotiff=str(geotiff) if geotiff else None,
         class_pixels={c.name: int(n) for c, n in zip(bundle.classes, histogram)},
+        peak_gpu_mb=_peak_gpu_mb(stats.device),
     )
+
+
+def _peak_gpu_mb(device: str) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    return round(torch.cuda.max_memory_allocated(torch.device(device)) / 2**20, 1)
 
 
 def _stream_into(
