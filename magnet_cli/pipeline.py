@@ -26,7 +26,7 @@ from magnet_cli.models.bundle import ModelBundle
 from magnet_cli.models.refiner import fuse_for_inference
 from magnet_cli.pyramid import Level, ScalePlan, Window, make_plan
 from magnet_cli.refine import crop_resize, points_for_level, refine, uncertainty
-from magnet_cli.runtime import keep_freed_memory_in_heap
+from magnet_cli.runtime import intra_op_threads, keep_freed_memory_in_heap, one_intra_op_thread
 from magnet_cli.scheduler import TreeScheduler
 
 Mode = Literal["magnet", "fast", "patch", "downsample"]
@@ -187,6 +187,10 @@ class Engine:
         stats.refiner_seconds += time.perf_counter() - start
         return proposal
 
+    def _bookkeeping(self) -> contextlib.AbstractContextManager:
+        """Small per-window tensor ops: one thread on CPU (see runtime.intra_op_threads)."""
+        return intra_op_threads(1) if self.device.type == "cpu" else contextlib.nullcontext()
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -202,7 +206,9 @@ class Engine:
         def read(window: Window) -> torch.Tensor:
             return source.read(Box(window.y0, window.x0, window.y1, window.x1), h, w, self.settings.normalization)
 
-        with ThreadPoolExecutor(max_workers=max(1, self.settings.read_threads), thread_name_prefix="read") as pool:
+        with ThreadPoolExecutor(
+            max_workers=max(1, self.settings.read_threads), thread_name_prefix="read", initializer=one_intra_op_thread
+        ) as pool:
             mode = self.settings.mode
             if mode == "fast" or (mode == "magnet" and self.settings.selection == "global"):
                 check_level_maps_fit(plan, self.bundle.num_classes)
@@ -228,21 +234,24 @@ class Engine:
             if level == 0 or self.refiner is None:
                 maps = fine
             else:
-                boxes = torch.tensor(
-                    [_box_in_parent(t.window, t.parent, h, w) for t in tasks], dtype=torch.float64  # type: ignore[arg-type]
-                )
-                parents = torch.stack([t.parent_map for t in tasks])  # type: ignore[misc]
-                coarse = crop_resize(parents, boxes.to(parents.device), (h, w))
+                with self._bookkeeping():
+                    boxes = torch.tensor(
+                        [_box_in_parent(t.window, t.parent, h, w) for t in tasks], dtype=torch.float64  # type: ignore[arg-type]
+                    )
+                    parents = torch.stack([t.parent_map for t in tasks])  # type: ignore[misc]
+                    coarse = crop_resize(parents, boxes.to(parents.device), (h, w))
                 proposal = self.propose_refinement(coarse, fine, stats)
-                spec = plan.levels[level]
-                k_level = points_for_level(self.points, spec.pixel_count)
-                k = min(h * w, round(k_level * h * w / spec.pixel_count))
-                maps = refine(coarse, proposal, k, self.kernel)
-            for task, window_map in zip(tasks, maps):
-                if level == last:
-                    _emit(plan, task.window, window_map, sink)
-                else:
-                    scheduler.expand(task.window, window_map)
+                with self._bookkeeping():
+                    spec = plan.levels[level]
+                    k_level = points_for_level(self.points, spec.pixel_count)
+                    k = min(h * w, round(k_level * h * w / spec.pixel_count))
+                    maps = refine(coarse, proposal, k, self.kernel)
+            with self._bookkeeping():
+                for task, window_map in zip(tasks, maps):
+                    if level == last:
+                        _emit(plan, task.window, window_map, sink)
+                    else:
+                        scheduler.expand(task.window, window_map)
             stats.windows_per_level[level] += len(tasks)
             progress(level, len(tasks))
         stats.peak_queued_windows = scheduler.peak_queued

@@ -25,6 +25,7 @@ from magnet_cli.models.bundle import ModelBundle, bundle_from_parts, load_bundle
 from magnet_cli.pipeline import Engine, InferenceSettings, RunStats, plan_for, windows_per_level
 from magnet_cli.progress import LevelProgress, progress_enabled
 from magnet_cli.refine import class_labels, uncertainty as uncertainty_of
+from magnet_cli.runtime import one_intra_op_thread
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "default"
 OUTPUT_SUFFIX = ".zarr"
@@ -291,15 +292,19 @@ def _stream_into(
     num_classes = engine.bundle.num_classes
     label_dtype = np.uint16 if num_classes > 255 else np.uint8
     histogram = np.zeros(num_classes, dtype=np.int64)
-    background = BackgroundWriter(writer.write)
 
-    def sink(region: tuple[int, int, int, int], probabilities: torch.Tensor) -> None:
-        probabilities = probabilities.float().cpu()
+    def write_window(y0: int, x0: int, probabilities: torch.Tensor) -> None:
+        # On the writer thread: the argmax and the histogram overlap the main thread's model calls.
         labels = class_labels(probabilities).numpy().astype(label_dtype)
         histogram[:] += np.bincount(labels.ravel(), minlength=num_classes)
         probs = probabilities.numpy() if write_probabilities else None
         unc = uncertainty_of(probabilities[None])[0, 0].numpy() if write_uncertainty else None
-        background.submit(region[0], region[1], labels, probs, unc)
+        writer.write(y0, x0, labels, probs, unc)
+
+    background = BackgroundWriter(write_window, initializer=one_intra_op_thread)
+
+    def sink(region: tuple[int, int, int, int], probabilities: torch.Tensor) -> None:
+        background.submit(region[0], region[1], probabilities.float().cpu())
 
     try:
         with bars:

@@ -13,6 +13,7 @@ from magnet_cli.refine import (
     refine,
     replace_points,
     score_map,
+    top_mask,
     top_points,
     uncertainty,
 )
@@ -142,3 +143,21 @@ def test_class_labels_is_argmax_with_ties_to_the_lower_class():
     assert torch.equal(class_labels(p), p.argmax(0))
     tied = torch.tensor([[[0.5]], [[0.5]], [[0.0]]])
     assert class_labels(tied).item() == 0
+
+
+@pytest.mark.parametrize("classes", [2, 3, 6, 19, 40])
+def test_running_top2_certainty_equals_topk_including_ties(classes):
+    generator = torch.Generator().manual_seed(classes)
+    # Values on a coarse grid, so that best and second best often tie.
+    maps = torch.randint(0, 4, (2, classes, 9, 7), generator=generator).float() / 4
+    top2 = torch.topk(maps, 2, dim=1).values
+    assert torch.equal(certainty(maps), (top2[:, 0] - top2[:, 1]).unsqueeze(1))
+
+
+@pytest.mark.parametrize("k", [0, 1, 7, 50, 63, 64, 100])
+def test_top_mask_marks_exactly_the_top_points(k):
+    generator = torch.Generator().manual_seed(k)
+    for score in (torch.rand(3, 1, 8, 8, generator=generator), torch.randint(0, 3, (3, 1, 8, 8), generator=generator).float()):
+        expected = torch.zeros(3, 64, dtype=torch.bool)
+        expected.scatter_(1, top_points(score, k), True)
+        assert torch.equal(top_mask(score, k), expected.reshape(3, 1, 8, 8))

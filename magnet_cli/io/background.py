@@ -13,14 +13,17 @@ _STOP = object()
 class BackgroundWriter:
     """Calls `write(*args)` in order on one thread; the first error is re-raised to the producer."""
 
-    def __init__(self, write: Callable[..., Any], depth: int = 8) -> None:
+    def __init__(self, write: Callable[..., Any], depth: int = 8, initializer: Callable[[], Any] | None = None) -> None:
         self._write = write
+        self._initializer = initializer
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="writer", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
+        if self._initializer is not None:
+            self._initializer()
         while True:
             item = self._queue.get()
             if item is _STOP:
