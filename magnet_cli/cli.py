@@ -287,6 +287,7 @@ def train_refiner_command(
     coarse_from: str = typer.Option(
         "parent", "--coarse-from", help="Coarse map of a pair: parent (adjacent levels) or whole (reference code)."
     ),
+    crop: Optional[int] = typer.Option(None, "--crop", help="Train on random CROP x CROP squares of each pair."),
     seed: int = typer.Option(0, "--seed", help="Seed of weights and pair sampling."),
     device: str = typer.Option("cpu", "--device", help="auto, cpu or cuda."),
     val: Optional[str] = typer.Option(None, "--val", help="Validation dataset (folder or synth:SEED:COUNT:SIZE)."),
@@ -319,6 +320,7 @@ def train_refiner_command(
             milestones=marks,
             ohem=ohem,
             coarse_source=coarse_from,
+            crop=crop,
             input_size=_parse_size(input_size, "--input-size"),
             seed=seed,
             device=device,

@@ -350,12 +350,15 @@ class RefinerPairSampler:
     segment: Callable[[torch.Tensor], torch.Tensor]
     augment: bool = True
     coarse_source: str = "parent"
+    crop: int | None = None  # train on random crop x crop squares of each pair
     _windows: WindowSampler | None = field(default=None, repr=False)
     _coarse: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.coarse_source not in COARSE_SOURCES:
             raise UsageError(f"coarse source {self.coarse_source!r}: expected one of {', '.join(COARSE_SOURCES)}")
+        if self.crop is not None and not 1 <= self.crop <= min(self.input_size):
+            raise UsageError(f"--crop {self.crop}: must be between 1 and the model input size {self.input_size}")
         self._windows = WindowSampler(self.dataset, self.input_size, augment=False)
 
     def coarse_map(self, index: int) -> torch.Tensor:
@@ -395,10 +398,19 @@ class RefinerPairSampler:
             y = crop_resize(coarse_map[None], _box_in(window_box(window), area, self.input_size)[None], self.input_size)[0]
             if self.augment:
                 y, o, label = augment([y, o, label], rng)
+            if self.crop is not None:
+                y, o, label = random_crop([y, o, label], self.crop, rng)
             out_y.append(y)
             out_o.append(o)
             out_l.append(label)
         return torch.stack(out_y), torch.stack(out_o), torch.stack(out_l)
+
+
+def random_crop(arrays: list[torch.Tensor], size: int, rng: np.random.Generator) -> list[torch.Tensor]:
+    """The same random size x size square of every (..., H, W) tensor."""
+    height, width = arrays[0].shape[-2:]
+    y0, x0 = int(rng.integers(height - size + 1)), int(rng.integers(width - size + 1))
+    return [a[..., y0 : y0 + size, x0 : x0 + size].contiguous() for a in arrays]
 
 
 def _box_in(box: Box, area: Box, size: tuple[int, int]) -> torch.Tensor:

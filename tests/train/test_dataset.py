@@ -232,3 +232,14 @@ def test_mask_nearest_picks_the_source_pixel_under_each_output_centre(y0, x0, he
             y = min(39, int(np.floor(y0 + (i + 0.5) * height / out_h)))
             x = min(39, int(np.floor(x0 + (j + 0.5) * width / out_w)))
             assert got[i, j] == mask[y, x]
+
+
+def test_refiner_pairs_can_be_random_crops_of_the_same_place(dataset_dir):
+    dataset = load_dataset(dataset_dir)
+    sampler = RefinerPairSampler(dataset, (INPUT, INPUT), lambda x: x, augment=False, crop=INPUT // 2)
+    coarse, fine, labels = sampler.batch(np.random.default_rng(5), 4)
+    assert coarse.shape == fine.shape == (4, 3, INPUT // 2, INPUT // 2) and labels.shape == (4, INPUT // 2, INPUT // 2)
+    # fine is the image itself, so each crop's pixels must be found in a window read of the image
+    assert float((coarse - fine).abs().mean()) < 0.2
+    with pytest.raises(UsageError, match="--crop"):
+        RefinerPairSampler(dataset, (INPUT, INPUT), lambda x: x, crop=INPUT + 1)
