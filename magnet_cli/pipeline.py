@@ -26,7 +26,7 @@ from magnet_cli.models.bundle import ModelBundle
 from magnet_cli.models.refiner import fuse_for_inference
 from magnet_cli.pyramid import Level, ScalePlan, Window, make_plan
 from magnet_cli.refine import crop_resize, points_for_level, refine, uncertainty
-from magnet_cli.runtime import intra_op_threads, keep_freed_memory_in_heap, one_intra_op_thread
+from magnet_cli.runtime import keep_freed_memory_in_heap, one_intra_op_thread
 from magnet_cli.scheduler import TreeScheduler
 
 Mode = Literal["magnet", "fast", "patch", "downsample"]
@@ -187,10 +187,6 @@ class Engine:
         stats.refiner_seconds += time.perf_counter() - start
         return proposal
 
-    def _bookkeeping(self) -> contextlib.AbstractContextManager:
-        """Small per-window tensor ops: one thread on CPU (see runtime.intra_op_threads)."""
-        return intra_op_threads(1) if self.device.type == "cpu" else contextlib.nullcontext()
-
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -234,24 +230,21 @@ class Engine:
             if level == 0 or self.refiner is None:
                 maps = fine
             else:
-                with self._bookkeeping():
-                    boxes = torch.tensor(
-                        [_box_in_parent(t.window, t.parent, h, w) for t in tasks], dtype=torch.float64  # type: ignore[arg-type]
-                    )
-                    parents = torch.stack([t.parent_map for t in tasks])  # type: ignore[misc]
-                    coarse = crop_resize(parents, boxes.to(parents.device), (h, w))
+                boxes = torch.tensor(
+                    [_box_in_parent(t.window, t.parent, h, w) for t in tasks], dtype=torch.float64  # type: ignore[arg-type]
+                )
+                parents = torch.stack([t.parent_map for t in tasks])  # type: ignore[misc]
+                coarse = crop_resize(parents, boxes.to(parents.device), (h, w))
                 proposal = self.propose_refinement(coarse, fine, stats)
-                with self._bookkeeping():
-                    spec = plan.levels[level]
-                    k_level = points_for_level(self.points, spec.pixel_count)
-                    k = min(h * w, round(k_level * h * w / spec.pixel_count))
-                    maps = refine(coarse, proposal, k, self.kernel)
-            with self._bookkeeping():
-                for task, window_map in zip(tasks, maps):
-                    if level == last:
-                        _emit(plan, task.window, window_map, sink)
-                    else:
-                        scheduler.expand(task.window, window_map)
+                spec = plan.levels[level]
+                k_level = points_for_level(self.points, spec.pixel_count)
+                k = min(h * w, round(k_level * h * w / spec.pixel_count))
+                maps = refine(coarse, proposal, k, self.kernel)
+            for task, window_map in zip(tasks, maps):
+                if level == last:
+                    _emit(plan, task.window, window_map, sink)
+                else:
+                    scheduler.expand(task.window, window_map)
             stats.windows_per_level[level] += len(tasks)
             progress(level, len(tasks))
         stats.peak_queued_windows = scheduler.peak_queued
@@ -357,16 +350,27 @@ def _box_in_parent(window: Window, parent: Window, height: int, width: int) -> l
     ]
 
 
+EMIT_TILE = 1024  # full-resolution pixels per side of each piece a window hands to the sink
+
+
 def _emit(plan: ScalePlan, window: Window, window_map: torch.Tensor, sink: Sink) -> None:
-    """Hand the part of a finest-level window's map that it owns to the sink, at full resolution."""
+    """Hand the part of a finest-level window's map that it owns to the sink, at full resolution.
+
+    In pieces of at most EMIT_TILE x EMIT_TILE: a window of a coarse plan (`downsample` mode, or custom
+    `--levels`) can own a region far larger than its map, and resampling it whole would hold C x H x W
+    floats of the full image.
+    """
     y0, x0, y1, x1 = plan.owned_region(window)
     h, w = window_map.shape[-2:]
     sy, sx = h / (window.y1 - window.y0), w / (window.x1 - window.x0)
-    box = torch.tensor(
-        [[(y0 - window.y0) * sy, (x0 - window.x0) * sx, (y1 - window.y0) * sy, (x1 - window.x0) * sx]],
-        dtype=torch.float64,
-    )
-    sink((y0, x0, y1, x1), _resample(window_map[None], box, (y1 - y0, x1 - x0))[0])
+    for ty in range(y0, y1, EMIT_TILE):
+        for tx in range(x0, x1, EMIT_TILE):
+            ty1, tx1 = min(ty + EMIT_TILE, y1), min(tx + EMIT_TILE, x1)
+            box = torch.tensor(
+                [[(ty - window.y0) * sy, (tx - window.x0) * sx, (ty1 - window.y0) * sy, (tx1 - window.x0) * sx]],
+                dtype=torch.float64,
+            )
+            sink((ty, tx, ty1, tx1), _resample(window_map[None], box, (ty1 - ty, tx1 - tx))[0])
 
 
 def _resample(maps: torch.Tensor, box: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import sys
-from typing import Iterator
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -41,24 +39,3 @@ def one_intra_op_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
-
-
-@contextlib.contextmanager
-def intra_op_threads(count: int) -> Iterator[None]:
-    """Run a block's torch ops on `count` threads of the calling thread, then restore the setting.
-
-    The main thread's per-window bookkeeping (crops, certainty, medians, k-th values) is made of small
-    ops: with the readers and the writer busy, two-thread teams of them wait on each other (measured:
-    crop_resize 0.7 ms on one thread, 6.8 ms on two with the other core busy).
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    if count == before:
-        yield
-        return
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

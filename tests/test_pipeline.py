@@ -132,3 +132,18 @@ def test_whole_level_modes_refuse_images_whose_level_maps_would_not_fit(bundle, 
             run(bundle, image, mode=mode, selection=selection)
     _, writes, _ = run(bundle, image, mode="magnet", selection="window")  # streaming is unaffected
     assert (writes == 1).all()
+
+
+def test_a_large_owned_region_reaches_the_sink_in_bounded_pieces(bundle, monkeypatch):
+    """downsample mode: one 64 px map owns the whole image; it must not be resampled in one piece."""
+    from magnet_cli import pipeline
+
+    image = random_rgb(200, 150, seed=4)
+    whole, _, _ = run(bundle, image, mode="downsample")
+    monkeypatch.setattr(pipeline, "EMIT_TILE", 48)
+    pieces: list[tuple[int, int]] = []
+    original = pipeline._resample
+    monkeypatch.setattr(pipeline, "_resample", lambda maps, box, size: pieces.append(size) or original(maps, box, size))
+    tiled, writes, _ = run(bundle, image, mode="downsample")
+    assert (writes == 1).all() and max(max(size) for size in pieces) <= 48 and len(pieces) == 5 * 4
+    assert torch.allclose(tiled, whole, atol=1e-5)
