@@ -227,6 +227,8 @@ def refine(
         k = min(k, int(allowed.sum()))
     if k <= 0:
         return coarse
+    if allowed is None and k >= coarse.shape[-2] * coarse.shape[-1]:
+        return refined  # every point is replaced: no score needed
     score = score_map(coarse, refined, smooth_kernel, blur_size)
     if allowed is not None:
         score = torch.where(allowed, score, torch.full_like(score, -1.0))  # scores are >= 0
