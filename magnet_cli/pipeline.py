@@ -86,7 +86,8 @@ def resolve_device(name: str) -> torch.device:
 
 def plan_for(source_height: int, source_width: int, bundle: ModelBundle, settings: InferenceSettings) -> ScalePlan:
     """The full scale plan; modes then use all of it, its first level or its last level."""
-    return make_plan(source_height, source_width, bundle.input_size, settings.levels, settings.crop_size)
+    levels = settings.levels if settings.levels is not None else bundle.levels
+    return make_plan(source_height, source_width, bundle.input_size, levels, settings.crop_size)
 
 
 def windows_per_level(plan: ScalePlan, settings: InferenceSettings) -> list[int]:

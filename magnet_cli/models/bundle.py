@@ -29,6 +29,7 @@ class ModelBundle:
     points: float = 0.5  # count (> 1) or fraction of each level's pixels
     smooth_kernel: int = 11
     value_range: tuple[float, float] | None = None
+    levels: int | list[int] | None = None  # default scale levels (as --levels); None: automatic
     path: Path | None = None
     metadata: dict = field(default_factory=dict)  # the rest of model.toml (training commands, scores)
 
@@ -77,9 +78,21 @@ def load_bundle(directory: Path | str) -> ModelBundle:
         points=float(spec.get("points", 0.5)),
         smooth_kernel=int(spec.get("smooth_kernel", 11)),
         value_range=tuple(value_range) if value_range else None,  # type: ignore[arg-type]
+        levels=_levels(spec.get("levels", "auto"), toml_path),
         path=directory,
-        metadata={k: v for k, v in spec.items() if k in ("training", "scores", "description", "levels")},
+        metadata={k: v for k, v in spec.items() if k in ("training", "evaluation", "description")},
     )
+
+
+def _levels(value: object, toml_path: Path) -> int | list[int] | None:
+    """model.toml `levels`: "auto", a level count, or each level's long side in pixels."""
+    if value == "auto":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, int) and v >= 1 for v in value):
+        return list(value)
+    raise ModelError(f"{toml_path}: levels must be \"auto\", a level count or a list of sizes, got {value!r}")
 
 
 def _load_segmenter_module(directory: Path, seg_spec: dict, num_classes: int, toml_path: Path) -> torch.nn.Module:
@@ -115,6 +128,7 @@ def save_bundle(
     std: tuple[float, ...] | None = None,
     points: float = 0.5,
     smooth_kernel: int = 11,
+    levels: int | list[int] | str = "auto",
     architecture_options: dict | None = None,
     extra: dict | None = None,
 ) -> Path:
@@ -131,6 +145,7 @@ def save_bundle(
         "std": list(std) if std else None,
         "points": points,
         "smooth_kernel": smooth_kernel,
+        "levels": levels,
         "segmenter": {
             "architecture": architecture,
             "options": architecture_options or None,

@@ -302,6 +302,7 @@ def write_refined_bundle(
         "std": segmenter.std,
         "points": float(spec.get("points", 0.5)),
         "smooth_kernel": int(spec.get("smooth_kernel", 11)),
+        "levels": spec.get("levels", "auto"),
     }
     if "architecture" in seg_spec:
         return save_bundle(
@@ -329,6 +330,7 @@ def write_refined_bundle(
         "std": list(segmenter.std) if segmenter.std else None,
         "points": common["points"],
         "smooth_kernel": common["smooth_kernel"],
+        "levels": common["levels"],
         "segmenter": {"torchscript": "segmenter.ts"},
         "refiner": {"weights": "refiner.pt", "input_order": refiner.input_order},
         "training": record,
