@@ -296,7 +296,8 @@ def benchmark(
     model_arg = str(model) if model is not None else None
     classes = bundle.classes
 
-    pairs = dataset_pairs(data, scratch, classes, progress)
+    needs_images = bool(variants) or peer or limit
+    pairs = dataset_pairs(data, scratch, classes, progress) if needs_images else []
     report = BenchmarkReport(machine_description(device), bundle.name, str(data), len(pairs))
     totals: dict[str, Scores] = {}
     runs: dict[str, list[dict]] = {}
@@ -315,7 +316,7 @@ def benchmark(
     if "magnet" in totals and "magnet-global" in totals:
         report.selection_difference = round(totals["magnet-global"].miou - totals["magnet"].miou, 5)
 
-    if peer and monai_available():
+    if peer and pairs and monai_available():
         scores, peer_runs = Scores.empty(classes), []
         for image, truth in pairs:
             mask = scratch / "masks" / "monai" / f"{image.stem}.tif"
@@ -345,7 +346,7 @@ def benchmark(
         })
         log(f"scaling {size}^2: {run['seconds']:.1f} s, {run['peak_rss_mb']:.0f} MB")
 
-    if limit:
+    if limit and pairs:
         report.limit = measure_limit(pairs[0][0], model_arg, batch_size, device, scratch)
     report.seconds = round(time.perf_counter() - started, 1)
     report.plots = write_plots(report, output_dir)

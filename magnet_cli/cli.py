@@ -383,7 +383,7 @@ def benchmark_command(
     ),
     output: Path = typer.Option(Path("benchmark-results"), "-o", "--output", help="Folder for JSON, Markdown and plots."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model bundle (default: the bundled one)."),
-    modes: Optional[str] = typer.Option(None, "--modes", help="Comma-separated variants (default: all)."),
+    modes: Optional[str] = typer.Option(None, "--modes", help="Comma-separated variants (default: all; none: skip)."),
     sizes: Optional[str] = typer.Option(None, "--sizes", help="Scaling sizes, e.g. 2048,4096,8192 (0 for none)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Windows per model call."),
     device: str = typer.Option("cpu", "--device", help="auto, cpu or cuda."),
@@ -398,7 +398,12 @@ def benchmark_command(
     from magnet_cli.bench import DEFAULT_VARIANTS, benchmark, markdown
 
     def action():
-        variants = [m.strip() for m in modes.split(",") if m.strip()] if modes else list(DEFAULT_VARIANTS)
+        if modes is None:
+            variants = list(DEFAULT_VARIANTS)
+        elif modes.strip() == "none":  # the scaling series alone
+            variants = []
+        else:
+            variants = [m.strip() for m in modes.split(",") if m.strip()]
         try:
             size_list = None if sizes is None else [int(s) for s in sizes.split(",") if s.strip() and int(s) > 0]
         except ValueError:

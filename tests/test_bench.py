@@ -73,6 +73,14 @@ def test_unknown_variant_is_refused_before_any_work(tmp_path, bundle_dir):
     assert result.exit_code == 2 and "no such dataset folder" in result.output
 
 
+def test_scaling_alone_reads_no_dataset(tmp_path, bundle_dir):
+    report = benchmark(tmp_path / "absent", tmp_path / "out", model=bundle_dir, variants=[], sizes=[96], peer=False,
+                       limit=False, progress=False)
+    assert report.images == 0 and report.modes == [] and report.limit is None
+    assert [row["size"] for row in report.scaling] == [96] and report.scaling[0]["peak_rss_mb"] > 50
+    assert [Path(p).name for p in report.plots] == ["scaling.png"]
+
+
 def test_variants_cover_the_papers_table():
     assert {"downsample", "patch", "fast", "magnet"} <= set(VARIANTS)
     assert VARIANTS["magnet-all-points"].points == 1.0 and VARIANTS["magnet-global"].selection == "global"
