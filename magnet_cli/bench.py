@@ -380,10 +380,13 @@ def markdown(report: BenchmarkReport) -> str:
     lines = [
         f"Machine: {report.machine}. Model: {report.model}. Data: {report.data} ({report.images} images). "
         f"Benchmark time: {report.seconds:.0f} s.",
-        "",
-        "| mode | mIoU | boundary F | pixel acc. | s / image | peak RSS (MB) | windows / image |",
-        "|---|---|---|---|---|---|---|",
     ]
+    if report.modes:
+        lines += [
+            "",
+            "| mode | mIoU | boundary F | pixel acc. | s / image | peak RSS (MB) | windows / image |",
+            "|---|---|---|---|---|---|---|",
+        ]
     for row in report.modes:
         lines.append(
             f"| {row['mode']} | {_pct(row['miou'])} | {_pct(row['boundary_f'])} | {_pct(row['pixel_accuracy'])} | "
