@@ -24,7 +24,7 @@ from magnet_cli.errors import UsageError
 from magnet_cli.io.base import Box, ImageSource, PixelNormalization
 from magnet_cli.models.bundle import ModelBundle
 from magnet_cli.models.refiner import fuse_for_inference
-from magnet_cli.pyramid import Level, ScalePlan, Window, make_plan
+from magnet_cli.pyramid import Level, ScalePlan, Window, default_depth, make_plan
 from magnet_cli.refine import crop_resize, points_for_level, refine, uncertainty
 from magnet_cli.runtime import keep_freed_memory_in_heap, one_intra_op_thread
 from magnet_cli.scheduler import TreeScheduler
@@ -87,6 +87,9 @@ def resolve_device(name: str) -> torch.device:
 def plan_for(source_height: int, source_width: int, bundle: ModelBundle, settings: InferenceSettings) -> ScalePlan:
     """The full scale plan; modes then use all of it, its first level or its last level."""
     levels = settings.levels if settings.levels is not None else bundle.levels
+    if levels is None and bundle.max_levels is not None:
+        crop_height, crop_width = settings.crop_size or bundle.input_size
+        levels = min(default_depth(source_height, source_width, crop_height, crop_width), bundle.max_levels)
     return make_plan(source_height, source_width, bundle.input_size, levels, settings.crop_size)
 
 

@@ -30,6 +30,9 @@ class ModelBundle:
     smooth_kernel: int = 11
     value_range: tuple[float, float] | None = None
     levels: int | list[int] | None = None  # default scale levels (as --levels); None: automatic
+    # Automatic levels stop at this many: the coarsest level then shows the model no coarser a view
+    # than it was trained on, however large the image. None: no cap.
+    max_levels: int | None = None
     path: Path | None = None
     metadata: dict = field(default_factory=dict)  # the rest of model.toml (training commands, scores)
 
@@ -79,6 +82,7 @@ def load_bundle(directory: Path | str) -> ModelBundle:
         smooth_kernel=int(spec.get("smooth_kernel", 11)),
         value_range=tuple(value_range) if value_range else None,  # type: ignore[arg-type]
         levels=_levels(spec.get("levels", "auto"), toml_path),
+        max_levels=_max_levels(spec.get("max_levels"), toml_path),
         path=directory,
         metadata={k: v for k, v in spec.items() if k in ("training", "evaluation", "description")},
     )
@@ -93,6 +97,14 @@ def _levels(value: object, toml_path: Path) -> int | list[int] | None:
     if isinstance(value, list) and value and all(isinstance(v, int) and v >= 1 for v in value):
         return list(value)
     raise ModelError(f"{toml_path}: levels must be \"auto\", a level count or a list of sizes, got {value!r}")
+
+
+def _max_levels(value: object, toml_path: Path) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ModelError(f"{toml_path}: max_levels must be a positive level count, got {value!r}")
 
 
 def _load_segmenter_module(directory: Path, seg_spec: dict, num_classes: int, toml_path: Path) -> torch.nn.Module:

@@ -45,3 +45,14 @@ def test_the_shipped_default_bundle_is_trained_and_records_how():
     training, scores = bundle.metadata["training"], bundle.metadata["evaluation"]["miou"]
     assert training["trained"] and all(c.startswith("magnet train-") for c in training["commands"])
     assert scores["magnet"] >= max(scores["downsample"], scores["patch"]) + 0.03
+
+
+def test_max_levels_caps_only_the_automatic_depth(tmp_path):
+    directory = saved(tmp_path / "capped")
+    toml = directory / "model.toml"
+    toml.write_text(toml.read_text().replace('levels = "auto"', 'levels = "auto"\nmax_levels = 3'))
+    bundle = load_bundle(directory)
+    assert bundle.max_levels == 3
+    assert plan_for(4096, 4096, bundle, InferenceSettings()).depth == 3  # automatic would be 7
+    assert plan_for(128, 128, bundle, InferenceSettings()).depth == 2  # below the cap: unchanged
+    assert plan_for(4096, 4096, bundle, InferenceSettings(levels=6)).depth == 6  # --levels wins
