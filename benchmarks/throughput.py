@@ -1,7 +1,7 @@
 """How close the pipeline gets to pure model compute: end-to-end time vs model-only time on the same
 windows (DESIGN section 3; issue 2's "pipeline overhead under 25% on CPU").
 
-End to end = `magnet_cli.segment` on a real file (reading, scheduling, refinement bookkeeping, the
+End to end = `magnet_cli.segmentation` on a real file (reading, scheduling, refinement bookkeeping, the
 label writer). Model only = the same number of segmenter and refiner calls, same batch sizes, on
 tensors already in memory. Overhead = 1 - model_only / end_to_end. `magnet benchmark` reports the
 same measurement as its "limit"; this script runs only that part, on any image.

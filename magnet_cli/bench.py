@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from magnet_cli.errors import MagnetError, UsageError
-from magnet_cli.evaluate import IGNORE_INDEX, Scores, evaluate_pair
+from magnet_cli.evaluation import IGNORE_INDEX, Scores, evaluate_pair
 
 PAPER_POINTS = 65536  # the paper's k (2^16 points per level)
 
@@ -124,7 +124,7 @@ def dataset_pairs(data: str | Path, workdir: Path, classes: list, progress: bool
 
 def render_scenes(folder: Path, seed: int, count: int, size: int, progress: bool) -> list[tuple[Path, Path]]:
     """Synth scenes as tiled pyramidal TIFFs, rendered unless already there."""
-    from magnet_cli.synth import scene_name, synth
+    from magnet_cli.synthetic import scene_name, synth
 
     pairs = [(folder / "images" / f"{scene_name(seed, i)}.tif", folder / "masks" / f"{scene_name(seed, i)}.tif") for i in range(count)]
     if not all(image.exists() and mask.exists() for image, mask in pairs):
@@ -160,7 +160,7 @@ def measure_limit(image: Path, model: str | None, batch_size: int, device: str, 
     """End-to-end MagNet on one image (in this process, as a user's script would call it) vs the same
     windows through the models alone."""
     from magnet_cli.pipeline import Engine, InferenceSettings
-    from magnet_cli.segment import resolve_model, segment
+    from magnet_cli.segmentation import resolve_model, segment
 
     bundle = resolve_model(model)
     engine = Engine(bundle, InferenceSettings(mode="magnet", batch_size=batch_size, device=device))
@@ -202,7 +202,7 @@ def monai_segment(image: Path, output: Path, model: str | None, batch_size: int,
     from magnet_cli.io.base import PixelNormalization, to_unit_rgb
     from magnet_cli.io.open import open_image
     from magnet_cli.pipeline import resolve_device
-    from magnet_cli.segment import resolve_model
+    from magnet_cli.segmentation import resolve_model
 
     bundle = resolve_model(model)
     torch_device = resolve_device(device)
@@ -277,7 +277,7 @@ def benchmark(
 ) -> BenchmarkReport:
     """Run the modes on images + masks (or synth scenes), the scaling series, the limit and the peer;
     write benchmark.json, benchmark.md and PNG plots into `output_dir`."""
-    from magnet_cli.segment import resolve_model
+    from magnet_cli.segmentation import resolve_model
 
     started = time.perf_counter()
     preset = QUICK if quick else FULL

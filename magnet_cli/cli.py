@@ -124,7 +124,7 @@ def segment_command(
 ) -> None:
     """Segment images into OME-Zarr label images."""
     from magnet_cli.pyramid import parse_levels
-    from magnet_cli.segment import segment
+    from magnet_cli.segmentation import segment
 
     def action():
         return segment(
@@ -174,7 +174,7 @@ def info_command(
     json_output: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Size, dtype, pyramid levels, chunking and georeferencing of an image."""
-    from magnet_cli.info import info
+    from magnet_cli.describe import info
 
     details = _run(lambda: info(path))
     if json_output:
@@ -198,7 +198,7 @@ def synth_command(
     json_output: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ) -> None:
     """Render deterministic synthetic benchmark scenes: images and ground-truth masks."""
-    from magnet_cli.synth import synth
+    from magnet_cli.synthetic import synth
 
     pairs = _run(
         lambda: synth(
@@ -346,7 +346,7 @@ def evaluate_command(
     json_output: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
 ) -> None:
     """Per-class IoU, mIoU, pixel accuracy, frequency-weighted IoU and boundary F-score, streamed."""
-    from magnet_cli.evaluate import evaluate
+    from magnet_cli.evaluation import evaluate
 
     result = _run(
         lambda: evaluate(

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from magnet_cli.bench import VARIANTS, benchmark, markdown
 from magnet_cli.cli import app
 from magnet_cli.errors import UsageError
-from magnet_cli.evaluate import evaluate
+from magnet_cli.evaluation import evaluate
 
 from tests.conftest import NUM_CLASSES
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from magnet_cli.errors import OutputError, UsageError
-from magnet_cli.evaluate import confusion, mean_iou
+from magnet_cli.evaluation import confusion, mean_iou
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.jsonl"

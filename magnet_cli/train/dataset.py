@@ -236,7 +236,7 @@ def parse_synth_spec(spec: str) -> tuple[int, int, int]:
 def synth_dataset(spec: str) -> SegmentationDataset:
     """Synthetic scenes (seeds SEED..SEED+COUNT-1, SIZE x SIZE) rendered in memory when first read."""
     from magnet_cli.io.array import ArraySource
-    from magnet_cli.synth import SYNTH_CLASSES, SceneSpec, reduce_into, image_levels, render_region, scene_name
+    from magnet_cli.synthetic import SYNTH_CLASSES, SceneSpec, reduce_into, image_levels, render_region, scene_name
 
     seed, count, size = parse_synth_spec(spec)
 

@@ -17,7 +17,7 @@ from magnet_cli.models.bundle import MODEL_FILE, ModelBundle, load_bundle, save_
 from magnet_cli.models.refiner import Refiner, save_refiner
 from magnet_cli.models.segmenter import Segmenter, infer_num_classes, load_torchscript
 from magnet_cli.toml_writer import dumps
-from magnet_cli.evaluate import confusion, mean_iou
+from magnet_cli.evaluation import confusion, mean_iou
 from magnet_cli.train.common import (
     clean,
     command_line,

@@ -15,7 +15,7 @@ from magnet_cli.classes import ClassInfo
 from magnet_cli.errors import UsageError
 from magnet_cli.models.builtin import build_architecture
 from magnet_cli.models.bundle import save_bundle
-from magnet_cli.evaluate import confusion, mean_iou
+from magnet_cli.evaluation import confusion, mean_iou
 from magnet_cli.train.common import (
     clean,
     command_line,

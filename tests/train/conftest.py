@@ -9,7 +9,7 @@ import torch
 
 from magnet_cli.models.builtin import SmallUNet
 from magnet_cli.models.bundle import save_bundle
-from magnet_cli.synth import SYNTH_CLASSES, synth
+from magnet_cli.synthetic import SYNTH_CLASSES, synth
 
 INPUT = 32  # model input; 128 px scenes then have 3 levels (32, 64, 128)
 SCENE = 128

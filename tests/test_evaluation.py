@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from magnet_cli.classes import default_classes
 from magnet_cli.cli import app
 from magnet_cli.errors import InputError, UsageError
-from magnet_cli.evaluate import (
+from magnet_cli.evaluation import (
     BoundaryCounts,
     confusion,
     evaluate,

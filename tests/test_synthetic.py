@@ -16,7 +16,7 @@ from magnet_cli.classes import parse_classes
 from magnet_cli.cli import app
 from magnet_cli.errors import OutputError, UsageError
 from magnet_cli.io.open import open_image
-from magnet_cli.synth import (
+from magnet_cli.synthetic import (
     BUILDING,
     FARMLAND,
     FLOODPLAIN,

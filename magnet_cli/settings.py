@@ -1,0 +1,398 @@
+"""The settings objects the CLI builds and the library takes: which model, how to infer, what to write,
+how to run, how to train.
+
+Every value is validated here, once, when the object is made, so a library caller gets the same one-line
+`UsageError` (naming the CLI option) as a shell user. Defaults live here too: `options.py` reads them, so
+a default is written in one place. No torch import: `magnet --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from magnet_cli.errors import UsageError
+
+# --- bounds (what memory and the models allow) ----------------------------------------------------------
+MIN_INPUT_SIDE = 32  # the built-in nets downsample 16x; a smaller window has no pixels left at the bottom
+MAX_INPUT_SIDE = 4096  # a 4096^2 window of 256 classes already holds 16 GiB of fp32 probabilities
+MAX_LEVELS = 16  # 2^15 x 4096 px: far beyond any slide; a larger count is a typo
+MAX_LEVEL_SIDE = 1 << 22
+MAX_SMOOTH_KERNEL = 63  # the reference runs use 5 and 11; each step up costs kernel^2 per pixel
+MAX_BATCH = 1024
+MAX_CLASSES = 65535  # labels are stored as uint16 at most
+MAX_IGNORE_INDEX = 65535
+MAX_EPOCHS = 100_000
+MAX_STEPS = 10_000_000
+MAX_SEED = 2**32 - 1  # numpy's SeedSequence and torch.manual_seed both accept this range
+MAX_CROP = 4096
+
+
+class Mode(str, Enum):
+    """Inference modes (DESIGN section 3)."""
+
+    magnet = "magnet"
+    fast = "fast"
+    patch = "patch"
+    downsample = "downsample"
+
+
+class Selection(str, Enum):
+    """Where MagNet's k points are chosen: per window (streaming) or over the whole level."""
+
+    window = "window"
+    global_ = "global"
+
+
+class RefinerInputOrder(str, Enum):
+    """Channel order a refiner checkpoint expects: ours (coarse_fine) or the reference code's."""
+
+    coarse_fine = "coarse_fine"
+    fine_coarse = "fine_coarse"
+
+
+class Optimizer(str, Enum):
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+class CoarseFrom(str, Enum):
+    """Coarse map of a refiner training pair: the parent window (adjacent levels) or the whole image."""
+
+    parent = "parent"
+    whole = "whole"
+
+
+class ZarrFormat(int, Enum):
+    v2 = 2  # OME-Zarr NGFF 0.4
+    v3 = 3  # OME-Zarr NGFF 0.5
+
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+# --- checks shared by the settings below --------------------------------------------------------------
+def _enum(kind: type[Enum], value: Any, option: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(str(member.value) for member in kind)  # type: ignore[attr-defined]
+        raise UsageError(f"{option} {value!r}: expected one of {choices}") from None
+
+
+def _integer(value: Any, option: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UsageError(f"{option} {value!r}: expected a whole number from {low} to {high}")
+    return value
+
+
+def _finite(value: Any, option: str, low: float | None = None, high: float | None = None, *, open_low: bool = False) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{option} {value!r}: expected a number") from None
+    if not math.isfinite(number):
+        raise UsageError(f"{option} {value!r}: expected a finite number")
+    if low is not None and (number <= low if open_low else number < low):
+        raise UsageError(f"{option} {value!r}: must be {'above' if open_low else 'at least'} {low:g}")
+    if high is not None and number > high:
+        raise UsageError(f"{option} {value!r}: must be at most {high:g}")
+    return number
+
+
+def check_size(value: Any, option: str, low: int = MIN_INPUT_SIDE, high: int = MAX_INPUT_SIDE) -> tuple[int, int] | None:
+    """An (h, w) pair of whole pixels within [low, high], or None."""
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{option} {value!r}: expected HxW, e.g. 512x512") from None
+    if not (low <= h <= high and low <= w <= high):
+        raise UsageError(f"{option} {h}x{w}: each side must be from {low} to {high} pixels")
+    return h, w
+
+
+def check_points(value: Any, option: str = "--points") -> float | None:
+    """A count (a whole number >= 1) or a fraction in [0, 1] of each level's pixels."""
+    if value is None:
+        return None
+    number = _finite(value, option, 0.0)
+    if number > 1 and number != int(number):
+        raise UsageError(f"{option} {value!r}: expected a count (65536) or a fraction (0.5)")
+    return number
+
+
+def check_smooth_kernel(value: Any, option: str = "--smooth-kernel") -> int | None:
+    if value is None:
+        return None
+    kernel = _integer(value, option, 1, MAX_SMOOTH_KERNEL)
+    if kernel % 2 == 0:
+        raise UsageError(f"{option} {kernel}: must be odd (the median needs a centre pixel)")
+    return kernel
+
+
+def check_levels(value: Any, option: str = "--levels") -> int | tuple[int, ...] | None:
+    """A level count, or each level's long side in pixels (strictly increasing), or None for automatic."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _integer(value, option, 1, MAX_LEVELS)
+    sizes = tuple(value)
+    if not sizes or len(sizes) > MAX_LEVELS:
+        raise UsageError(f"{option}: expected 1 to {MAX_LEVELS} level sizes")
+    for size in sizes:
+        _integer(size, option, 1, MAX_LEVEL_SIDE)
+    if any(b <= a for a, b in zip(sizes, sizes[1:])):
+        raise UsageError(f"{option} {','.join(map(str, sizes))}: level sizes must increase, coarsest first")
+    return sizes
+
+
+def check_channel_stats(mean: Any, std: Any) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """`--mean` and `--std` come together, one finite value per channel, every std above zero."""
+    if (mean is None) != (std is None):
+        raise UsageError("--mean and --std go together: give both or neither")
+    if mean is None:
+        return None, None
+    mean_values = tuple(_finite(v, "--mean") for v in mean)
+    std_values = tuple(_finite(v, "--std", 0.0, open_low=True) for v in std)
+    if len(mean_values) != len(std_values) or not mean_values:
+        raise UsageError(f"--mean has {len(mean_values)} values but --std has {len(std_values)}")
+    return mean_values, std_values
+
+
+def check_device(value: Any, option: str = "--device") -> str:
+    """The spelling of a device (auto, cpu, cuda, cuda:N); whether it exists is `devices.resolve_device`'s job."""
+    text = str(value).strip().lower()
+    if not DEVICE_PATTERN.match(text):
+        raise UsageError(f"{option} {value!r}: expected auto, cpu, cuda or cuda:N")
+    return text
+
+
+def check_bands(value: Any, option: str = "--bands") -> tuple[int, ...] | None:
+    """Band numbers counted from 1, as GDAL, rasterio and QGIS count them."""
+    if value is None:
+        return None
+    bands = tuple(value)
+    if not bands:
+        raise UsageError(f"{option}: expected band numbers such as 3,2,1 (counted from 1)")
+    for band in bands:
+        _integer(band, option, 1, 65535)
+    return bands
+
+
+# --- the settings objects -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which model: a bundle folder (default: the bundled one), or a segmenter file with its contract."""
+
+    model: Path | None = None
+    segmenter: str | None = None  # a TorchScript file, or module:factory
+    classes: str | None = None  # a class count or a class file
+    input_size: tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    refiner: Path | None = None
+    refiner_input_order: RefinerInputOrder | None = None
+
+    def __post_init__(self) -> None:
+        if self.model is not None and self.segmenter is not None:
+            raise UsageError("give either --model or --segmenter, not both")
+        if self.segmenter is not None and not str(self.segmenter).strip():
+            raise UsageError("--segmenter: empty path")
+        _set(self, "model", Path(self.model) if self.model is not None else None)
+        _set(self, "refiner", Path(self.refiner) if self.refiner is not None else None)
+        _set(self, "input_size", check_size(self.input_size, "--input-size"))
+        mean, std = check_channel_stats(self.mean, self.std)
+        _set(self, "mean", mean)
+        _set(self, "std", std)
+        if self.refiner_input_order is not None:
+            _set(self, "refiner_input_order", _enum(RefinerInputOrder, self.refiner_input_order, "--refiner-input-order"))
+        if self.classes is not None:
+            text = str(self.classes).strip()
+            if not text:
+                raise UsageError("--classes: expected a class count or a class file")
+            if text.isdigit():
+                _integer(int(text), "--classes", 2, MAX_CLASSES)
+            _set(self, "classes", text)
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How to run the method: everything `segment` exposes except inputs, outputs and the model."""
+
+    mode: Mode = Mode.magnet
+    levels: int | tuple[int, ...] | None = None  # None: the bundle's default, else automatic
+    points: float | None = None  # None: the bundle's default
+    smooth_kernel: int | None = None  # None: the bundle's default
+    fast_patches: int = 3
+    selection: Selection = Selection.window
+    batch_size: int = 4
+    device: str = "auto"
+    bands: tuple[int, ...] | None = None  # counted from 1
+    crop_size: tuple[int, int] | None = None
+    read_threads: int = 2
+
+    def __post_init__(self) -> None:
+        _set(self, "mode", _enum(Mode, self.mode, "--mode"))
+        _set(self, "selection", _enum(Selection, self.selection, "--selection"))
+        _set(self, "levels", check_levels(self.levels))
+        _set(self, "points", check_points(self.points))
+        _set(self, "smooth_kernel", check_smooth_kernel(self.smooth_kernel))
+        _integer(self.fast_patches, "--fast-patches", 1, 1_000_000)
+        _integer(self.batch_size, "--batch-size", 1, MAX_BATCH)
+        _set(self, "device", check_device(self.device))
+        _set(self, "bands", check_bands(self.bands))
+        _set(self, "crop_size", check_size(self.crop_size, "crop size", 1, MAX_LEVEL_SIDE))
+        _integer(self.read_threads, "read threads", 1, 64)
+
+    def record(self) -> dict:
+        """Every setting that shapes the labels, for the output's run metadata."""
+        return {
+            "mode": self.mode.value,
+            "selection": self.selection.value,
+            "levels": list(self.levels) if isinstance(self.levels, tuple) else self.levels,
+            "points": self.points,
+            "smooth_kernel": self.smooth_kernel,
+            "fast_patches": self.fast_patches,
+            "bands": list(self.bands) if self.bands else None,
+            "crop_size": list(self.crop_size) if self.crop_size else None,
+        }
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """What `segment` writes beside the label image."""
+
+    write_probabilities: bool = False
+    write_uncertainty: bool = False
+    preview: Path | None = None  # PNG overlay (a folder of them for several inputs)
+    geotiff: Path | None = None  # tiled GeoTIFF of the mask (a folder of them for several inputs)
+    zarr_format: ZarrFormat = ZarrFormat.v3
+
+    def __post_init__(self) -> None:
+        _set(self, "zarr_format", _enum(ZarrFormat, self.zarr_format, "--zarr-format"))
+        for name in ("preview", "geotiff"):
+            value = getattr(self, name)
+            if value is not None:
+                if not str(value).strip():
+                    raise UsageError(f"--{name}: empty path")
+                _set(self, name, Path(value))
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a command runs, whatever it computes."""
+
+    progress: bool = True
+    overwrite: bool = False
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.overwrite and self.resume:
+            raise UsageError("--overwrite and --resume contradict each other: give one")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """What both trainers share. Every field is recorded with the weights it makes."""
+
+    epochs: int = 20
+    steps: int = 100  # optimiser steps per epoch
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+    val: str | None = None  # a validation dataset (folder or synth:SEED:COUNT:SIZE)
+    ignore_index: int = 255
+    name: str | None = None  # the bundle's name (default: the output folder's)
+
+    def __post_init__(self) -> None:
+        _integer(self.epochs, "--epochs", 1, MAX_EPOCHS)
+        _integer(self.steps, "--steps", 1, MAX_STEPS)
+        _integer(self.batch_size, "--batch-size", 1, MAX_BATCH)
+        _set(self, "lr", _finite(self.lr, "--lr", 0.0, 10.0, open_low=True))
+        _set(self, "weight_decay", _finite(self.weight_decay, "weight decay", 0.0, 1.0))
+        _integer(self.seed, "--seed", 0, MAX_SEED)
+        _set(self, "device", check_device(self.device))
+        _integer(self.ignore_index, "--ignore-index", 0, MAX_IGNORE_INDEX)
+        if self.val is not None and not str(self.val).strip():
+            raise UsageError("--val: empty dataset path")
+
+
+@dataclass(frozen=True)
+class SegmenterTraining(TrainingSettings):
+    """`train-segmenter`: a built-in architecture trained on windows of every scale level."""
+
+    architecture: str = "small_unet"
+    architecture_options: tuple[tuple[str, Any], ...] = ()
+    input_size: tuple[int, int] = (256, 256)
+    classes: str | None = None  # default: the dataset's classes.json
+    optimizer: Optimizer = Optimizer.adamw
+    val_windows: int = 32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _set(self, "input_size", check_size(self.input_size, "--input-size"))
+        _set(self, "optimizer", _enum(Optimizer, self.optimizer, "--optimizer"))
+        _integer(self.val_windows, "validation windows", 0, 100_000)
+
+
+@dataclass(frozen=True)
+class RefinerTraining(TrainingSettings):
+    """`train-refiner`: the paper's refiner recipe over a frozen segmenter (DESIGN section 2)."""
+
+    epochs: int = 50  # the paper's
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    milestones: tuple[int, ...] | None = None  # None: the paper's, scaled to epochs
+    gamma: float = 0.1
+    ohem: bool = False
+    augment: bool = True
+    coarse_from: CoarseFrom = CoarseFrom.parent
+    crop: int | None = None
+    val_pairs: int = 32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _set(self, "momentum", _finite(self.momentum, "momentum", 0.0, 1.0))
+        _set(self, "gamma", _finite(self.gamma, "gamma", 0.0, 1.0, open_low=True))
+        _set(self, "coarse_from", _enum(CoarseFrom, self.coarse_from, "--coarse-from"))
+        if self.milestones is not None:
+            marks = tuple(_integer(m, "--milestones", 1, self.epochs - 1) if self.epochs > 1 else m for m in self.milestones)
+            if self.epochs <= 1 and marks:
+                raise UsageError("--milestones: one epoch has no room for an lr step")
+            if list(marks) != sorted(set(marks)):
+                raise UsageError(f"--milestones {','.join(map(str, marks))}: expected increasing epochs")
+            _set(self, "milestones", marks)
+        if self.crop is not None:
+            _integer(self.crop, "--crop", MIN_INPUT_SIDE, MAX_CROP)
+        _integer(self.val_pairs, "validation pairs", 0, 100_000)
+
+
+# --- helpers --------------------------------------------------------------------------------------------
+def _set(settings: object, name: str, value: Any) -> None:
+    object.__setattr__(settings, name, value)  # frozen dataclasses normalise their own fields
+
+
+Settings = TypeVar("Settings")
+
+
+def build(kind: type[Settings], **values: Any) -> Settings:
+    """A settings object from the given values, None meaning "the default": the CLI passes every option,
+    and an option left out must not override a default that differs between commands."""
+    names = {f.name for f in fields(kind)}  # type: ignore[arg-type]
+    unknown = set(values) - names
+    if unknown:
+        raise TypeError(f"{kind.__name__} has no field(s) {', '.join(sorted(unknown))}")
+    return kind(**{k: v for k, v in values.items() if v is not None})
+
+
+def with_values(settings: Settings, **values: Any) -> Settings:
+    """A copy with the given fields replaced, validated again."""
+    return replace(settings, **values)  # type: ignore[type-var]
