@@ -73,9 +73,29 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_architecture(name: str, num_classes: int, **options: object) -> nn.Module:
-    """Instantiate a built-in architecture by name."""
+    """Instantiate a built-in architecture by name; bad options are a ModelError, not a traceback."""
     from magnet_cli.errors import ModelError
 
     if name not in ARCHITECTURES:
         raise ModelError(f"unknown built-in architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")
-    return ARCHITECTURES[name](num_classes, **options)
+    try:
+        return ARCHITECTURES[name](num_classes, **options)
+    except (TypeError, ValueError, IndexError) as error:
+        raise ModelError(f"architecture {name!r} with options {options}: {error}") from None
+
+
+def check_input_size(module: nn.Module, input_size: tuple[int, int], num_classes: int) -> None:
+    """Run one blank window through a freshly built net so that a size it cannot take is a ModelError
+    before training starts, not a traceback in the first step."""
+    from magnet_cli.errors import ModelError
+
+    was_training = module.training
+    try:
+        with torch.no_grad():
+            out = module.eval()(torch.zeros(1, 3, *input_size, device=next(module.parameters()).device))
+    except RuntimeError as error:
+        raise ModelError(f"input size {input_size[0]}x{input_size[1]} does not fit this architecture ({str(error).splitlines()[0]})") from None
+    finally:
+        module.train(was_training)
+    if out.shape[1:] != (num_classes, *input_size):
+        raise ModelError(f"the architecture maps a {input_size[0]}x{input_size[1]} window to {tuple(out.shape[1:])}, not ({num_classes}, {input_size[0]}, {input_size[1]})")

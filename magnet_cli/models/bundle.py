@@ -1,23 +1,352 @@
-"""Model bundles (DESIGN section 5): a folder with model.toml, segmenter weights and refiner weights."""
+"""Model bundles (DESIGN section 5): a folder with model.toml, segmenter weights and refiner weights.
+
+`BundleSpec` *is* model.toml: `BundleSpec.read(folder)` and `spec.write(folder)` are exact inverses, and
+every writer (both trainers, tools/finish_bundle.py) goes through it, so a field cannot be dropped by one
+writer or ignored by one reader. docs/bundle.md documents every key.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
-from magnet_cli.classes import ClassInfo, classes_from_records, classes_to_records, default_classes
-from magnet_cli.errors import ModelError
+from magnet_cli.classes import ClassInfo, default_classes
+from magnet_cli.errors import MagnetError, ModelError, UsageError
 from magnet_cli.models.builtin import build_architecture
-from magnet_cli.models.refiner import Refiner, load_refiner, save_refiner
+from magnet_cli.models.refiner import INPUT_ORDERS, Refiner, load_refiner, save_refiner
 from magnet_cli.models.segmenter import Segmenter, load_factory, load_torchscript
+from magnet_cli.settings import MAX_LEVELS, check_channel_stats, check_levels, check_points, check_size, check_smooth_kernel
 from magnet_cli.toml_writer import dumps
 
 MODEL_FILE = "model.toml"
+SEGMENTER_WEIGHTS = "segmenter.pt"
+SEGMENTER_EXPORT = "segmenter.ts"
+REFINER_WEIGHTS = "refiner.pt"
+SEGMENTER_KINDS = ("architecture", "torchscript", "factory")
 
 
+# --- the spec -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SegmenterSpec:
+    """[segmenter]: exactly one source (a built-in architecture, a TorchScript file or a module:factory)."""
+
+    architecture: str | None = None
+    torchscript: str | None = None  # file, relative to the bundle folder
+    factory: str | None = None  # "package.module:function", called with the class count
+    options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the architecture
+    weights: str | None = None  # state dict of an architecture or factory module
+    torchscript_export: str | None = None  # a TorchScript copy for other tools; never read by us
+    sha256: str | None = None  # content digest of the weights (`segmenter_digest`)
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in SEGMENTER_KINDS if getattr(self, k) is not None)
+
+    @property
+    def file(self) -> str:
+        """The file the segmenter is loaded from."""
+        return self.torchscript if self.torchscript is not None else self.weights or SEGMENTER_WEIGHTS
+
+
+@dataclass(frozen=True)
+class RefinerSpec:
+    """[refiner]: the refiner's weights and what it was trained with."""
+
+    weights: str = REFINER_WEIGHTS
+    input_order: str | None = None  # None: the checkpoint's own, else the reference's fine_coarse
+    segmenter_sha256: str | None = None  # digest of the segmenter the refiner was trained over
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """model.toml, typed. Defaults are what a key left out means."""
+
+    name: str
+    input_size: tuple[int, int]
+    classes: tuple[ClassInfo, ...]
+    segmenter: SegmenterSpec
+    description: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    value_range: tuple[float, float] | None = None
+    points: float = 0.5
+    smooth_kernel: int = 11
+    levels: int | tuple[int, ...] | None = None  # None: "auto"
+    max_levels: int | None = None
+    refiner: RefinerSpec | None = None
+    training: dict[str, Any] = field(default_factory=dict)  # free-form record of how the weights were made
+    evaluation: dict[str, Any] = field(default_factory=dict)  # free-form record of held-out scores
+
+    @classmethod
+    def read(cls, directory: Path | str) -> "BundleSpec":
+        """model.toml of a bundle folder; every problem is a ModelError naming the file and the key."""
+        directory = Path(directory)
+        path = directory / MODEL_FILE
+        if not path.is_file():
+            raise ModelError(f"{directory}: not a model bundle (no {MODEL_FILE})")
+        try:
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise ModelError(f"{path}: invalid TOML ({error})") from None
+        return cls.from_document(document, path, default_name=directory.name)
+
+    def write(self, directory: Path | str) -> Path:
+        """Write model.toml into `directory` (atomically: a reader never sees half a file)."""
+        from magnet_cli.io.labels import replace_file_atomically
+
+        path = Path(directory) / MODEL_FILE
+        with replace_file_atomically(path) as temporary:
+            temporary.write_text(dumps(self.to_document()), encoding="utf-8")
+        return path
+
+    def to_document(self) -> dict[str, Any]:
+        """The TOML document (None and empty tables left out: both read back as the default)."""
+        document: dict[str, Any] = {
+            "name": self.name,
+            "description": self.description,
+            "input_size": list(self.input_size),
+            "mean": _list(self.mean),
+            "std": _list(self.std),
+            "value_range": _list(self.value_range),
+            "points": self.points,
+            "smooth_kernel": self.smooth_kernel,
+            "levels": "auto" if self.levels is None else _list(self.levels) if isinstance(self.levels, tuple) else self.levels,
+            "max_levels": self.max_levels,
+            "segmenter": _table(self.segmenter),
+            "refiner": _table(self.refiner) if self.refiner is not None else None,
+            "training": self.training or None,
+            "evaluation": self.evaluation or None,
+            "classes": [{"name": c.name, "color": list(c.color)} for c in self.classes],
+        }
+        return {k: v for k, v in document.items() if v is not None}
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any], path: Path | str, default_name: str = "model") -> "BundleSpec":
+        """The spec of a parsed model.toml; `path` names the file in errors."""
+        check = _Checker(Path(path))
+        check.keys(document, {f.name for f in fields(cls)}, None)
+        segmenter = check.segmenter(check.table(document, "segmenter", required=True))
+        refiner_table = check.table(document, "refiner", required=False)
+        return cls(
+            name=check.text(document, "name", default=default_name),
+            description=check.text(document, "description", default=None),
+            input_size=check.settled("input_size", lambda: _size(check.typed(document, "input_size", list, required=True))),
+            classes=check.classes(document.get("classes")),
+            segmenter=segmenter,
+            mean=check.stats(document, "mean"),
+            std=check.stats(document, "std"),
+            value_range=check.value_range(document.get("value_range")),
+            points=check.settled("points", lambda: float(check_points(check.number(document, "points", 0.5), "points"))),
+            smooth_kernel=check.settled(
+                "smooth_kernel", lambda: check_smooth_kernel(check.typed(document, "smooth_kernel", int, 11), "smooth_kernel")
+            ),
+            levels=check.levels(document.get("levels", "auto")),
+            max_levels=check.max_levels(document.get("max_levels")),
+            refiner=check.refiner(refiner_table) if refiner_table is not None else None,
+            training=check.table(document, "training", required=False) or {},
+            evaluation=check.table(document, "evaluation", required=False) or {},
+        )._validated(Path(path))
+
+    def _validated(self, path: Path) -> "BundleSpec":
+        """Checks across keys."""
+        try:
+            check_channel_stats(self.mean, self.std)
+        except UsageError as error:
+            raise ModelError(f"{path}: {str(error).replace('--', '')}") from None
+        return self
+
+
+def _list(values: Any) -> list | None:
+    return list(values) if values is not None else None
+
+
+def _table(spec: Any) -> dict[str, Any]:
+    """A nested spec as a TOML table, unset (None) and empty entries left out."""
+    values = {f.name: getattr(spec, f.name) for f in fields(spec)}
+    return {k: v for k, v in values.items() if v is not None and v != {}}
+
+
+def _size(value: list) -> tuple[int, int]:
+    if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise UsageError(f"input_size {value!r}: expected [height, width] in whole pixels")
+    return check_size(value, "input_size")  # type: ignore[return-value]
+
+
+class _Checker:
+    """Typed reads of one model.toml: each failure is a ModelError naming the file and the key."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, message: str) -> ModelError:
+        return ModelError(f"{self.path}: {message}")
+
+    def keys(self, table: dict, known: set[str], section: str | None) -> None:
+        for key in table:
+            if key not in known:
+                where = f"in [{section}]" if section else "at the top level"
+                hint = ""
+                if section and key in _TOP_LEVEL:
+                    hint = f" ({key} belongs at the top level, above [{section}])"
+                elif section is None and key in _SEGMENTER_KEYS:
+                    hint = f" ({key} belongs in [segmenter])"
+                raise self.fail(f"unknown key {key!r} {where}{hint}")
+
+    def settled(self, key: str, read: Any) -> Any:
+        """Run a settings check, its UsageError becoming this file's ModelError."""
+        try:
+            return read()
+        except UsageError as error:
+            raise self.fail(str(error)) from None
+
+    def typed(self, table: dict, key: str, kind: type | tuple[type, ...], default: Any = None, *, required: bool = False,
+              section: str | None = None) -> Any:
+        name = f"{section}.{key}" if section else key
+        if key not in table:
+            if required:
+                raise self.fail(f"missing key {name!r}")
+            return default
+        value = table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            expected = " or ".join(k.__name__ for k in kinds)
+            raise self.fail(f"{name} must be {_article(expected)}, got {value!r}")
+        return value
+
+    def text(self, table: dict, key: str, default: str | None, section: str | None = None) -> str | None:
+        return self.typed(table, key, str, default, section=section)
+
+    def number(self, table: dict, key: str, default: float) -> float:
+        return self.typed(table, key, (int, float), default)
+
+    def table(self, document: dict, key: str, *, required: bool) -> dict | None:
+        return self.typed(document, key, dict, None, required=required)
+
+    def stats(self, document: dict, key: str) -> tuple[float, ...] | None:
+        values = self.typed(document, key, list, None)
+        if values is None:
+            return None
+        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise self.fail(f"{key} must be a list of numbers, one per channel, got {values!r}")
+        return tuple(float(v) for v in values)
+
+    def value_range(self, value: Any) -> tuple[float, float] | None:
+        if value is None:
+            return None
+        if (
+            not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            or not value[0] < value[1]
+        ):
+            raise self.fail(f"value_range must be [low, high] with low < high, got {value!r}")
+        return float(value[0]), float(value[1])
+
+    def levels(self, value: Any) -> int | tuple[int, ...] | None:
+        """"auto", a level count, or each level's long side in pixels."""
+        if value == "auto":
+            return None
+        if isinstance(value, (int, list)) and not isinstance(value, bool):
+            return self.settled("levels", lambda: check_levels(value, "levels"))
+        raise self.fail(f'levels must be "auto", a level count or a list of sizes, got {value!r}')
+
+    def max_levels(self, value: Any) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_LEVELS:
+            return value
+        raise self.fail(f"max_levels must be a level count from 1 to {MAX_LEVELS}, got {value!r}")
+
+    def classes(self, value: Any) -> tuple[ClassInfo, ...]:
+        if value is None:
+            raise self.fail("missing [[classes]] (one entry per class, each with a name and a color)")
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value) or len(value) < 2:
+            raise self.fail(f"[[classes]] must list at least 2 classes, got {value!r}")
+        fallback = default_classes(len(value))
+        classes = []
+        for index, entry in enumerate(value):
+            self.keys(entry, {"name", "color"}, "classes")
+            name = self.typed(entry, "name", str, required=True, section="classes")
+            color = self.typed(entry, "color", list, list(fallback[index].color), section="classes")
+            if len(color) != 3 or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color):
+                raise self.fail(f"classes.color of {name!r} must be [r, g, b] from 0 to 255, got {color!r}")
+            classes.append(ClassInfo(name, tuple(color)))  # type: ignore[arg-type]
+        return tuple(classes)
+
+    def segmenter(self, table: dict) -> SegmenterSpec:
+        self.keys(table, {f.name for f in fields(SegmenterSpec)}, "segmenter")
+        values = {key: self.text(table, key, None, "segmenter") for key in _SEGMENTER_TEXT}
+        sources = [k for k in SEGMENTER_KINDS if values[k] is not None]
+        if len(sources) != 1:
+            found = ", ".join(sources) or "none"
+            raise self.fail(f"[segmenter] needs exactly one of {', '.join(SEGMENTER_KINDS)} (found {found})")
+        options = self.typed(table, "options", dict, {}, section="segmenter")
+        if values["torchscript"] is not None:
+            for key in ("weights", "torchscript_export"):
+                if values[key] is not None:
+                    raise self.fail(f"segmenter.{key} does not go with segmenter.torchscript (the file holds the weights)")
+        else:
+            values["weights"] = values["weights"] or SEGMENTER_WEIGHTS
+        if options and values["architecture"] is None:
+            raise self.fail("segmenter.options go with segmenter.architecture only")
+        return SegmenterSpec(options=options, **values)
+
+    def refiner(self, table: dict) -> RefinerSpec:
+        self.keys(table, {f.name for f in fields(RefinerSpec)}, "refiner")
+        order = self.text(table, "input_order", None, "refiner")
+        if order is not None and order not in INPUT_ORDERS:
+            raise self.fail(f"refiner.input_order must be one of {', '.join(INPUT_ORDERS)}, got {order!r}")
+        return RefinerSpec(
+            weights=self.text(table, "weights", REFINER_WEIGHTS, "refiner"),  # type: ignore[arg-type]
+            input_order=order,
+            segmenter_sha256=self.text(table, "segmenter_sha256", None, "refiner"),
+        )
+
+
+_TOP_LEVEL = {f.name for f in fields(BundleSpec)}
+_SEGMENTER_KEYS = {f.name for f in fields(SegmenterSpec)} - {"weights"}
+_SEGMENTER_TEXT = ("architecture", "torchscript", "factory", "weights", "torchscript_export", "sha256")
+
+
+def _article(noun: str) -> str:
+    return {"str": "a string", "int": "a whole number", "list": "a list", "dict": "a table"}.get(noun, noun)
+
+
+# --- digests: which segmenter a refiner was trained over -------------------------------------------------
+def segmenter_digest(module: nn.Module) -> str:
+    """sha256 over a module's state dict (sorted names, dtype, shape, bytes): the same for a built-in net,
+    its TorchScript export and a factory module holding the same weights, on any device."""
+    digest = hashlib.sha256()
+    state = module.state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def pairing_warning(bundle: "ModelBundle") -> str | None:
+    """One sentence when the refiner was trained over another segmenter than the bundle's; None when they
+    match or when the refiner records nothing (a reference checkpoint, an older file)."""
+    refiner = bundle.refiner
+    trained_with = getattr(refiner, "segmenter_sha256", None) if refiner is not None else None
+    if trained_with is None:
+        return None
+    current = segmenter_digest(bundle.segmenter.module)
+    if current == trained_with:
+        return None
+    return (
+        f"the refiner was trained over another segmenter (sha256 {trained_with[:12]}, this one is {current[:12]}); "
+        "it may correct the wrong mistakes: retrain it with `magnet train-refiner --model` for this segmenter"
+    )
+
+
+# --- the loaded bundle ------------------------------------------------------------------------------------
 @dataclass
 class ModelBundle:
     """Everything `segment` needs from a model: segmenter, refiner, classes and inference defaults."""
@@ -29,12 +358,12 @@ class ModelBundle:
     points: float = 0.5  # count (> 1) or fraction of each level's pixels
     smooth_kernel: int = 11
     value_range: tuple[float, float] | None = None
-    levels: int | list[int] | None = None  # default scale levels (as --levels); None: automatic
+    levels: int | tuple[int, ...] | None = None  # default scale levels (as --levels); None: automatic
     # Automatic levels stop at this many: the coarsest level then shows the model no coarser a view
     # than it was trained on, however large the image. None: no cap.
     max_levels: int | None = None
     path: Path | None = None
-    metadata: dict = field(default_factory=dict)  # the rest of model.toml (training commands, scores)
+    spec: BundleSpec | None = None  # the model.toml it was loaded from (or made for bring-your-own parts)
 
     @property
     def num_classes(self) -> int:
@@ -46,92 +375,88 @@ class ModelBundle:
 
 
 def load_bundle(directory: Path | str) -> ModelBundle:
-    """Read a bundle folder; every problem is a ModelError naming the file."""
+    """Read a bundle folder strictly; every problem is a ModelError naming the file."""
     directory = Path(directory)
-    toml_path = directory / MODEL_FILE
-    if not toml_path.is_file():
-        raise ModelError(f"{directory}: not a model bundle (no {MODEL_FILE})")
-    try:
-        spec = tomllib.loads(toml_path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ModelError(f"{toml_path}: invalid TOML ({error})") from None
-    try:
-        classes = classes_from_records(spec["classes"])
-        input_size = tuple(int(v) for v in spec["input_size"])
-        seg_spec = spec["segmenter"]
-    except (KeyError, TypeError, ValueError) as error:
-        raise ModelError(f"{toml_path}: missing or malformed entry {error}") from None
-    if len(input_size) != 2:
-        raise ModelError(f"{toml_path}: input_size must be [height, width]")
-    module = _load_segmenter_module(directory, seg_spec, len(classes), toml_path)
-    mean, std = spec.get("mean"), spec.get("std")
-    segmenter = Segmenter(
-        module, len(classes), input_size, tuple(mean) if mean else None, tuple(std) if std else None  # type: ignore[arg-type]
-    )
+    spec = BundleSpec.read(directory)
+    module = load_segmenter_module(directory, spec)
+    segmenter = Segmenter(module, len(spec.classes), spec.input_size, spec.mean, spec.std)  # type: ignore[arg-type]
     refiner = None
-    if "refiner" in spec:
-        ref_spec = spec["refiner"]
-        refiner = load_refiner(directory / ref_spec.get("weights", "refiner.pt"), ref_spec.get("input_order"), len(classes))
-    value_range = spec.get("value_range")
+    if spec.refiner is not None:
+        refiner = load_refiner(directory / spec.refiner.weights, spec.refiner.input_order, len(spec.classes))  # type: ignore[arg-type]
+        refiner.segmenter_sha256 = spec.refiner.segmenter_sha256 or refiner.segmenter_sha256
+    return _bundle(spec, segmenter, refiner, directory)
+
+
+def _bundle(spec: BundleSpec, segmenter: Segmenter, refiner: Refiner | None, path: Path | None) -> ModelBundle:
     return ModelBundle(
-        name=str(spec.get("name", directory.name)),
-        classes=classes,
-        segmenter=segmenter,
-        refiner=refiner,
-        points=float(spec.get("points", 0.5)),
-        smooth_kernel=int(spec.get("smooth_kernel", 11)),
-        value_range=tuple(value_range) if value_range else None,  # type: ignore[arg-type]
-        levels=_levels(spec.get("levels", "auto"), toml_path),
-        max_levels=_max_levels(spec.get("max_levels"), toml_path),
-        path=directory,
-        metadata={k: v for k, v in spec.items() if k in ("training", "evaluation", "description")},
+        name=spec.name, classes=list(spec.classes), segmenter=segmenter, refiner=refiner, points=spec.points,
+        smooth_kernel=spec.smooth_kernel, value_range=spec.value_range, levels=spec.levels,
+        max_levels=spec.max_levels, path=path, spec=spec,
     )
 
 
-def _levels(value: object, toml_path: Path) -> int | list[int] | None:
-    """model.toml `levels`: "auto", a level count, or each level's long side in pixels."""
-    if value == "auto":
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    if isinstance(value, list) and value and all(isinstance(v, int) and v >= 1 for v in value):
-        return list(value)
-    raise ModelError(f"{toml_path}: levels must be \"auto\", a level count or a list of sizes, got {value!r}")
-
-
-def _max_levels(value: object, toml_path: Path) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise ModelError(f"{toml_path}: max_levels must be a positive level count, got {value!r}")
-
-
-def _load_segmenter_module(directory: Path, seg_spec: dict, num_classes: int, toml_path: Path) -> torch.nn.Module:
-    if "torchscript" in seg_spec:
-        return load_torchscript(directory / seg_spec["torchscript"])
-    if "factory" in seg_spec:
-        module = load_factory(seg_spec["factory"], num_classes)
-    elif "architecture" in seg_spec:
-        module = build_architecture(seg_spec["architecture"], num_classes, **seg_spec.get("options", {}))
+def load_segmenter_module(directory: Path, spec: BundleSpec) -> nn.Module:
+    """The segmenter module a spec names, in eval mode on the CPU."""
+    source = spec.segmenter
+    if source.torchscript is not None:
+        return load_torchscript(directory / source.torchscript)
+    num_classes = len(spec.classes)
+    if source.factory is not None:
+        module = load_factory(source.factory, num_classes)
     else:
-        raise ModelError(f"{toml_path}: [segmenter] needs 'architecture', 'torchscript' or 'factory'")
-    weights = directory / seg_spec.get("weights", "segmenter.pt")
+        module = build_architecture(source.architecture, num_classes, **source.options)  # type: ignore[arg-type]
+    weights = directory / source.file
     if not weights.is_file():
         raise ModelError(f"{weights}: no such segmenter weights file")
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        module.load_state_dict(state)
+        module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except Exception as error:
         raise ModelError(f"{weights}: cannot load segmenter weights ({str(error).splitlines()[0]})") from None
     return module.eval()
+
+
+# --- writing ------------------------------------------------------------------------------------------
+def write_bundle(directory: Path | str, spec: BundleSpec, segmenter: nn.Module, refiner: Refiner | None = None) -> BundleSpec:
+    """Write the weights the spec names, then model.toml with the digests filled in; return that spec.
+
+    The refiner's `segmenter_sha256` (set by the trainer) says which segmenter it was trained over.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    source = spec.segmenter
+    module = segmenter.cpu().eval()
+    if source.torchscript is not None:
+        _script(module).save(str(directory / source.torchscript))
+    else:
+        torch.save(module.state_dict(), directory / source.file)
+        if source.torchscript_export is not None:
+            _script(module).save(str(directory / source.torchscript_export))
+    spec = replace(spec, segmenter=replace(source, sha256=segmenter_digest(module)))
+    if refiner is not None:
+        refiner_spec = spec.refiner or RefinerSpec()
+        trained_with = getattr(refiner, "segmenter_sha256", None)
+        save_refiner(refiner, directory / refiner_spec.weights)
+        spec = replace(spec, refiner=replace(refiner_spec, input_order=refiner.input_order, segmenter_sha256=trained_with))
+    elif spec.refiner is not None:
+        raise ValueError("a spec with [refiner] needs the refiner to write")
+    spec.write(directory)
+    return spec
+
+
+def _script(module: nn.Module) -> torch.jit.ScriptModule:
+    if isinstance(module, torch.jit.ScriptModule):
+        return module
+    try:
+        return torch.jit.script(module)
+    except Exception as error:  # TorchScript raises many types for code it cannot compile
+        raise ModelError(f"cannot export the segmenter to TorchScript ({str(error).splitlines()[0]})") from None
 
 
 def save_bundle(
     directory: Path | str,
     name: str,
     classes: list[ClassInfo],
-    segmenter_module: torch.nn.Module,
+    segmenter_module: nn.Module,
     architecture: str,
     input_size: tuple[int, int],
     refiner: Refiner | None,
@@ -142,36 +467,39 @@ def save_bundle(
     smooth_kernel: int = 11,
     levels: int | list[int] | str = "auto",
     architecture_options: dict | None = None,
-    extra: dict | None = None,
 ) -> Path:
-    """Write a bundle: model.toml, segmenter.pt (state dict), segmenter.ts (TorchScript), refiner.pt."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.save(segmenter_module.state_dict(), directory / "segmenter.pt")
-    scripted = torch.jit.script(segmenter_module.eval())
-    scripted.save(str(directory / "segmenter.ts"))
-    document: dict = {
-        "name": name,
-        "input_size": list(input_size),
-        "mean": list(mean) if mean else None,
-        "std": list(std) if std else None,
-        "points": points,
-        "smooth_kernel": smooth_kernel,
-        "levels": levels,
-        "segmenter": {
-            "architecture": architecture,
-            "options": architecture_options or None,
-            "weights": "segmenter.pt",
-            "torchscript_export": "segmenter.ts",
-        },
-    }
-    if refiner is not None:
-        save_refiner(refiner, directory / "refiner.pt")
-        document["refiner"] = {"weights": "refiner.pt", "input_order": refiner.input_order}
-    document.update(extra or {})
-    document["classes"] = classes_to_records(classes)
-    (directory / MODEL_FILE).write_text(dumps(document), encoding="utf-8")
-    return directory
+    """A built-in segmenter (plus an optional refiner) as a bundle: a shorthand for `write_bundle`."""
+    spec = BundleSpec(
+        name=name,
+        input_size=tuple(input_size),  # type: ignore[arg-type]
+        classes=tuple(classes),
+        segmenter=SegmenterSpec(
+            architecture=architecture, options=_plain(architecture_options or {}), weights=SEGMENTER_WEIGHTS,
+            torchscript_export=SEGMENTER_EXPORT,
+        ),
+        mean=tuple(mean) if mean else None,
+        std=tuple(std) if std else None,
+        points=float(points),
+        smooth_kernel=smooth_kernel,
+        levels=None if levels == "auto" else tuple(levels) if isinstance(levels, list) else levels,  # type: ignore[arg-type]
+        refiner=RefinerSpec() if refiner is not None else None,
+    )
+    write_bundle(directory, spec, segmenter_module, refiner)
+    return Path(directory)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so a spec equals its own read-back."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def is_factory(source: str) -> bool:
+    """`package.module:function` rather than a file (a Windows drive letter is not a factory)."""
+    return ":" in source and not Path(source).exists() and source[1:3] != ":\\"
 
 
 def bundle_from_parts(
@@ -180,27 +508,114 @@ def bundle_from_parts(
     input_size: tuple[int, int],
     refiner_path: Path | str | None,
     *,
-    mean: tuple[float, float, float] | None = None,
-    std: tuple[float, float, float] | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
     refiner_input_order: str | None = None,
 ) -> ModelBundle:
     """A bundle for bring-your-own models: a TorchScript file (or module:factory) plus an optional refiner."""
     from magnet_cli.models.segmenter import infer_num_classes
 
-    spec = str(segmenter_path)
-    if ":" in spec and not Path(spec).exists() and not spec[1:3] == ":\\":
+    source = str(segmenter_path)
+    if is_factory(source):
         if classes is None:
-            raise ModelError(f"segmenter factory {spec!r} needs --classes (it is called with the class count)")
-        module = load_factory(spec, len(classes))
+            raise ModelError(f"segmenter factory {source!r} needs --classes (it is called with the class count)")
+        module = load_factory(source, len(classes))
+        segmenter_spec = SegmenterSpec(factory=source, weights=SEGMENTER_WEIGHTS)
     else:
         module = load_torchscript(segmenter_path)
-    num_classes = infer_num_classes(module, input_size)
+        segmenter_spec = SegmenterSpec(torchscript=source)
+    try:
+        num_classes = infer_num_classes(module, input_size)
+    except MagnetError:
+        raise
+    except Exception as error:  # a user's model failing on a blank image is the user's to fix, not a bug
+        raise ModelError(f"{source}: the segmenter fails on a {input_size[0]}x{input_size[1]} input ({str(error).splitlines()[0]})") from None
     if classes is None:
         classes = default_classes(num_classes)
     if len(classes) != num_classes:
-        raise ModelError(f"{segmenter_path}: segmenter outputs {num_classes} classes but --classes gives {len(classes)}")
+        raise ModelError(f"{source}: segmenter outputs {num_classes} classes but --classes gives {len(classes)}")
     refiner = (
         load_refiner(refiner_path, refiner_input_order, num_classes) if refiner_path is not None else None  # type: ignore[arg-type]
     )
-    segmenter = Segmenter(module, num_classes, input_size, mean, std)
-    return ModelBundle(name=Path(spec).stem, classes=classes, segmenter=segmenter, refiner=refiner)
+    spec = BundleSpec(
+        name=Path(source).stem, input_size=tuple(input_size), classes=tuple(classes), segmenter=segmenter_spec,  # type: ignore[arg-type]
+        mean=tuple(mean) if mean else None, std=tuple(std) if std else None,
+        refiner=RefinerSpec(str(refiner_path), refiner_input_order, refiner.segmenter_sha256) if refiner else None,
+    )
+    segmenter = Segmenter(module, num_classes, tuple(input_size), spec.mean, spec.std)  # type: ignore[arg-type]
+    return _bundle(spec, segmenter, refiner, None)
+
+
+# --- describing -------------------------------------------------------------------------------------------
+def describe_bundle(directory: Path | str) -> dict[str, Any]:
+    """What `magnet info --model DIR` shows: the bundle loaded strictly, as plain JSON-serialisable data."""
+    bundle = load_bundle(directory)
+    spec: BundleSpec = bundle.spec  # type: ignore[assignment]
+    digest = segmenter_digest(bundle.segmenter.module)
+    source = spec.segmenter
+    refiner = None
+    if spec.refiner is not None and bundle.refiner is not None:
+        trained_with = bundle.refiner.segmenter_sha256
+        refiner = {
+            "file": spec.refiner.weights,
+            "input_order": bundle.refiner.input_order,
+            "parameters": sum(p.numel() for p in bundle.refiner.parameters()),
+            "segmenter_sha256": trained_with,
+            "paired": None if trained_with is None else trained_with == digest,
+            "warning": pairing_warning(bundle),
+        }
+    return {
+        "path": str(Path(directory)),
+        "name": spec.name,
+        "description": spec.description,
+        "classes": [{"id": i, "name": c.name, "color": list(c.color)} for i, c in enumerate(spec.classes)],
+        "num_classes": len(spec.classes),
+        "input_size": list(spec.input_size),
+        "mean": _list(spec.mean),
+        "std": _list(spec.std),
+        "value_range": _list(spec.value_range),
+        "inference": {
+            "points": spec.points,
+            "smooth_kernel": spec.smooth_kernel,
+            "levels": "auto" if spec.levels is None else _plain(spec.levels),
+            "max_levels": spec.max_levels,
+        },
+        "segmenter": {
+            "kind": source.kind,
+            "source": getattr(source, source.kind),
+            "file": source.file,
+            "options": _plain(source.options),
+            "torchscript_export": source.torchscript_export,
+            "parameters": sum(p.numel() for p in bundle.segmenter.module.parameters()),
+            "sha256": digest,
+            "sha256_recorded": source.sha256,
+        },
+        "refiner": refiner,
+        "training": _training_summary(spec.training),
+        "evaluation": {k: spec.evaluation[k] for k in ("data", "miou", "note") if k in spec.evaluation} or None,
+    }
+
+
+SCORE_SUFFIXES = ("miou", "loss")
+
+
+def _training_summary(training: dict[str, Any]) -> dict[str, Any] | None:
+    """Per trained part: its commands, data, epochs and final scores."""
+    if not training:
+        return None
+    summary: dict[str, Any] = {}
+    if isinstance(training.get("commands"), list):
+        summary["commands"] = training["commands"]
+    for part in ("segmenter", "refiner"):
+        record = training.get(part)
+        if not isinstance(record, dict):
+            continue
+        commands = record.get("commands") or ([record["command"]] if "command" in record else [])
+        summary[part] = {
+            "commands": commands,
+            "data": record.get("data"),
+            "val": record.get("val", record.get("val_data")),
+            "epochs": record.get("epochs"),
+            "scores": {k: v for k, v in record.items() if k.endswith(SCORE_SUFFIXES)},
+        }
+    return summary

@@ -52,6 +52,9 @@ class Refiner(nn.Module):
             raise ModelError(f"refiner input order must be one of {INPUT_ORDERS}, got {input_order!r}")
         self.num_classes = num_classes
         self.input_order = input_order
+        # Digest of the segmenter this refiner was trained over (models.bundle.segmenter_digest); None
+        # when unknown (a reference checkpoint, an older file, an untrained net).
+        self.segmenter_sha256: str | None = None
         self.bn0 = nn.BatchNorm2d(2 * num_classes, momentum=BN_MOMENTUM)
         self.conv1 = nn.Conv2d(2 * num_classes, 64, kernel_size=3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64, momentum=BN_MOMENTUM)
@@ -113,15 +116,18 @@ def load_refiner(path: Path | str, input_order: InputOrder | None = None, num_cl
     except RuntimeError as error:
         first = str(error).splitlines()[0]
         raise ModelError(f"{path}: refiner weights do not match the architecture ({first})") from None
+    trained_with = payload.get("segmenter_sha256") if "state_dict" in payload else None
+    refiner.segmenter_sha256 = trained_with if isinstance(trained_with, str) else None
     return refiner.eval()
 
 
 def save_refiner(refiner: Refiner, path: Path | str) -> None:
-    """Save with our metadata so the input order travels with the weights."""
-    torch.save(
-        {"state_dict": refiner.state_dict(), "num_classes": refiner.num_classes, "input_order": refiner.input_order},
-        Path(path),
-    )
+    """Save with our metadata so the input order, and the segmenter it was trained over, travel with the
+    weights (a lone --refiner file still says what it pairs with)."""
+    payload = {"state_dict": refiner.state_dict(), "num_classes": refiner.num_classes, "input_order": refiner.input_order}
+    if refiner.segmenter_sha256 is not None:
+        payload["segmenter_sha256"] = refiner.segmenter_sha256
+    torch.save(payload, Path(path))
 
 
 def fuse_for_inference(refiner: Refiner) -> Refiner:

@@ -61,7 +61,13 @@ def load_factory(spec: str, num_classes: int) -> nn.Module:
         factory = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
         raise ModelError(f"cannot import segmenter factory {spec!r}: {error}") from None
-    return factory(num_classes).eval()
+    try:
+        module = factory(num_classes)
+    except Exception as error:  # the user's code failing is the user's to fix: one line, not a traceback
+        raise ModelError(f"segmenter factory {spec!r} failed: {type(error).__name__}: {error}") from None
+    if not isinstance(module, nn.Module):
+        raise ModelError(f"segmenter factory {spec!r} returned {type(module).__name__}, not a torch.nn.Module")
+    return module.eval()
 
 
 def infer_num_classes(module: nn.Module, input_size: tuple[int, int]) -> int:
