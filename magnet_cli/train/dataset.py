@@ -23,6 +23,7 @@ from magnet_cli.io.base import Box, ImageSource
 from magnet_cli.io.open import list_images, open_image
 from magnet_cli.pyramid import ScalePlan, Window, make_plan
 from magnet_cli.refine import crop_resize
+from magnet_cli.settings import CoarseFrom
 
 IGNORE_INDEX = 255
 # Masks up to this many pixels are scanned for class ids when the dataset is opened; larger ones are
@@ -328,7 +329,7 @@ class WindowSampler:
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
-COARSE_SOURCES = ("parent", "whole")
+COARSE_SOURCES = tuple(c.value for c in CoarseFrom)
 
 
 @dataclass
@@ -337,7 +338,7 @@ class RefinerPairSampler:
     of a random level s >= 2 and resized to h x w, the fine map O (segmenter softmax on that window) and
     the window's mask.
 
-    `coarse_source` says where Y comes from: "parent" (default) is the segmenter's map of the window's
+    `coarse_from` says where Y comes from: "parent" (default) is the segmenter's map of the window's
     parent at level s - 1, so pairs come from random adjacent levels, the scale gap the refiner meets
     at every step of inference; "whole" is the map of the whole image (level 1), as the reference
     train.py does, which trains mostly on the large gaps of the deepest levels.
@@ -349,14 +350,15 @@ class RefinerPairSampler:
     input_size: tuple[int, int]
     segment: Callable[[torch.Tensor], torch.Tensor]
     augment: bool = True
-    coarse_source: str = "parent"
+    coarse_from: str = "parent"
     crop: int | None = None  # train on random crop x crop squares of each pair
     _windows: WindowSampler | None = field(default=None, repr=False)
     _coarse: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        if self.coarse_source not in COARSE_SOURCES:
-            raise UsageError(f"coarse source {self.coarse_source!r}: expected one of {', '.join(COARSE_SOURCES)}")
+        self.coarse_from = str(getattr(self.coarse_from, "value", self.coarse_from))
+        if self.coarse_from not in COARSE_SOURCES:
+            raise UsageError(f"--coarse-from {self.coarse_from!r}: expected one of {', '.join(COARSE_SOURCES)}")
         if self.crop is not None and not 1 <= self.crop <= min(self.input_size):
             raise UsageError(f"--crop {self.crop}: must be between 1 and the model input size {self.input_size}")
         self._windows = WindowSampler(self.dataset, self.input_size, augment=False)
@@ -379,7 +381,7 @@ class RefinerPairSampler:
             box = window_box(window)
             images.append(self.dataset.read_image(index, box, self.input_size))
             labels.append(self.dataset.read_mask(index, box, self.input_size))
-            if self.coarse_source == "parent":
+            if self.coarse_from == "parent":
                 parent = sampler.plan(index).parent(window)
                 assert parent is not None  # min_level=1: never a root
                 parent_images.append(self.dataset.read_image(index, window_box(parent), self.input_size))
@@ -389,7 +391,7 @@ class RefinerPairSampler:
                 coarse_boxes.append(Box(0, 0, item.height, item.width))
         maps = self.segment(torch.stack(images + parent_images))
         fine = maps[:size]
-        if self.coarse_source == "parent":
+        if self.coarse_from == "parent":
             coarse_maps = list(maps[size:])
         else:
             coarse_maps = [self.coarse_map(index) for index, _ in draws]

@@ -2,34 +2,35 @@
 
 from __future__ import annotations
 
-import json
-import time
-import tomllib
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from magnet_cli.classes import ClassInfo, classes_to_records
+from magnet_cli.classes import parse_classes
 from magnet_cli.errors import ModelError, UsageError
-from magnet_cli.models.bundle import MODEL_FILE, ModelBundle, load_bundle, save_bundle
-from magnet_cli.models.refiner import Refiner, save_refiner
-from magnet_cli.models.segmenter import Segmenter, infer_num_classes, load_torchscript
-from magnet_cli.toml_writer import dumps
 from magnet_cli.evaluation import confusion, mean_iou
-from magnet_cli.train.common import (
-    clean,
-    command_line,
-    count_parameters,
-    eval_mode,
-    prepare_output,
-    resolve_device,
-    resume_from,
-    run_epochs,
-    seeded_init,
+from magnet_cli.models.bundle import (
+    SEGMENTER_WEIGHTS,
+    BundleSpec,
+    ModelBundle,
+    RefinerSpec,
+    SegmenterSpec,
+    bundle_from_parts,
+    is_factory,
+    load_bundle,
+    segmenter_digest,
+    write_bundle,
 )
+from magnet_cli.models.refiner import Refiner
+from magnet_cli.models.segmenter import Segmenter
+from magnet_cli.settings import ModelSettings, RefinerTraining, RunSettings
+from magnet_cli.train.common import eval_mode, plain, seeded_init, without_none
 from magnet_cli.train.dataset import IGNORE_INDEX, RefinerPairSampler, SegmentationDataset, epoch_rng, load_dataset
+from magnet_cli.train.fit import Task, fit
 
 PAPER_EPOCHS = 50
 PAPER_MILESTONES = (20, 30, 40, 45)
@@ -93,178 +94,173 @@ def refiner_step(
     return float(loss.detach()), logits.detach()
 
 
-@dataclass
-class FrozenSegmenter:
-    """The segmenter the refiner learns to correct, and how to write it into the output bundle."""
+def frozen_model(model: ModelSettings | ModelBundle | Segmenter | None) -> tuple[ModelBundle, dict[str, Any]]:
+    """The bundle whose segmenter the refiner learns to correct, with --mean/--std/--classes applied, and
+    the model settings to record. A bare Segmenter becomes a bundle without a spec."""
+    if model is None or isinstance(model, ModelSettings) and model.model is None and model.segmenter is None:
+        raise UsageError("give exactly one of --model BUNDLE or --segmenter FILE")
+    if isinstance(model, Segmenter):
+        return ModelBundle("segmenter", [], model, None), {"segmenter": "<Segmenter object>"}
+    if isinstance(model, ModelBundle):
+        return model, {"model": str(model.path) if model.path is not None else model.name}
+    if model.refiner is not None:
+        raise UsageError("train-refiner trains a new refiner: --refiner does not apply")
+    classes = parse_classes(model.classes) if model.classes is not None else None
+    if model.model is not None:
+        bundle = load_bundle(model.model)
+    else:
+        source = str(model.segmenter)
+        if model.input_size is None:
+            raise UsageError("--segmenter needs --input-size HxW (the size the model was trained at)")
+        if is_factory(source) and classes is None:
+            raise UsageError(f"--segmenter {source}: a factory needs --classes (it is called with the class count)")
+        bundle = bundle_from_parts(source, classes, model.input_size, None)
+    if classes is not None:
+        if len(classes) != bundle.num_classes:
+            raise ModelError(f"--classes gives {len(classes)} classes but the segmenter has {bundle.num_classes}")
+        bundle.classes = classes
+    if model.mean is not None:
+        bundle.segmenter.mean, bundle.segmenter.std = model.mean, model.std  # type: ignore[assignment]
+    record = {k: v for k, v in plain(model).items() if k not in ("refiner", "refiner_input_order")}
+    return bundle, record
 
-    segmenter: Segmenter
-    classes: list[ClassInfo] | None
-    source: str
-    spec: dict  # the source bundle's model.toml, or {} for a TorchScript file
+
+def output_spec(bundle: ModelBundle, name: str, classes: list, record: dict[str, Any]) -> BundleSpec:
+    """The source bundle's spec with the new refiner: every inference field of the source survives, with
+    the segmenter's current normalisation and classes; held-out scores of the old pairing are dropped."""
+    segmenter = bundle.segmenter
+    base = bundle.spec
+    if base is None:  # a bare module: it travels as TorchScript
+        base = BundleSpec(name, segmenter.input_size, tuple(classes), SegmenterSpec(torchscript="segmenter.ts"))
+    source = base.segmenter
+    if source.torchscript is not None:
+        source = replace(source, torchscript=Path(source.torchscript).name)  # beside model.toml, as it must be
+    elif source.factory is not None:
+        source = replace(source, weights=Path(source.weights or SEGMENTER_WEIGHTS).name)
+    previous = base.training.get("segmenter")
+    return replace(
+        base,
+        name=name,
+        classes=tuple(classes),
+        segmenter=source,
+        mean=tuple(segmenter.mean) if segmenter.mean is not None else None,
+        std=tuple(segmenter.std) if segmenter.std is not None else None,
+        refiner=RefinerSpec(),
+        training=without_none({"segmenter": previous if isinstance(previous, dict) else None, "refiner": record}),
+        evaluation={},
+    )
+
+
+class RefinerTask(Task):
+    """A Refiner(C, "coarse_fine") on (coarse crop, fine map, label) pairs of a frozen segmenter: SGD with
+    momentum, lr x gamma at each milestone, cross-entropy or OHEM."""
+
+    kind = "refiner"
+    training: RefinerTraining
+
+    def __init__(
+        self, data: str | Path | SegmentationDataset, model: ModelSettings | ModelBundle | Segmenter | None, training: RefinerTraining
+    ) -> None:
+        super().__init__(training)
+        self.bundle, self.model_record = frozen_model(model)
+        segmenter = self.bundle.segmenter
+        self.num_classes = segmenter.num_classes
+        self.dataset = load_dataset(data, classes=self.bundle.classes or None, ignore_index=training.ignore_index)
+        if self.dataset.num_classes != self.num_classes:
+            raise ModelError(
+                f"{self.model_record.get('model') or self.model_record.get('segmenter')}: segmenter outputs "
+                f"{self.num_classes} classes but the dataset has {self.dataset.num_classes}"
+            )
+        self.validation = (
+            load_dataset(training.val, classes=self.dataset.classes, ignore_index=training.ignore_index)
+            if training.val is not None else self.dataset
+        )
+        if training.crop is not None and training.crop > min(segmenter.input_size):
+            raise UsageError(f"--crop {training.crop}: must be at most the model input size {segmenter.input_size}")
+        self.segmenter_sha256 = segmenter_digest(segmenter.module)
+        self.milestones = scaled_milestones(training.epochs) if training.milestones is None else list(training.milestones)
+
+    def settings(self) -> dict[str, Any]:
+        values = plain(self.training)
+        values.pop("epochs")
+        values.update(
+            self.model_record,
+            segmenter_sha256=self.segmenter_sha256,
+            data=self.dataset.description,
+            val=self.validation.description if self.training.val is not None else None,
+        )
+        return values
+
+    def configure(self, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
+        t = self.training
+        self.device = device
+        segmenter = self.bundle.segmenter.to(device)
+        for parameter in segmenter.module.parameters():
+            parameter.requires_grad_(False)
+        refiner = seeded_init(t.seed, lambda: Refiner(self.num_classes, "coarse_fine")).to(device)
+        self.refiner = refiner.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
+        self.optimizer = torch.optim.SGD(self.refiner.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        size = segmenter.input_size
+        self.sampler = RefinerPairSampler(self.dataset, size, self.probabilities, augment=t.augment, coarse_from=t.coarse_from, crop=t.crop)
+        val_sampler = RefinerPairSampler(self.validation, size, self.probabilities, augment=False, coarse_from=t.coarse_from)
+        rng = epoch_rng(t.seed, 0, stream=1)
+        self.val_batches = [val_sampler.batch(rng, min(t.batch_size, t.val_pairs - start)) for start in range(0, t.val_pairs, t.batch_size)]
+        return self.refiner, self.optimizer
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return torch.softmax(self.segmenter(images), 1)
+            return torch.softmax(self.bundle.segmenter(images.to(self.device)), 1)
 
+    def lr(self, epoch: int) -> float:
+        """The paper's step schedule: lr x gamma at the end of each milestone epoch."""
+        return self.training.lr * self.training.gamma ** sum(1 for m in self.milestones if m < epoch)
 
-def load_frozen_segmenter(
-    source: str | Path | ModelBundle | Segmenter, input_size: tuple[int, int] | None = None
-) -> FrozenSegmenter:
-    """A bundle folder, a TorchScript file, a loaded ModelBundle or a Segmenter, in eval mode."""
-    if isinstance(source, Segmenter):
-        return FrozenSegmenter(source, None, "<segmenter>", {})
-    if isinstance(source, ModelBundle):
-        spec = _read_spec(source.path) if source.path is not None else {}
-        return FrozenSegmenter(source.segmenter, source.classes, str(source.path or source.name), spec)
-    path = Path(source)
-    if path.is_dir():
-        bundle = load_bundle(path)
-        return FrozenSegmenter(bundle.segmenter, bundle.classes, str(path), _read_spec(path))
-    module = load_torchscript(path)
-    size = input_size or (256, 256)
-    return FrozenSegmenter(Segmenter(module, infer_num_classes(module, size), size), None, str(path), {})
+    def draw(self, rng: Any) -> tuple[torch.Tensor, ...]:
+        return self.sampler.batch(rng, self.training.batch_size)
 
+    def step(self, batch: tuple[torch.Tensor, ...]) -> tuple[float, torch.Tensor, torch.Tensor]:
+        coarse, fine, labels = batch
+        labels = labels.to(self.device)
+        loss, logits = refiner_step(self.refiner, self.optimizer, coarse, fine, labels, self.training.ignore_index, self.training.ohem)
+        return loss, logits.argmax(1), labels
 
-def _read_spec(directory: Path) -> dict:
-    return tomllib.loads((Path(directory) / MODEL_FILE).read_text(encoding="utf-8"))
+    def validate(self) -> dict[str, Any]:
+        scores = evaluate_pairs(self.refiner, self.val_batches, self.num_classes, self.training.ignore_index, self.device)
+        return {**scores, "val_on": "val" if self.training.val is not None else "train"} if scores else {}
+
+    def scores(self, last: dict[str, Any]) -> dict[str, Any]:
+        return {k: last.get(k) for k in ("refined_miou", "coarse_miou", "fine_miou")}
+
+    def export(self, output: Path, record: dict[str, Any]) -> None:
+        record = {**record, "milestones": self.milestones}  # the schedule that ran, not "the paper's"
+        refiner = self.refiner.cpu().eval()
+        refiner.segmenter_sha256 = self.segmenter_sha256
+        spec = output_spec(self.bundle, self.training.name or output.name, self.dataset.classes, record)
+        write_bundle(output, spec, self.bundle.segmenter.module, refiner)
+
+    def close(self) -> None:
+        self.dataset.close()
+        self.validation.close()
 
 
 def train_refiner(
     data: str | Path | SegmentationDataset,
-    segmenter: str | Path | ModelBundle | Segmenter,
-    output_dir: str | Path,
+    output: str | Path,
     *,
-    epochs: int = 50,
-    steps_per_epoch: int = 100,
-    batch_size: int = 8,
-    lr: float = 1e-3,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    milestones: list[int] | None = None,
-    gamma: float = 0.1,
-    ohem: bool = False,
-    ohem_threshold: float = OHEM_THRESHOLD,
-    ohem_min_kept: int = OHEM_MIN_KEPT,
-    augment: bool = True,
-    coarse_source: str = "parent",
-    crop: int | None = None,
-    input_size: tuple[int, int] | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    resume: bool = False,
-    overwrite: bool = False,
-    val_data: str | Path | SegmentationDataset | None = None,
-    val_pairs: int = 32,
-    ignore_index: int = IGNORE_INDEX,
-    name: str | None = None,
-    progress: bool = True,
+    model: ModelSettings | ModelBundle | Segmenter | None = None,
+    training: RefinerTraining = RefinerTraining(),
+    run: RunSettings = RunSettings(),
 ) -> dict:
-    """Train a Refiner(C, "coarse_fine") on (coarse crop, fine map, label) pairs of a frozen segmenter.
+    """Train a refiner over a frozen segmenter (a bundle, a TorchScript file or a module:factory); the
+    output folder becomes a complete bundle that keeps every inference field of the source bundle, plus
+    checkpoint.pt and train_log.jsonl.
 
-    SGD with momentum and weight decay, lr decayed by `gamma` at `milestones` (default: the paper's
-    scaled to `epochs`), cross-entropy or OHEM. `coarse_source` is "parent" (pairs from adjacent levels)
-    or "whole" (the whole-image map, as the reference code trains). `crop` trains on random square crops
-    of the pairs (the refiner is fully convolutional with a small receptive field, so a 128 px crop
-    teaches it the same thing as the whole window at a quarter of the cost); validation uses whole pairs. The output folder becomes a complete bundle (segmenter
-    + refiner) plus checkpoint.pt and train_log.jsonl; `input_size` is needed only for TorchScript.
+    `coarse_from` is "parent" (pairs from adjacent levels) or "whole" (the whole-image map, as the
+    reference code trains); `crop` trains on random square crops of the pairs (the refiner is fully
+    convolutional with a small receptive field, so a 128 px crop teaches it the same thing as the whole
+    window at a quarter of the cost); validation uses whole pairs.
     """
-    if epochs < 1 or steps_per_epoch < 1 or batch_size < 1:
-        raise UsageError("--epochs, --steps and --batch-size must be at least 1")
-    output_dir = Path(output_dir)
-    started = time.perf_counter()
-    frozen = load_frozen_segmenter(segmenter, input_size)
-    size = frozen.segmenter.input_size
-    num_classes = frozen.segmenter.num_classes
-    dataset = load_dataset(data, classes=frozen.classes, ignore_index=ignore_index)
-    if dataset.num_classes != num_classes:
-        raise ModelError(
-            f"{frozen.source}: segmenter outputs {num_classes} classes but the dataset has {dataset.num_classes}"
-        )
-    validation = (
-        load_dataset(val_data, classes=dataset.classes, ignore_index=ignore_index) if val_data is not None else dataset
-    )
-    torch_device = resolve_device(device)
-    frozen.segmenter.to(torch_device)
-    for parameter in frozen.segmenter.module.parameters():
-        parameter.requires_grad_(False)
-    milestones = scaled_milestones(epochs) if milestones is None else sorted(milestones)
-    config = json.loads(json.dumps({"num_classes": num_classes, "input_size": list(size), "input_order": "coarse_fine"}))
-
-    refiner = seeded_init(seed, lambda: Refiner(num_classes, "coarse_fine")).to(torch_device)
-    refiner = refiner.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
-    opt = torch.optim.SGD(refiner.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=gamma)
-    checkpoint = prepare_output(output_dir, resume, overwrite)
-    done, history = resume_from(checkpoint, "refiner", config, output_dir, refiner, opt, schedule)
-
-    def segment(images: torch.Tensor) -> torch.Tensor:
-        return frozen.probabilities(images.to(torch_device))
-
-    sampler = RefinerPairSampler(dataset, size, segment, augment=augment, coarse_source=coarse_source, crop=crop)
-    val_sampler = RefinerPairSampler(validation, size, segment, augment=False, coarse_source=coarse_source)
-    val_rng = epoch_rng(seed, 0, stream=1)
-    val_batches = [
-        val_sampler.batch(val_rng, min(batch_size, val_pairs - start)) for start in range(0, max(0, val_pairs), batch_size)
-    ]
-
-    def step(batch: tuple[torch.Tensor, ...]) -> tuple[float, torch.Tensor, torch.Tensor]:
-        coarse, fine, labels = batch
-        labels = labels.to(torch_device)
-        loss, logits = refiner_step(refiner, opt, coarse, fine, labels, ignore_index, ohem, ohem_threshold, ohem_min_kept)
-        return loss, logits.argmax(1), labels
-
-    def evaluate() -> dict:
-        scores = evaluate_pairs(refiner, val_batches, num_classes, ignore_index, torch_device)
-        return {**scores, "val_on": "val" if val_data is not None else "train"} if scores else {}
-
-    run_epochs(
-        kind="refiner", config=config, output_dir=output_dir, model=refiner, optimizer=opt, scheduler=schedule,
-        seed=seed, first_epoch=done + 1, epochs=epochs, steps_per_epoch=steps_per_epoch, step=step,
-        draw=lambda rng: sampler.batch(rng, batch_size), evaluate=evaluate, num_classes=num_classes,
-        ignore_index=ignore_index, progress=progress, started=started, history=history,
-    )
-
-    refiner = refiner.cpu().eval()
-    last = history[-1] if history else {}
-    training = {
-        "command": command_line(),
-        "data": dataset.description,
-        "val_data": validation.description if val_data is not None else None,
-        "segmenter": frozen.source,
-        "seed": seed,
-        "parameters": count_parameters(refiner),
-        "epochs": epochs,
-        "steps_per_epoch": steps_per_epoch,
-        "batch_size": batch_size,
-        "optimizer": "sgd",
-        "lr": lr,
-        "momentum": momentum,
-        "weight_decay": weight_decay,
-        "milestones": milestones,
-        "gamma": gamma,
-        "ohem": ohem,
-        "augment": augment,
-        "coarse_source": coarse_source,
-        "crop": crop,
-        "final_loss": last.get("loss"),
-        "refined_miou": last.get("refined_miou"),
-        "coarse_miou": last.get("coarse_miou"),
-        "fine_miou": last.get("fine_miou"),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    write_refined_bundle(output_dir, name or output_dir.name, frozen, dataset.classes, refiner, training)
-    dataset.close()
-    validation.close()
-    return {
-        "output": str(output_dir),
-        "epochs": epochs,
-        "parameters": training["parameters"],
-        "final_loss": training["final_loss"],
-        "refined_miou": training["refined_miou"],
-        "coarse_miou": training["coarse_miou"],
-        "seconds": training["seconds"],
-        "history": history,
-    }
+    return fit(RefinerTask(data, model, training), output, run)
 
 
 def evaluate_pairs(
@@ -284,57 +280,3 @@ def evaluate_pairs(
             for key, probabilities in (("refined", refined), ("coarse", coarse), ("fine", fine)):
                 matrices[key] += confusion(probabilities.argmax(1).cpu(), labels.cpu(), num_classes, ignore_index)
     return {f"{key}_miou": mean_iou(matrix) for key, matrix in matrices.items()}
-
-
-def write_refined_bundle(
-    directory: Path, name: str, frozen: FrozenSegmenter, classes: list[ClassInfo], refiner: Refiner, training: dict
-) -> Path:
-    """A complete bundle: the frozen segmenter as it came (built-in architecture or TorchScript) plus the
-    new refiner; model.toml keeps the segmenter's training record beside the refiner's."""
-    spec = frozen.spec
-    seg_spec = spec.get("segmenter", {})
-    previous = spec.get("training", {})
-    record = clean({"segmenter": previous.get("segmenter") if isinstance(previous, dict) else None, "refiner": training})
-    segmenter = frozen.segmenter
-    segmenter.module.cpu().eval()
-    common = {
-        "mean": segmenter.mean,
-        "std": segmenter.std,
-        "points": float(spec.get("points", 0.5)),
-        "smooth_kernel": int(spec.get("smooth_kernel", 11)),
-        "levels": spec.get("levels", "auto"),
-    }
-    if "architecture" in seg_spec:
-        return save_bundle(
-            directory,
-            name,
-            classes,
-            segmenter.module,
-            seg_spec["architecture"],
-            segmenter.input_size,
-            refiner,
-            architecture_options=seg_spec.get("options") or None,
-            extra={"training": record},
-            **common,
-        )
-    # A TorchScript (or scriptable factory) segmenter travels as TorchScript.
-    directory.mkdir(parents=True, exist_ok=True)
-    module = segmenter.module
-    scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
-    scripted.save(str(directory / "segmenter.ts"))
-    save_refiner(refiner, directory / "refiner.pt")
-    document = {
-        "name": name,
-        "input_size": list(segmenter.input_size),
-        "mean": list(segmenter.mean) if segmenter.mean else None,
-        "std": list(segmenter.std) if segmenter.std else None,
-        "points": common["points"],
-        "smooth_kernel": common["smooth_kernel"],
-        "levels": common["levels"],
-        "segmenter": {"torchscript": "segmenter.ts"},
-        "refiner": {"weights": "refiner.pt", "input_order": refiner.input_order},
-        "training": record,
-        "classes": classes_to_records(classes),
-    }
-    (directory / MODEL_FILE).write_text(dumps(document), encoding="utf-8")
-    return directory

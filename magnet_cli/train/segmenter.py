@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -11,33 +9,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from magnet_cli.classes import ClassInfo
-from magnet_cli.errors import UsageError
-from magnet_cli.models.builtin import build_architecture
-from magnet_cli.models.bundle import save_bundle
 from magnet_cli.evaluation import confusion, mean_iou
-from magnet_cli.train.common import (
-    clean,
-    command_line,
-    count_parameters,
-    eval_mode,
-    prepare_output,
-    resolve_device,
-    resume_from,
-    run_epochs,
-    seeded_init,
-)
+from magnet_cli.models.builtin import build_architecture, check_input_size
+from magnet_cli.models.bundle import SEGMENTER_EXPORT, SEGMENTER_WEIGHTS, BundleSpec, SegmenterSpec, write_bundle
+from magnet_cli.settings import Optimizer, RunSettings, SegmenterTraining
+from magnet_cli.train.common import eval_mode, plain, seeded_init, without_none
 from magnet_cli.train.dataset import IGNORE_INDEX, SegmentationDataset, WindowSampler, epoch_rng, load_dataset
+from magnet_cli.train.fit import Task, fit
 
-OPTIMIZERS = ("adamw", "sgd")
 
-
-def make_optimizer(name: str, parameters: Any, lr: float, weight_decay: float, momentum: float = 0.9) -> torch.optim.Optimizer:
-    if name == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
+def make_optimizer(name: Optimizer | str, parameters: Any, lr: float, weight_decay: float, momentum: float = 0.9) -> torch.optim.Optimizer:
+    if Optimizer(name) is Optimizer.sgd:
         return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise UsageError(f"--optimizer {name}: expected one of {', '.join(OPTIMIZERS)}")
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
 
 
 def segmenter_step(
@@ -75,123 +59,96 @@ def fixed_windows(
     """The same `count` windows (all levels, no augmentation) every epoch, in batches."""
     sampler = WindowSampler(dataset, input_size, augment=False)
     rng = epoch_rng(seed, 0, stream=1)
-    batches = []
-    for start in range(0, count, batch_size):
-        batches.append(sampler.batch(rng, min(batch_size, count - start)))
-    return batches
+    return [sampler.batch(rng, min(batch_size, count - start)) for start in range(0, count, batch_size)]
+
+
+class SegmenterTask(Task):
+    """A built-in architecture on windows of every scale level, cross-entropy, AdamW or SGD."""
+
+    kind = "segmenter"
+    training: SegmenterTraining
+
+    def __init__(self, data: str | Path | SegmentationDataset, training: SegmenterTraining) -> None:
+        super().__init__(training)
+        self.dataset = load_dataset(data, classes=training.classes, ignore_index=training.ignore_index)
+        self.validation = (
+            load_dataset(training.val, classes=self.dataset.classes, ignore_index=training.ignore_index)
+            if training.val is not None else self.dataset
+        )
+        self.num_classes = self.dataset.num_classes
+        self.options = dict(training.architecture_options)
+
+    def settings(self) -> dict[str, Any]:
+        values = plain(self.training)
+        values.update(
+            data=self.dataset.description,
+            val=self.validation.description if self.training.val is not None else None,
+            architecture_options=plain(self.options),
+            classes=[c.name for c in self.dataset.classes],
+        )
+        values.pop("epochs")
+        return values
+
+    def configure(self, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
+        t = self.training
+        self.device = device
+        model = seeded_init(t.seed, lambda: build_architecture(t.architecture, self.num_classes, **self.options))
+        self.model = model.to(device)
+        check_input_size(self.model, t.input_size, self.num_classes)
+        self.optimizer = make_optimizer(t.optimizer, self.model.parameters(), t.lr, t.weight_decay)
+        self.sampler = WindowSampler(self.dataset, t.input_size)
+        self.val_batches = fixed_windows(self.validation, t.input_size, t.val_windows, t.batch_size, t.seed)
+        return self.model, self.optimizer
+
+    def draw(self, rng: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.sampler.batch(rng, self.training.batch_size)
+
+    def step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, torch.Tensor, torch.Tensor]:
+        images, masks = batch
+        loss, logits = segmenter_step(
+            self.model, self.optimizer, images.to(self.device), masks.to(self.device), self.training.ignore_index
+        )
+        return loss, logits.argmax(1), masks
+
+    def validate(self) -> dict[str, Any]:
+        if not self.val_batches:
+            return {}
+        miou = evaluate_windows(self.model, self.val_batches, self.num_classes, self.training.ignore_index, self.device)
+        return {"val_miou": miou, "val_on": "val" if self.training.val is not None else "train"}
+
+    def scores(self, last: dict[str, Any]) -> dict[str, Any]:
+        return {"val_miou": last.get("val_miou")}
+
+    def export(self, output: Path, record: dict[str, Any]) -> None:
+        t = self.training
+        spec = BundleSpec(
+            name=t.name or output.name,
+            input_size=t.input_size,
+            classes=tuple(self.dataset.classes),
+            segmenter=SegmenterSpec(
+                architecture=t.architecture, options=plain(self.options), weights=SEGMENTER_WEIGHTS,
+                torchscript_export=SEGMENTER_EXPORT,
+            ),
+            training={"segmenter": without_none(record)},
+        )
+        write_bundle(output, spec, self.model)
+
+    def close(self) -> None:
+        self.dataset.close()
+        self.validation.close()
 
 
 def train_segmenter(
     data: str | Path | SegmentationDataset,
-    output_dir: str | Path,
+    output: str | Path,
     *,
-    architecture: str = "small_unet",
-    architecture_options: dict | None = None,
-    input_size: tuple[int, int] = (256, 256),
-    epochs: int = 20,
-    steps_per_epoch: int = 100,
-    batch_size: int = 8,
-    lr: float = 1e-3,
-    optimizer: str = "adamw",
-    weight_decay: float = 1e-4,
-    seed: int = 0,
-    device: str = "cpu",
-    resume: bool = False,
-    overwrite: bool = False,
-    val_data: str | Path | SegmentationDataset | None = None,
-    val_windows: int = 32,
-    classes: list[ClassInfo] | str | None = None,
-    ignore_index: int = IGNORE_INDEX,
-    name: str | None = None,
-    progress: bool = True,
+    training: SegmenterTraining = SegmenterTraining(),
+    run: RunSettings = RunSettings(),
 ) -> dict:
     """Train a segmenter on windows of every scale level, checkpointing each epoch; export a bundle.
 
     The output folder becomes a model bundle (model.toml, segmenter.pt, segmenter.ts) plus
-    checkpoint.pt and train_log.jsonl (one JSON line per epoch). Same seed, same arguments, same
+    checkpoint.pt and train_log.jsonl (one JSON line per epoch). Same seed, same settings, same
     device and thread count: same weights, whether or not the run was interrupted and resumed.
     """
-    if epochs < 1 or steps_per_epoch < 1 or batch_size < 1:
-        raise UsageError("--epochs, --steps and --batch-size must be at least 1")
-    output_dir = Path(output_dir)
-    started = time.perf_counter()
-    dataset = load_dataset(data, classes=classes, ignore_index=ignore_index)
-    validation = (
-        load_dataset(val_data, classes=dataset.classes, ignore_index=ignore_index) if val_data is not None else dataset
-    )
-    torch_device = resolve_device(device)
-    options = dict(architecture_options or {})
-    config = json.loads(json.dumps({  # lists, not tuples: compared with the checkpoint's copy on resume
-        "architecture": architecture,
-        "architecture_options": options,
-        "num_classes": dataset.num_classes,
-        "input_size": list(input_size),
-    }))
-    model = seeded_init(seed, lambda: build_architecture(architecture, dataset.num_classes, **options)).to(torch_device)
-    opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
-    checkpoint = prepare_output(output_dir, resume, overwrite)
-    done, history = resume_from(checkpoint, "segmenter", config, output_dir, model, opt)
-    sampler = WindowSampler(dataset, input_size)
-    val_batches = fixed_windows(validation, input_size, val_windows, batch_size, seed) if val_windows > 0 else []
-    num_classes = dataset.num_classes
-
-    def step(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, torch.Tensor, torch.Tensor]:
-        images, masks = batch
-        loss, logits = segmenter_step(model, opt, images.to(torch_device), masks.to(torch_device), ignore_index)
-        return loss, logits.argmax(1), masks
-
-    def evaluate() -> dict:
-        if not val_batches:
-            return {}
-        val_miou = evaluate_windows(model, val_batches, num_classes, ignore_index, torch_device)
-        return {"val_miou": val_miou, "val_on": "val" if val_data is not None else "train"}
-
-    run_epochs(
-        kind="segmenter", config=config, output_dir=output_dir, model=model, optimizer=opt, scheduler=None,
-        seed=seed, first_epoch=done + 1, epochs=epochs, steps_per_epoch=steps_per_epoch, step=step,
-        draw=lambda rng: sampler.batch(rng, batch_size), evaluate=evaluate, num_classes=num_classes,
-        ignore_index=ignore_index, progress=progress, started=started, history=history,
-    )
-
-    model = model.cpu().eval()
-    last = history[-1] if history else {}
-    training = {
-        "command": command_line(),
-        "data": dataset.description,
-        "val_data": validation.description if val_data is not None else None,
-        "seed": seed,
-        "architecture": architecture,
-        "parameters": count_parameters(model),
-        "input_size": list(input_size),
-        "epochs": epochs,
-        "steps_per_epoch": steps_per_epoch,
-        "batch_size": batch_size,
-        "optimizer": optimizer,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "final_loss": last.get("loss"),
-        "val_miou": last.get("val_miou"),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    save_bundle(
-        output_dir,
-        name or output_dir.name,
-        dataset.classes,
-        model,
-        architecture,
-        input_size,
-        None,
-        architecture_options=clean(options) or None,
-        extra={"training": clean({"segmenter": training})},
-    )
-    dataset.close()
-    validation.close()
-    return {
-        "output": str(output_dir),
-        "epochs": epochs,
-        "parameters": training["parameters"],
-        "final_loss": training["final_loss"],
-        "val_miou": training["val_miou"],
-        "seconds": training["seconds"],
-        "history": history,
-    }
+    return fit(SegmenterTask(data, training), output, run)

@@ -30,7 +30,7 @@ def test_train_segmenter_then_refiner_write_loadable_bundles(dataset_dir, tmp_pa
     assert "magnet train-refiner" in ref.output
     bundle = load_bundle(tmp_path / "ref")
     assert bundle.refiner is not None and bundle.input_size == (32, 32)
-    assert set(bundle.metadata["training"]) == {"segmenter", "refiner"}
+    assert set(bundle.spec.training) == {"segmenter", "refiner"}
 
     again = invoke("train-refiner", dataset_dir, "--model", tmp_path / "seg", "-o", tmp_path / "ref", *TINY)
     assert again.exit_code == 2 and "--resume" in again.output

@@ -160,21 +160,21 @@ def test_augment_transforms_every_array_alike():
         assert torch.equal(out_image[0].to(torch.int64), out_mask)
 
 
-@pytest.mark.parametrize("coarse_source", ["parent", "whole"])
-def test_refiner_pairs_crop_a_coarser_map(dataset_dir, coarse_source):
+@pytest.mark.parametrize("coarse_from", ["parent", "whole"])
+def test_refiner_pairs_crop_a_coarser_map(dataset_dir, coarse_from):
     dataset = load_dataset(dataset_dir)
 
     def segment(images: torch.Tensor) -> torch.Tensor:  # "probabilities": the image itself
         return images
 
-    sampler = RefinerPairSampler(dataset, (INPUT, INPUT), segment, augment=False, coarse_source=coarse_source)
+    sampler = RefinerPairSampler(dataset, (INPUT, INPUT), segment, augment=False, coarse_from=coarse_from)
     coarse, fine, labels = sampler.batch(np.random.default_rng(1), 3)
     assert coarse.shape == fine.shape == (3, 3, INPUT, INPUT) and labels.shape == (3, INPUT, INPUT)
     # The coarse crop is a blurred version of the fine window: close on average, not equal.
     assert float((coarse - fine).abs().mean()) < 0.2
     assert not torch.equal(coarse, fine)
-    again = RefinerPairSampler(dataset, (INPUT, INPUT), segment, coarse_source=coarse_source)
-    repeat = RefinerPairSampler(dataset, (INPUT, INPUT), segment, coarse_source=coarse_source)
+    again = RefinerPairSampler(dataset, (INPUT, INPUT), segment, coarse_from=coarse_from)
+    repeat = RefinerPairSampler(dataset, (INPUT, INPUT), segment, coarse_from=coarse_from)
     rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
     assert all(torch.equal(a, b) for a, b in zip(again.batch(rng_a, 3), repeat.batch(rng_b, 3)))
 
@@ -184,16 +184,16 @@ def test_parent_coarse_maps_are_one_level_coarser_than_whole_image_ones(dataset_
     dataset = load_dataset(dataset_dir)
 
     def blur(source: str) -> float:
-        sampler = RefinerPairSampler(dataset, (INPUT, INPUT), lambda x: x, augment=False, coarse_source=source)
+        sampler = RefinerPairSampler(dataset, (INPUT, INPUT), lambda x: x, augment=False, coarse_from=source)
         coarse, fine, _ = sampler.batch(np.random.default_rng(3), 16)  # same draws for both sources
         return float((coarse - fine).abs().mean())
 
     assert blur("parent") < blur("whole")
 
 
-def test_unknown_coarse_source_is_a_usage_error(dataset_dir):
-    with pytest.raises(UsageError, match="coarse source"):
-        RefinerPairSampler(load_dataset(dataset_dir), (INPUT, INPUT), lambda x: x, coarse_source="sideways")
+def test_unknown_coarse_from_is_a_usage_error(dataset_dir):
+    with pytest.raises(UsageError, match="--coarse-from"):
+        RefinerPairSampler(load_dataset(dataset_dir), (INPUT, INPUT), lambda x: x, coarse_from="sideways")
 
 
 def test_mask_read_in_bands_equals_one_read(monkeypatch):

@@ -9,6 +9,7 @@ from magnet_cli.errors import OutputError, UsageError
 from magnet_cli.models.builtin import SmallUNet
 from magnet_cli.models.bundle import load_bundle
 from magnet_cli.train import segmenter as segmenter_module
+from magnet_cli.settings import RunSettings, SegmenterTraining
 from magnet_cli.train.common import CHECKPOINT, LOG, read_log
 from magnet_cli.train.dataset import WindowSampler, epoch_rng, load_dataset
 from magnet_cli.train.segmenter import segmenter_step, train_segmenter
@@ -16,13 +17,16 @@ from magnet_cli.train.segmenter import segmenter_step, train_segmenter
 from tests.train.conftest import INPUT, OPTIONS
 
 
-def tiny(dataset_dir, output, **options):
+def tiny(dataset_dir, output, resume=False, overwrite=False, **options):
     settings = dict(
-        architecture_options=OPTIONS, input_size=(INPUT, INPUT), epochs=2, steps_per_epoch=2, batch_size=2,
-        seed=3, val_windows=2, progress=False,
+        architecture_options=tuple(OPTIONS.items()), input_size=(INPUT, INPUT), epochs=2, steps=2, batch_size=2,
+        seed=3, val_windows=2, device="cpu",
     )
     settings.update(options)
-    return train_segmenter(dataset_dir, output, **settings)
+    return train_segmenter(
+        dataset_dir, output, training=SegmenterTraining(**settings),
+        run=RunSettings(progress=False, resume=resume, overwrite=overwrite),
+    )
 
 
 def weights(directory) -> dict[str, torch.Tensor]:
@@ -84,21 +88,58 @@ def test_ctrl_c_keeps_the_last_good_checkpoint(dataset_dir, tmp_path, monkeypatc
 
 
 def test_existing_output_needs_resume_or_overwrite(dataset_dir, tmp_path):
-    tiny(dataset_dir, tmp_path / "run", epochs=1, steps_per_epoch=1, val_windows=0)
+    tiny(dataset_dir, tmp_path / "run", epochs=1, steps=1, val_windows=0)
     with pytest.raises(OutputError, match="--resume"):
         tiny(dataset_dir, tmp_path / "run", epochs=1)
     with pytest.raises(UsageError, match="does not exist"):
         tiny(dataset_dir, tmp_path / "fresh", resume=True)
-    with pytest.raises(UsageError, match="different settings"):
-        tiny(dataset_dir, tmp_path / "run", resume=True, input_size=(64, 64))
+    with pytest.raises(UsageError, match=r"other settings: --input-size 32,32 \(now 64,64\)"):
+        tiny(dataset_dir, tmp_path / "run", resume=True, steps=1, val_windows=0, input_size=(64, 64))
 
 
 def test_output_is_a_loadable_bundle_with_a_training_record(dataset_dir, tmp_path):
     result = tiny(dataset_dir, tmp_path / "run", epochs=1)
     bundle = load_bundle(tmp_path / "run")
     assert bundle.num_classes == 6 and bundle.input_size == (INPUT, INPUT) and bundle.refiner is None
-    record = bundle.metadata["training"]["segmenter"]
+    record = bundle.spec.training["segmenter"]
     assert record["seed"] == 3 and record["parameters"] == result["parameters"]
     assert (tmp_path / "run" / "segmenter.ts").is_file() and (tmp_path / "run" / LOG).is_file()
     logits = bundle.segmenter(torch.zeros(1, 3, INPUT, INPUT))
     assert logits.shape == (1, 6, INPUT, INPUT)
+
+
+def test_resume_with_other_settings_names_each_of_them(dataset_dir, tmp_path):
+    quick = dict(steps=1, val_windows=0)
+    tiny(dataset_dir, tmp_path / "run", **quick)
+    with pytest.raises(UsageError, match=r"--lr 0.001 \(now 0.01\); --seed 3 \(now 4\)"):
+        tiny(dataset_dir, tmp_path / "run", resume=True, lr=0.01, seed=4, **quick)
+    with pytest.raises(UsageError, match=r"--steps 1 \(now 2\)"):
+        tiny(dataset_dir, tmp_path / "run", resume=True, val_windows=0)
+    with pytest.raises(UsageError, match="already holds 2 epochs"):  # epochs may grow, never shrink
+        tiny(dataset_dir, tmp_path / "run", resume=True, epochs=1, **quick)
+
+
+def test_resuming_a_finished_run_leaves_its_record_alone(dataset_dir, tmp_path):
+    tiny(dataset_dir, tmp_path / "run", epochs=1)
+    before = (tmp_path / "run" / "model.toml").read_text()
+    again = tiny(dataset_dir, tmp_path / "run", epochs=1, resume=True)
+    assert [r["epoch"] for r in again["history"]] == [1]
+    assert (tmp_path / "run" / "model.toml").read_text() == before
+
+
+def test_a_resumed_run_records_both_commands(dataset_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["magnet", "train-segmenter", "first"])
+    tiny(dataset_dir, tmp_path / "run", epochs=1)
+    monkeypatch.setattr("sys.argv", ["magnet", "train-segmenter", "second"])
+    tiny(dataset_dir, tmp_path / "run", resume=True)
+    record = load_bundle(tmp_path / "run").spec.training["segmenter"]
+    assert record["commands"] == ["magnet train-segmenter first", "magnet train-segmenter second"]
+    assert record["epochs"] == 2 and record["steps"] == 2 and record["lr"] == 0.001
+
+
+def test_architecture_options_it_cannot_take_are_a_model_error_before_training(dataset_dir, tmp_path):
+    from magnet_cli.errors import ModelError
+
+    with pytest.raises(ModelError, match="small_unet"):
+        tiny(dataset_dir, tmp_path / "run", architecture_options=(("depth", 3),))
+    assert not (tmp_path / "run").exists()
