@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import tomllib
+from dataclasses import replace
 from pathlib import Path
 
-from magnet_cli.toml_writer import dumps
+from magnet_cli.models.bundle import BundleSpec
 
 
 def commands_of(script: Path) -> list[str]:
@@ -34,20 +34,16 @@ def main() -> None:
     parser.add_argument("--training-seconds", type=float, required=True, help="wall time of the whole script")
     args = parser.parse_args()
 
-    path = args.bundle / "model.toml"
-    document = tomllib.loads(path.read_text())
+    spec = BundleSpec.read(args.bundle)
     report = json.loads(args.benchmark.read_text())
-    document["name"] = args.name
-    if args.description:
-        document["description"] = args.description
-    document["points"] = args.points
-    document["smooth_kernel"] = args.smooth_kernel
-    training = document.setdefault("training", {})
-    training["commands"] = commands_of(args.script)
-    training["script"] = str(args.script)
-    training["total_seconds"] = args.training_seconds
-    training["trained"] = True
-    document["evaluation"] = {
+    training = {
+        **spec.training,
+        "commands": commands_of(args.script),
+        "script": str(args.script),
+        "total_seconds": args.training_seconds,
+        "trained": True,
+    }
+    evaluation = {
         "data": report["data"],
         "machine": report["machine"],
         "note": "held-out synth scenes (seeds never used in training or validation); mIoU in [0, 1]",
@@ -58,8 +54,13 @@ def main() -> None:
             mode: {r["class"]: r["iou"] for r in rows if r["iou"] is not None} for mode, rows in report["per_class"].items()
         },
     }
-    path.write_text(dumps(document))
-    print(f"updated {path}")
+    spec = replace(
+        spec, name=args.name, description=args.description or spec.description, points=args.points,
+        smooth_kernel=args.smooth_kernel, training=training, evaluation=evaluation,
+    )
+    # Read back through the spec's checks: a value the bundle cannot hold fails here, not in `segment`.
+    BundleSpec.from_document(spec.to_document(), args.bundle / "model.toml")
+    print(f"updated {spec.write(args.bundle)}")
 
 
 if __name__ == "__main__":
