@@ -237,3 +237,10 @@ def test_bring_your_own_parts_still_make_a_bundle(tmp_path, bundle):
     made = bundle_from_parts(tmp_path / "seg.ts", None, (64, 64), tmp_path / "ref.pt", mean=(0.5,) * 3, std=(0.2,) * 3)
     assert made.num_classes == 3 and made.refiner is not None and made.segmenter.mean == (0.5,) * 3
     assert made.spec.segmenter.kind == "torchscript" and made.name == "seg"
+
+
+def test_docs_name_every_key_of_the_spec():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "bundle.md").read_text()
+    for kind in (BundleSpec, SegmenterSpec, RefinerSpec):
+        for f in fields(kind):
+            assert f"| `{f.name}` |" in text or f"`[{f.name}]`" in text or f"`[[{f.name}]]`" in text, f.name
