@@ -1,7 +1,8 @@
 """The project as every user outside this checkout gets it: a wheel, installed into a fresh venv.
 
-Building and installing takes about 75 s (most of it unpacking torch and the scientific stack), so one
-module fixture does it once for every test here.
+Building the wheel takes seconds; installing torch and the scientific stack into the venv 70-160 s and
+the segment run 10-75 s on a 2-core machine (the range is how busy it was), so module fixtures build and
+install once for every test here.
 """
 
 from __future__ import annotations
