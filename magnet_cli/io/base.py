@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,10 @@ from magnet_cli.errors import InputError
 # Above this many source pixels a region is read and reduced band by band, so that a coarse window
 # over an image without a pyramid never materialises the full-resolution region.
 MAX_SOURCE_PIXELS_PER_READ = 1 << 22
+# An image is a (y, x) plane with optional bands, plus at most one more axis longer than 1 (a z-stack,
+# a time series, a page index) that is read at its first plane. More than that is a volume or a
+# hyperstack, where reading index 0 of every other axis would segment an arbitrary slice without a word.
+MAX_NON_BAND_DIMS = 3
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,34 @@ class ImageSource(ABC):
 
     def _to_rgb(self, raw: np.ndarray, normalization: PixelNormalization) -> torch.Tensor:
         return to_unit_rgb(raw, normalization, self.path)
+
+
+def check_axes(path: Path | str, axes: str, shape: Sequence[int], names: Sequence[str] | None = None) -> None:
+    """The one rule for which N-d arrays every reader takes as an image.
+
+    `axes` has one letter per dimension: 'Y', 'X', 'C' (bands) or anything else for an axis read at its
+    first index. There must be one Y, one X, at most one C, and at most MAX_NON_BAND_DIMS non-band
+    dimensions (Y, X and every other axis longer than 1; axes of length 1 are free).
+    """
+    shape = tuple(int(n) for n in shape)
+    layout = f"(axes {','.join(map(str, names))}, shape {shape})" if names is not None else f"(shape {shape})"
+    if axes.count("Y") != 1 or axes.count("X") != 1:
+        raise InputError(f"{path}: cannot find one y and one x axis {layout}")
+    if axes.count("C") > 1:
+        raise InputError(f"{path}: more than one band axis {layout}; only one is supported")
+    non_band = sum(1 for axis, size in zip(axes, shape) if axis in "YX" or (axis != "C" and size > 1))
+    if non_band > MAX_NON_BAND_DIMS:
+        raise InputError(
+            f"{path}: {non_band} non-band dimensions {layout}; at most {MAX_NON_BAND_DIMS} are supported "
+            "(y, x and one stack axis, read at its first plane)"
+        )
+
+
+def check_image(path: Path | str, height: int, width: int, dtype: np.dtype) -> None:
+    """Refuse empty images and sample types the model input cannot be normalised from."""
+    if height <= 0 or width <= 0:
+        raise InputError(f"{path}: empty image ({height}x{width} pixels)")
+    default_value_range(dtype, path)  # raises InputError for int16, uint32, complex, ...
 
 
 def to_unit_rgb(raw: np.ndarray, normalization: PixelNormalization, path: Path | str = "") -> torch.Tensor:

@@ -10,7 +10,7 @@ import numpy as np
 
 from magnet_cli.errors import InputError
 from magnet_cli.io.array import ArraySource
-from magnet_cli.io.zarr_source import check_image
+from magnet_cli.io.base import check_image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -21,8 +21,8 @@ import zarr
 from zarr.storage import WrapperStore
 
 from magnet_cli.errors import InputError
-from magnet_cli.io.base import ImageSource, PyramidLevel
-from magnet_cli.io.zarr_source import check_image, region_index, to_yxc
+from magnet_cli.io.base import ImageSource, PyramidLevel, check_axes, check_image
+from magnet_cli.io.zarr_source import region_index, to_yxc
 
 # GeoTIFF and GDAL tags copied into `ImageSource.georeference` under these names (GeoTIFF writers map the
 # names back to the codes).
@@ -219,20 +219,11 @@ def _main_series(tif: tifffile.TiffFile, path: Path) -> tuple[int, tifffile.Tiff
 
 
 def _letters(path: Path, axes: str, shape: tuple[int, ...]) -> str:
-    """tifffile axes -> 'Y', 'X', 'C' (samples or channels) and '_' for the axes read at index 0."""
-    band_axes = [i for i, a in enumerate(axes) if a in "SC" and shape[i] > 1]
-    if len(band_axes) > 1:
-        raise InputError(f"{path}: both samples and channels ({axes} {shape}); only one band axis is supported")
-    letters = ""
-    for i, axis in enumerate(axes):
-        if axis in "YX":
-            letters += axis
-        elif i in band_axes:
-            letters += "C"
-        else:
-            letters += "_"
-    if letters.count("Y") != 1 or letters.count("X") != 1:
-        raise InputError(f"{path}: no single image plane in axes {axes}")
+    """tifffile axes -> 'Y', 'X', 'C' (samples or channels longer than 1) and '_' for axes read at index 0."""
+    letters = "".join(
+        axis if axis in "YX" else "C" if axis in "SC" and size > 1 else "_" for axis, size in zip(axes, shape)
+    )
+    check_axes(path, letters, shape, axes)
     return letters
 
 

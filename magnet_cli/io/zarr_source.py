@@ -13,7 +13,7 @@ import numpy as np
 import zarr
 
 from magnet_cli.errors import InputError
-from magnet_cli.io.base import ImageSource, PyramidLevel, default_value_range
+from magnet_cli.io.base import ImageSource, PyramidLevel, check_axes, check_image
 
 # One-letter axis codes used by the array-backed readers: 'Y' rows, 'X' columns, 'C' bands; any other
 # letter is a non-spatial axis (time, z, ...) read at index 0.
@@ -41,13 +41,6 @@ def to_yxc(data: np.ndarray, axes: str) -> np.ndarray:
         data = data.astype(data.dtype.newbyteorder("="))
     data = np.ascontiguousarray(data)
     return data if data.flags.writeable else data.copy()
-
-
-def check_image(path: Path, height: int, width: int, dtype: np.dtype) -> None:
-    """Refuse empty images and sample types the model input cannot be normalised from."""
-    if height <= 0 or width <= 0:
-        raise InputError(f"{path}: empty image ({height}x{width} pixels)")
-    default_value_range(dtype, path)  # raises InputError for int16, uint32, complex, ...
 
 
 def is_zarr_dir(path: Path) -> bool:
@@ -176,7 +169,7 @@ def _multiscales(path: Path, group: zarr.Group) -> tuple[list[zarr.Array], str, 
     names = _axis_names(image.get("axes"), ndim)
     if len(names) != ndim or any(array.ndim != ndim for array in arrays):
         raise InputError(f"{path}: OME-Zarr axes {names} do not match the arrays' dimensions")
-    axes = _letters(path, names, [_axis_type(image.get("axes"), i) for i in range(ndim)])
+    axes = _letters(path, names, arrays[0].shape, [_axis_type(image.get("axes"), i) for i in range(ndim)])
     iy, ix = axes.index("Y"), axes.index("X")
     scales = [_scale(dataset, ndim) for dataset in image["datasets"]]
     downsamples = []
@@ -213,8 +206,8 @@ def _scale(dataset: dict, ndim: int) -> list[float] | None:
     return scale
 
 
-def _letters(path: Path, names: list[str], types: list[str] | None = None) -> str:
-    """Axis names -> one-letter codes ('Y', 'X', 'C', '_' for the rest); exactly one Y and one X."""
+def _letters(path: Path, names: list[str], shape: tuple[int, ...], types: list[str] | None = None) -> str:
+    """Axis names -> one-letter codes ('Y', 'X', 'C', '_' for the rest); check_axes judges the result."""
     types = types or [""] * len(names)
     letters = ""
     for name, kind in zip(names, types):
@@ -227,8 +220,7 @@ def _letters(path: Path, names: list[str], types: list[str] | None = None) -> st
             letters += "C"
         else:
             letters += "_"
-    if letters.count("Y") != 1 or letters.count("X") != 1 or letters.count("C") > 1:
-        raise InputError(f"{path}: cannot find the y, x (and channel) axes among {names}")
+    check_axes(path, letters, shape, names)
     return letters
 
 
@@ -238,7 +230,7 @@ def _plain_axes(path: Path, array: zarr.Array) -> str:
     if names and len(names) == array.ndim and all(names):
         lowered = [str(n).lower() for n in names]
         if "y" in lowered and "x" in lowered:
-            return _letters(path, [str(n) for n in names])
+            return _letters(path, [str(n) for n in names], array.shape)
     shape = array.shape
     leading = 0
     while array.ndim - leading > 3 and shape[leading] == 1:

@@ -245,13 +245,13 @@ def ome_zarr_04(tmp_path: Path, rgb: np.ndarray) -> Path:
     return write_ome_zarr(tmp_path / "image.ome.zarr", levels, axes, scales, "0.4")
 
 
-@pytest.fixture
-def ome_zarr_05(tmp_path: Path) -> Path:
-    """NGFF 0.5, axes (t, c, z, y, x) float32 100x120 with two time points and two z planes; two levels."""
-    planes = [
-        [np.moveaxis(pattern(100, 120, dtype=np.float32, seed=10 * t + z), 2, 0) for z in range(2)] for t in range(2)
+def write_tczyx_05(path: Path, times: int, planes: int) -> Path:
+    """NGFF 0.5, axes (t, c, z, y, x) float32 100x120, plane (t, z) from seed 10 t + z; two levels."""
+    stacks = [
+        [np.moveaxis(pattern(100, 120, dtype=np.float32, seed=10 * t + z), 2, 0) for z in range(planes)]
+        for t in range(times)
     ]
-    data = np.stack([np.stack(zs, axis=1) for zs in planes])
+    data = np.stack([np.stack(zs, axis=1) for zs in stacks])
     axes = [
         {"name": "t", "type": "time"},
         {"name": "c", "type": "channel"},
@@ -261,7 +261,13 @@ def ome_zarr_05(tmp_path: Path) -> Path:
     ]
     levels = [data, data[..., ::2, ::2]]
     scales = [[1.0, 1.0, 1.0, 0.3, 0.3], [1.0, 1.0, 1.0, 0.6, 0.6]]
-    return write_ome_zarr(tmp_path / "image05.ome.zarr", levels, axes, scales, "0.5")
+    return write_ome_zarr(path, levels, axes, scales, "0.5")
+
+
+@pytest.fixture
+def ome_zarr_05(tmp_path: Path) -> Path:
+    """NGFF 0.5 (t, c, z, y, x) with two time points and one z plane: one stack axis besides y and x."""
+    return write_tczyx_05(tmp_path / "image05.ome.zarr", times=2, planes=1)
 
 
 # ---------------------------------------------------------------------------------------------- rasters

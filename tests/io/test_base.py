@@ -68,3 +68,34 @@ def test_banded_reads_equal_one_read_and_stay_within_the_pixel_budget(monkeypatc
     banded = source.read(Box(0, 0, 512, 384), 128, 96)
     assert len(sizes) > 1 and max(sizes) <= 384 * 40
     assert torch.allclose(banded, whole, atol=1e-6)  # a 4x factor: bands hold whole output rows
+
+
+@pytest.mark.parametrize(
+    ("axes", "shape"),
+    [("YX", (5, 6)), ("YXC", (5, 6, 3)), ("CYX", (7, 5, 6)), ("_YX", (9, 5, 6)), ("_C_YX", (1, 3, 4, 5, 6)),
+     ("___YXC", (1, 1, 2, 5, 6, 3)), ("YX", (1, 1))],
+)
+def test_check_axes_accepts_a_plane_with_bands_and_at_most_one_stack_axis(axes, shape):
+    base.check_axes("img", axes, shape)
+
+
+@pytest.mark.parametrize(
+    ("axes", "shape", "message"),
+    [
+        ("__YX", (2, 2, 5, 6), r"img: 4 non-band dimensions \(shape \(2, 2, 5, 6\)\); at most 3"),
+        ("___YX", (2, 2, 2, 5, 6), r"img: 5 non-band dimensions"),
+        ("_C_YX", (2, 3, 2, 5, 6), r"img: 4 non-band dimensions"),
+        ("CCYX", (2, 3, 5, 6), r"img: more than one band axis"),
+        ("_YY", (2, 5, 6), r"img: cannot find one y and one x axis"),
+        ("C_X", (3, 5, 6), r"img: cannot find one y and one x axis"),
+    ],
+)
+def test_check_axes_refuses_other_layouts_in_one_line(axes, shape, message):
+    with pytest.raises(InputError, match=message) as error:
+        base.check_axes("img", axes, shape)
+    assert "\n" not in str(error.value)
+
+
+def test_check_axes_names_the_axes_when_given():
+    with pytest.raises(InputError, match=r"\(axes t,z,y,x, shape \(2, 2, 5, 6\)\)"):
+        base.check_axes("img", "__YX", (2, 2, 5, 6), ["t", "z", "y", "x"])

@@ -114,6 +114,44 @@ def test_ome_tiff_channels_become_bands(ome_tiff):
         np.testing.assert_array_equal(source.read_level(1, 0, 0, 150, 200), expected[::2, ::2])
 
 
+def test_five_d_tiff_is_refused_naming_file_and_shape(tmp_path):
+    path = tmp_path / "five.tif"
+    tifffile.imwrite(path, np.zeros((2, 2, 2, 64, 64), np.uint8))
+    with pytest.raises(InputError, match=r"five.tif: 5 non-band dimensions \(axes Q,Q,Q,Y,X, shape \(2, 2, 2, 64, 64\)\)"):
+        TiffSource(path)
+
+
+@pytest.mark.parametrize(
+    ("shape", "options"),
+    [
+        ((2, 2, 64, 64), {"photometric": "minisblack"}),  # a plain 4-D stack: QQYX
+        ((2, 2, 3, 64, 64), {"imagej": True, "metadata": {"axes": "TZCYX"}}),  # a time-lapse z-stack
+    ],
+)
+def test_stacks_with_two_axes_besides_bands_y_and_x_are_refused(tmp_path, shape, options):
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.zeros(shape, np.uint8), **options)
+    with pytest.raises(InputError, match=r"stack.tif: 4 non-band dimensions"):
+        TiffSource(path)
+
+
+def test_one_stack_axis_is_read_at_its_first_plane(tmp_path):
+    planes = np.stack([pattern(64, 80, bands=1, seed=seed)[:, :, 0] for seed in range(3)])
+    path = tmp_path / "pages.tif"
+    tifffile.imwrite(path, planes, photometric="minisblack")
+    with TiffSource(path) as source:
+        np.testing.assert_array_equal(source.read_level(0, 0, 0, 64, 80)[:, :, 0], planes[0])
+
+
+def test_ome_tiff_singleton_time_and_z_axes_do_not_count(tmp_path):
+    chw = np.moveaxis(pattern(64, 80), 2, 0)
+    path = tmp_path / "tczyx.ome.tif"
+    tifffile.imwrite(path, chw[None, :, None], ome=True, metadata={"axes": "TCZYX"}, photometric="minisblack")
+    with TiffSource(path) as source:
+        assert source.bands == 3
+        np.testing.assert_array_equal(source.read_level(0, 0, 0, 64, 80), np.moveaxis(chw, 0, 2))
+
+
 def test_svs_reads_the_baseline_pyramid_not_thumbnail_or_label(svs_tiff, rgb):
     with TiffSource(svs_tiff) as source:
         assert source.format_name == "SVS"

@@ -8,7 +8,7 @@ from magnet_cli.errors import InputError
 from magnet_cli.io.base import Box
 from magnet_cli.io.zarr_source import ZarrSource, region_index, to_yxc
 
-from .conftest import HEIGHT, WIDTH, pattern, write_ome_zarr
+from .conftest import HEIGHT, WIDTH, pattern, write_ome_zarr, write_tczyx_05
 
 
 def test_region_index_and_to_yxc_reorder_any_axis_layout():
@@ -72,14 +72,58 @@ def test_ome_zarr_04_levels_come_from_scale_transforms(ome_zarr_04, rgb):
         np.testing.assert_array_equal(source.read_level(2, 0, 0, 75, 100), rgb[::4, ::4])
 
 
-def test_ome_zarr_05_takes_first_time_point_and_z_plane(ome_zarr_05):
-    expected = pattern(100, 120, dtype=np.float32, seed=0)  # t = 0, z = 0
+def test_ome_zarr_05_takes_the_first_time_point(ome_zarr_05):
+    expected = pattern(100, 120, dtype=np.float32, seed=0)  # t = 0
     with ZarrSource(ome_zarr_05) as source:
         assert source.format_name == "OME-Zarr 0.5"
         assert (source.height, source.width, source.bands, source.dtype) == (100, 120, 3, np.float32)
         assert [(lv.downsample_y, lv.downsample_x) for lv in source.levels] == [(1.0, 1.0), (2.0, 2.0)]
         np.testing.assert_array_equal(source.read_level(0, 10, 20, 90, 110), expected[10:90, 20:110])
         np.testing.assert_array_equal(source.read_level(1, 0, 0, 50, 60), expected[::2, ::2])
+
+
+def test_ome_zarr_z_stack_is_read_at_its_first_plane(tmp_path):
+    with ZarrSource(write_tczyx_05(tmp_path / "z.ome.zarr", times=1, planes=3)) as source:
+        expected = pattern(100, 120, dtype=np.float32, seed=0)  # z = 0
+        np.testing.assert_array_equal(source.read_level(0, 0, 0, 100, 120), expected)
+
+
+def test_ome_zarr_with_two_stack_axes_is_refused_naming_axes_and_shape(tmp_path):
+    path = write_tczyx_05(tmp_path / "tz.ome.zarr", times=2, planes=2)
+    with pytest.raises(InputError, match=r"tz.ome.zarr: 4 non-band dimensions \(axes t,c,z,y,x, shape \(2, 3, 2, 100, 120\)\)"):
+        ZarrSource(path)
+
+
+@pytest.mark.parametrize(
+    ("names", "shape"),
+    [(["a", "b", "z", "y", "x"], (2, 2, 2, 64, 64)), (["t", "z", "y", "x"], (2, 3, 64, 64))],
+)
+def test_named_array_with_more_than_three_non_band_dimensions_is_refused(tmp_path, names, shape):
+    zarr.create_array(str(tmp_path / "stack.zarr"), shape=shape, dtype="uint8", dimension_names=names)
+    with pytest.raises(InputError, match=rf"stack.zarr: {len(shape)} non-band dimensions .*shape \({shape[0]}, "):
+        ZarrSource(tmp_path / "stack.zarr")
+
+
+def test_unnamed_five_d_array_is_refused(tmp_path):
+    zarr.create_array(str(tmp_path / "five.zarr"), shape=(2, 2, 2, 64, 64), dtype="uint8")
+    with pytest.raises(InputError, match=r"five.zarr: .*shape \(2, 2, 2, 64, 64\)"):
+        ZarrSource(tmp_path / "five.zarr")
+
+
+def test_singleton_axes_do_not_count_and_named_bands_are_not_stack_axes(tmp_path):
+    data = pattern(40, 50, bands=3)
+    array = zarr.create_array(
+        str(tmp_path / "tczyx.zarr"), shape=(1, 3, 1, 40, 50), dtype="uint8", dimension_names=list("tczyx")
+    )
+    array[:] = np.moveaxis(data, 2, 0)[None, :, None]
+    with ZarrSource(tmp_path / "tczyx.zarr") as source:
+        np.testing.assert_array_equal(source.read_level(0, 0, 0, 40, 50), data)
+
+
+def test_two_band_axes_are_refused(tmp_path):
+    zarr.create_array(str(tmp_path / "cc.zarr"), shape=(2, 3, 64, 64), dtype="uint8", dimension_names=["c", "band", "y", "x"])
+    with pytest.raises(InputError, match=r"cc.zarr: more than one band axis"):
+        ZarrSource(tmp_path / "cc.zarr")
 
 
 def test_ome_zarr_coarse_read_uses_the_coarse_level(ome_zarr_04, read_level_spy):
