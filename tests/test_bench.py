@@ -11,6 +11,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from magnet_cli import bench
 from magnet_cli.bench import VARIANTS, benchmark, markdown, run_measured
 from magnet_cli.errors import InputError, MagnetError, OutputError, UsageError
 from magnet_cli.evaluation import evaluate
@@ -122,9 +123,13 @@ def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path, bundle
     assert list(tmp_path.iterdir()) == [blocker]  # nothing rendered, nothing written
 
 
-def test_no_modes_reads_renders_and_times_no_dataset(tmp_path, bundle_dir):
+def test_no_modes_reads_renders_and_times_no_dataset(tmp_path, bundle_dir, monkeypatch):
     # The default (full) preset would render four 4096^2 scenes; with no modes none is touched, and
     # the limit and peer, which run on the dataset, are skipped with it.
+    def no_dataset(*args):
+        raise AssertionError("the dataset was read")
+
+    monkeypatch.setattr(bench, "dataset_pairs", no_dataset)
     report = benchmark(None, tmp_path / "out", model=ModelSettings(model=bundle_dir), modes=[], sizes=[96],
                        inference=CPU, run=QUIET)
     assert report.images == 0 and report.data is None and report.modes == []
