@@ -1,6 +1,6 @@
-"""Peak memory and time of `magnet segment` on generated tiled pyramidal TIFFs of growing size.
+"""Peak memory and time of `segment` on generated tiled pyramidal TIFFs of growing size.
 
-Each size runs in its own child process so its peak RSS is its own. The TIFFs are written tile by
+Each size runs in its own child process (`magnet_cli.bench.run_segment`) so its peak RSS is its own. The TIFFs are written tile by
 tile (never whole in memory) with a cheap procedural pattern.
 
     python benchmarks/memory_scaling.py --sizes 8192 16384 32768 --workdir /tmp/magnet-bench
@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from magnet_cli.bench import run_measured
+from magnet_cli.bench import run_segment
+from magnet_cli.errors import MagnetError
+from magnet_cli.settings import InferenceSettings, ModelSettings
 
 TILE = 512
 
@@ -63,7 +65,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/magnet-bench"))
     parser.add_argument("--mode", default="magnet")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--model", default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="Write the results as JSON here.")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -74,20 +77,16 @@ def main() -> None:
             start = time.perf_counter()
             write_pyramidal_tiff(image, size)
             print(f"wrote {image} in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-        command = [sys.executable, "-m", "magnet_cli.cli", "segment", str(image), "-o",
-                   str(args.workdir / f"scene_{size}.zarr"), "--overwrite", "--no-progress", "--json",
-                   "--mode", args.mode, "--batch-size", str(args.batch_size), "--device", "cpu"]
-        if args.model:
-            command += ["--model", args.model]
-        measured = run_measured(command)
-        if measured["rc"] != 0:
-            sys.exit(f"segment failed on {image}: {measured['stderr']}")
-        result = json.loads(measured["stdout"])[0]
+        inference = InferenceSettings(mode=args.mode, batch_size=args.batch_size, device=args.device)
+        try:
+            result = run_segment(image, args.workdir / f"scene_{size}.zarr", ModelSettings(model=args.model), inference, args.mode)
+        except MagnetError as error:
+            sys.exit(str(error))
         row = {
             "size": size,
             "megapixels": size * size / 1e6,
-            "seconds": round(measured["wall_seconds"], 1),
-            "peak_rss_mb": round(measured["peak_rss_mb"], 1),
+            "seconds": round(result["wall_seconds"], 1),
+            "peak_rss_mb": round(result["peak_rss_mb"], 1),
             "windows": result["windows"],
             "segmenter_s": result["segmenter_seconds"],
             "refiner_s": result["refiner_seconds"],

@@ -17,18 +17,21 @@ import tempfile
 from pathlib import Path
 
 from magnet_cli.bench import machine_description, measure_limit
+from magnet_cli.devices import resolve_device
+from magnet_cli.settings import InferenceSettings, ModelSettings
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image", type=Path)
-    parser.add_argument("--model", default=None)
+    parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    inference = InferenceSettings(batch_size=args.batch_size, device=args.device)
     with tempfile.TemporaryDirectory() as scratch:
-        report = measure_limit(args.image, args.model, args.batch_size, args.device, Path(scratch))
-    print(json.dumps({"machine": machine_description(args.device), **report}, indent=2))
+        report = measure_limit(args.image, ModelSettings(model=args.model), inference, Path(scratch))
+    print(json.dumps({"machine": machine_description(resolve_device(args.device)), **report}, indent=2))
 
 
 if __name__ == "__main__":

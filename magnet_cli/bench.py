@@ -1,8 +1,9 @@
 """The benchmark harness behind `magnet benchmark`: accuracy, speed and memory of every mode, in one run.
 
-Each segmentation runs `magnet segment` in a child process, so its peak RSS is its own (freed memory
-of one run never hides in the next) and a crash of one run is reported, not fatal. Its mask is then
-scored with `evaluate_pair` in this process. Four measurements:
+Each variant is an `InferenceSettings` object. Each segmentation calls the library's `segment` in a
+fresh child process, so its peak RSS is its own (freed memory of one run never hides in the next) and a
+crash of one run is reported, not fatal. Its mask is then scored with `evaluate_pair` in this process.
+Four measurements:
 
 - modes: mIoU, boundary F, seconds per image, peak memory and windows of each variant (the paper's
   table: downsample, patch, MagNet-Fast, MagNet, plus point-selection variants);
@@ -14,97 +15,247 @@ scored with `evaluate_pair` in this process. Four measurements:
 
 from __future__ import annotations
 
+import inspect
 import json
+import multiprocessing
 import os
 import platform
-import subprocess
+import resource
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from magnet_cli.errors import MagnetError, UsageError
+from magnet_cli.errors import MagnetError, OutputError, UsageError
 from magnet_cli.evaluation import IGNORE_INDEX, Scores, evaluate_pair
+from magnet_cli.settings import InferenceSettings, ModelSettings, RunSettings, with_values
 
 PAPER_POINTS = 65536  # the paper's k (2^16 points per level)
+# The fields that make a variant's method; every other inference field (batch size, device, ...) is the
+# caller's, the same for every variant.
+METHOD_FIELDS = ("mode", "selection", "points", "fast_patches")
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One way of running `segment`: a mode plus its point-selection settings."""
+    """One way of running `segment`: a name, the settings of its method, and what it stands for."""
 
     name: str
-    mode: str
-    selection: str = "window"
-    points: float | None = None  # None: the bundle's default
+    settings: InferenceSettings
     description: str = ""
 
-    def segment_options(self) -> list[str]:
-        options = ["--mode", self.mode, "--selection", self.selection]
-        if self.points is not None:
-            options += ["--points", f"{self.points:g}"]
-        return options
+    def run_with(self, base: InferenceSettings) -> InferenceSettings:
+        """This variant's method, run the way `base` says (batch size, device, ...)."""
+        return with_values(base, **{name: getattr(self.settings, name) for name in METHOD_FIELDS})
+
+
+def _variant(name: str, description: str, **method: Any) -> Variant:
+    return Variant(name, InferenceSettings(**method), description)
 
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
-        Variant("downsample", "downsample", description="coarsest level only, upsampled"),
-        Variant("patch", "patch", description="finest level only, no context"),
-        Variant("fast", "fast", selection="global", description="MagNet-Fast: 3 most uncertain windows per level"),
-        Variant("magnet", "magnet", description="MagNet, points selected per window (streaming)"),
-        Variant("magnet-global", "magnet", selection="global", description="MagNet, points selected over the whole level"),
-        Variant("magnet-all-points", "magnet", points=1.0, description="MagNet, refiner output taken at every pixel"),
-        Variant("magnet-paper-k", "magnet", points=PAPER_POINTS, description="MagNet, the paper's k = 2^16 points per level"),
+        _variant("downsample", "coarsest level only, upsampled", mode="downsample"),
+        _variant("patch", "finest level only, no context", mode="patch"),
+        _variant("fast", "MagNet-Fast: 3 most uncertain windows per level", mode="fast", selection="global"),
+        _variant("magnet", "MagNet, points selected per window (streaming)", mode="magnet"),
+        _variant("magnet-global", "MagNet, points selected over the whole level", mode="magnet", selection="global"),
+        _variant("magnet-all-points", "MagNet, refiner output taken at every pixel", mode="magnet", points=1.0),
+        _variant("magnet-paper-k", "MagNet, the paper's k = 2^16 points per level", mode="magnet", points=PAPER_POINTS),
     )
 }
-DEFAULT_VARIANTS = tuple(VARIANTS)
 QUICK = {"data": "synth:9100:2:1024", "sizes": (512, 1024, 2048)}
 FULL = {"data": "synth:9000:4:4096", "sizes": (2048, 4096, 8192, 16384)}
 SCALING_SEED = 9500
 
 
-# --- measured child processes -----------------------------------------------------------------------
-MEASURE = """
-import json, resource, subprocess, sys, time
-start = time.perf_counter()
-done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-print(json.dumps({"rc": done.returncode, "wall_seconds": time.perf_counter() - start,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-                  "stdout": done.stdout, "stderr": done.stderr[-4000:]}))
-"""
+# --- the library calls, one place each ----------------------------------------------------------------
+# The settings-based `segment(..., model=, inference=, run=)`, `resolve_model(ModelSettings)` and
+# `Engine(bundle, settings.InferenceSettings)` land with issue 9. Until then each call below falls back to
+# the flat signatures of today; delete the three fallbacks once they are gone from main.
+def load_model(model: ModelSettings):
+    """The bundle `model` names (the bundled default when it names none)."""
+    from magnet_cli import segmentation
+
+    if "segmenter" not in inspect.signature(segmentation.resolve_model).parameters:
+        return segmentation.resolve_model(model)
+    order = model.refiner_input_order.value if model.refiner_input_order is not None else None
+    return segmentation.resolve_model(model.model, model.segmenter, model.classes, model.input_size, model.refiner,
+                                      order, model.mean, model.std)
 
 
-def run_measured(command: Sequence[str]) -> dict:
-    """Run a command in a child process; its exit code, output, wall time and peak RSS (MB)."""
-    done = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True, check=True)
-    return json.loads(done.stdout)
+def make_engine(bundle, inference: InferenceSettings):
+    """The inference engine of `bundle` run as `inference` says."""
+    from magnet_cli import pipeline
+
+    if getattr(pipeline, "InferenceSettings", InferenceSettings) is InferenceSettings:
+        return pipeline.Engine(bundle, inference)
+    from magnet_cli.io.base import PixelNormalization
+
+    flat = {name: getattr(inference, name) for name in ("levels", "crop_size", "points", "smooth_kernel",
+                                                         "fast_patches", "batch_size", "device", "read_threads")}
+    return pipeline.Engine(bundle, pipeline.InferenceSettings(
+        mode=inference.mode.value, selection=inference.selection.value,
+        normalization=PixelNormalization(inference.bands, bundle.value_range), **flat))
 
 
-def segment_command(image: Path, output: Path, variant: Variant, model: str | None, batch_size: int, device: str) -> list[str]:
-    command = [sys.executable, "-m", "magnet_cli.cli", "segment", str(image), "-o", str(output), "--overwrite",
-               "--no-progress", "--json", "--batch-size", str(batch_size), "--device", device, *variant.segment_options()]
-    if model is not None:
-        command += ["--model", str(model)]
-    return command
+def segment_image(image: Path, output: Path, model: ModelSettings | Any, inference: InferenceSettings) -> dict:
+    """One image through the library's `segment`, quietly, replacing `output`; its result as a dict.
+    `model` is settings (a child process loads the model itself) or an already loaded bundle."""
+    from magnet_cli import segmentation
+
+    if "inference" in inspect.signature(segmentation.segment).parameters:
+        (result,) = segmentation.segment([image], output, model=model, inference=inference,
+                                         run=RunSettings(progress=False, overwrite=True))
+        return result.to_dict()
+    bundle = model if not isinstance(model, ModelSettings) else load_model(model)
+    (result,) = segmentation.segment(
+        [image], output, bundle=bundle, mode=inference.mode.value, selection=inference.selection.value,
+        levels=inference.levels, points=inference.points, smooth_kernel=inference.smooth_kernel,
+        fast_patches=inference.fast_patches, batch_size=inference.batch_size, device=inference.device,
+        bands=inference.bands, overwrite=True, progress=False,
+    )
+    return result.to_dict()
 
 
-def _failure(run: dict, what: str) -> str:
-    lines = [line for line in run["stderr"].strip().splitlines() if line.strip()]
-    return f"{what} failed (exit {run['rc']}): {lines[-1] if lines else 'no message'}"
+# --- measured child processes -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Measured:
+    """What a function returned in its child process, the child's wall time and its own peak RSS."""
+
+    value: Any
+    wall_seconds: float
+    peak_rss_mb: float
 
 
-def run_segment(image: Path, output: Path, variant: Variant, model: str | None, batch_size: int, device: str) -> dict:
-    """One measured `segment` run: the child's JSON summary plus wall time and peak RSS."""
-    run = run_measured(segment_command(image, output, variant, model, batch_size, device))
-    if run["rc"] != 0:
-        raise MagnetError(_failure(run, f"segment {image.name} ({variant.name})"))
-    (summary,) = json.loads(run["stdout"])
-    return {**summary, "wall_seconds": run["wall_seconds"], "peak_rss_mb": run["peak_rss_mb"]}
+def own_peak_rss_mb() -> float:
+    """This process's peak resident memory so far (RUSAGE_SELF: never a child's, which RUSAGE_CHILDREN
+    would fold in as the maximum over every child ever waited for)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def run_measured(what: str, function: Callable[..., Any], *args: Any) -> Measured:
+    """`function(*args)` in a fresh child process. A user error there comes back as the same MagnetError
+    class, prefixed with `what`; a bug as ChildProcessError (the child printed its traceback)."""
+    # "spawn", not fork: a forked child starts with a copy of this process's pages, so its peak would
+    # include our own (the loaded model, earlier scores), and CUDA cannot run in a child forked after
+    # the parent used it. Spawn is a fresh interpreter, like `python -c`, but the arguments travel as
+    # pickled objects (settings, paths), never as argument text, and errors come back typed.
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_measure_in_child, args=(sender, function, args), name=f"magnet-bench: {what}")
+    start = time.perf_counter()
+    child.start()
+    sender.close()  # the child now holds the only sending end: if it dies, recv() ends with EOFError
+    try:
+        outcome = _receive(receiver)
+        child.join()
+    finally:
+        receiver.close()
+        if child.is_alive():  # interrupted (Ctrl-C) while the child still runs
+            child.terminate()
+            child.join()
+    wall = time.perf_counter() - start
+    if outcome is None:
+        raise MagnetError(f"{what} failed: {_death(child.exitcode)}")
+    status, value, peak = outcome
+    if status == "user":
+        kind, message = value
+        raise kind(f"{what}: {message}")
+    if status == "bug":
+        raise ChildProcessError(f"{what}: {value} (traceback above)")
+    return Measured(value, wall, peak)
+
+
+def _receive(receiver: Any) -> tuple | None:
+    try:
+        return receiver.recv()
+    except EOFError:  # the child died before it could answer
+        return None
+
+
+def _measure_in_child(sender: Any, function: Callable[..., Any], args: tuple) -> None:
+    """The child's side of `run_measured`: call, then send (status, value, own peak RSS in MB)."""
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # the parent's stdout may carry --json: keep it clean
+    try:
+        outcome: tuple = ("ok", function(*args))
+    except MagnetError as error:
+        outcome = ("user", (type(error), str(error)))
+    except Exception as error:  # a bug: its traceback goes to stderr, the parent raises
+        traceback.print_exc()
+        outcome = ("bug", f"{type(error).__name__}: {error}")
+    sender.send((*outcome, own_peak_rss_mb()))
+    sender.close()
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        return f"the process was killed by signal {-exitcode}" + (" (out of memory?)" if exitcode == -9 else "")
+    return f"the process exited with code {exitcode} without a result"
+
+
+def run_segment(image: Path, output: Path, model: ModelSettings, inference: InferenceSettings, label: str) -> dict:
+    """One measured `segment` run in its own process: the image's result plus wall time and peak RSS."""
+    run = run_measured(f"segment {image.name} ({label})", segment_image, image, output, model, inference)
+    return {**run.value, "wall_seconds": run.wall_seconds, "peak_rss_mb": run.peak_rss_mb}
+
+
+# --- arguments, checked before any work ---------------------------------------------------------------
+def check_modes(modes: Sequence[str] | None) -> list[str]:
+    """Variant names, each known and given once; None means every variant."""
+    if modes is None:
+        return list(VARIANTS)
+    if isinstance(modes, str):
+        raise TypeError("modes: expected a list of variant names, not one string")
+    names = list(modes)
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        raise UsageError(f"--modes {','.join(unknown)}: unknown; expected some of {', '.join(VARIANTS)}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"--modes {','.join(names)}: give each mode once")
+    return names
+
+
+def check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
+    """Scaling sizes: whole, positive numbers of pixels that a synthetic scene can have."""
+    from magnet_cli.synthetic import MAX_SIDE
+
+    values = tuple(sizes)
+    bad = [s for s in values if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 1 <= s <= MAX_SIDE]
+    if bad:
+        raise UsageError(f"--sizes {','.join(map(str, bad))}: each size must be a whole number from 1 to {MAX_SIDE}")
+    return tuple(int(s) for s in values)
+
+
+def check_inference(inference: InferenceSettings) -> InferenceSettings:
+    """The settings every variant shares; the method fields are each variant's, so setting them here
+    would be silently overridden: refused instead."""
+    default = InferenceSettings()
+    fixed = [name for name in METHOD_FIELDS if getattr(inference, name) != getattr(default, name)]
+    if fixed:
+        raise UsageError(f"benchmark: {', '.join(fixed)} are set by each of --modes, not by the shared inference settings")
+    return inference
+
+
+def prepare_folder(folder: Path, option: str) -> Path:
+    """Create a missing output folder (like `mkdir -p`) and check that files can be written there: before
+    any work, so a bad path never costs a benchmark run."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(f"{option} {folder}: cannot create the folder, a file is in the way") from None
+    except OSError as error:
+        raise OutputError(f"{option} {folder}: cannot create the folder ({error.strerror or error})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {folder}: the folder is not writable")
+    return folder
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -156,24 +307,23 @@ def model_only_seconds(engine, windows_per_level: Sequence[int], batch_size: int
     return time.perf_counter() - start
 
 
-def measure_limit(image: Path, model: str | None, batch_size: int, device: str, workdir: Path) -> dict:
+def measure_limit(image: Path, model: ModelSettings | Any, inference: InferenceSettings, workdir: Path) -> dict:
     """End-to-end MagNet on one image (in this process, as a user's script would call it) vs the same
-    windows through the models alone."""
-    from magnet_cli.pipeline import Engine, InferenceSettings
-    from magnet_cli.segmentation import resolve_model, segment
-
-    bundle = resolve_model(model)
-    engine = Engine(bundle, InferenceSettings(mode="magnet", batch_size=batch_size, device=device))
+    windows through the models alone. `model`: settings, or an already loaded bundle; `inference`: batch
+    size, device and the rest, with MagNet's method."""
+    bundle = load_model(model) if isinstance(model, ModelSettings) else model
+    settings = VARIANTS["magnet"].run_with(inference)
+    engine = make_engine(bundle, settings)
+    batch_size = settings.batch_size
     model_only_seconds(engine, [2, 2], batch_size, True)  # warm-up: oneDNN / cuDNN primitive caches
     start = time.perf_counter()
-    (result,) = segment([image], workdir / "limit.zarr", bundle=bundle, mode="magnet", batch_size=batch_size,
-                        device=device, overwrite=True, progress=False)
+    result = segment_image(image, workdir / "limit.zarr", bundle, settings)
     end_to_end = time.perf_counter() - start
-    models = model_only_seconds(engine, result.windows_per_level, batch_size, True)
-    segmenter = model_only_seconds(engine, result.windows_per_level, batch_size, False)
+    models = model_only_seconds(engine, result["windows_per_level"], batch_size, True)
+    segmenter = model_only_seconds(engine, result["windows_per_level"], batch_size, False)
     return {
         "image": image.name,
-        "windows": result.windows,
+        "windows": result["windows"],
         "end_to_end_s": round(end_to_end, 2),
         "model_only_s": round(models, 2),
         "segmenter_only_s": round(segmenter, 2),
@@ -184,6 +334,9 @@ def measure_limit(image: Path, model: str | None, batch_size: int, device: str, 
 
 
 # --- the peer baseline ------------------------------------------------------------------------------
+PEER_NAME = "monai sliding_window_inference"
+
+
 def monai_available() -> bool:
     try:
         import monai.inferers  # noqa: F401
@@ -192,28 +345,27 @@ def monai_available() -> bool:
     return True
 
 
-def monai_segment(image: Path, output: Path, model: str | None, batch_size: int, device: str) -> dict:
+def monai_segment(image: Path, output: Path, model: ModelSettings, inference: InferenceSettings) -> dict:
     """MONAI's sliding_window_inference with our segmenter: the whole image in memory, non-overlapping
     windows of the model's input size at full resolution (our `patch` mode's windows), argmax written
-    as a TIFF mask. Runs in a child process of `run_peer`."""
+    as a TIFF mask. Runs in a child process of `run_measured`."""
     import tifffile
     from monai.inferers import sliding_window_inference
 
+    from magnet_cli.devices import resolve_device
     from magnet_cli.io.base import PixelNormalization, to_unit_rgb
     from magnet_cli.io.open import open_image
-    from magnet_cli.pipeline import resolve_device
-    from magnet_cli.segmentation import resolve_model
 
-    bundle = resolve_model(model)
-    torch_device = resolve_device(device)
+    bundle = load_model(model)
+    torch_device = resolve_device(inference.device)
     segmenter = bundle.segmenter.to(torch_device)
     start = time.perf_counter()
     with open_image(image) as source:
         pixels = source.read_level(0, 0, 0, source.height, source.width)
-        whole = to_unit_rgb(pixels, PixelNormalization(None, bundle.value_range), image)[None]
+        whole = to_unit_rgb(pixels, PixelNormalization(inference.bands, bundle.value_range), image)[None]
     with torch.inference_mode():
         probabilities = sliding_window_inference(
-            whole, roi_size=bundle.input_size, sw_batch_size=batch_size, overlap=0.0,
+            whole, roi_size=bundle.input_size, sw_batch_size=inference.batch_size, overlap=0.0,
             predictor=lambda x: torch.softmax(segmenter(x.to(torch_device)), 1).cpu(),
         )
     labels = probabilities[0].argmax(0).to(torch.uint8).numpy()
@@ -221,21 +373,12 @@ def monai_segment(image: Path, output: Path, model: str | None, batch_size: int,
     return {"seconds": round(time.perf_counter() - start, 3)}
 
 
-def run_peer(image: Path, output: Path, model: str | None, batch_size: int, device: str) -> dict:
-    command = [sys.executable, "-m", "magnet_cli.bench", "monai", str(image), str(output), str(model or ""),
-               str(batch_size), device]
-    run = run_measured(command)
-    if run["rc"] != 0:
-        raise MagnetError(_failure(run, f"MONAI sliding_window_inference on {image.name}"))
-    return {**json.loads(run["stdout"]), "wall_seconds": run["wall_seconds"], "peak_rss_mb": run["peak_rss_mb"]}
-
-
 # --- the whole benchmark ----------------------------------------------------------------------------
 @dataclass
 class BenchmarkReport:
     machine: str
     model: str
-    data: str
+    data: str | None  # None: no modes were run, so no dataset was read
     images: int
     modes: list[dict] = field(default_factory=list)
     per_class: dict[str, list[dict]] = field(default_factory=dict)
@@ -250,109 +393,120 @@ class BenchmarkReport:
         return asdict(self)
 
 
-def machine_description(device: str) -> str:
+def machine_description(device: torch.device) -> str:
     cpu = platform.processor() or platform.machine()
     text = f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
-    if device != "cpu" and torch.cuda.is_available():
-        text += f", {torch.cuda.get_device_name(0)}"
+    if device.type == "cuda":
+        text += f", {torch.cuda.get_device_name(device)}"
     return text
+
+
+def _quiet(message: str) -> None:
+    """The default `log`: say nothing."""
 
 
 def benchmark(
     data: str | Path | None,
-    output_dir: str | Path,
+    output: str | Path,
     *,
-    model: str | Path | None = None,
-    variants: Sequence[str] = DEFAULT_VARIANTS,
+    model: ModelSettings | None = None,
+    modes: Sequence[str] | None = None,
     sizes: Sequence[int] | None = None,
-    batch_size: int = 4,
-    device: str = "cpu",
+    inference: InferenceSettings | None = None,
     quick: bool = False,
     peer: bool = True,
     limit: bool = True,
-    ignore_index: int = IGNORE_INDEX,
     workdir: str | Path | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] = lambda message: None,
+    run: RunSettings | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    log: Callable[[str], None] = _quiet,
 ) -> BenchmarkReport:
     """Run the modes on images + masks (or synth scenes), the scaling series, the limit and the peer;
-    write benchmark.json, benchmark.md and PNG plots into `output_dir`."""
-    from magnet_cli.segmentation import resolve_model
+    write benchmark.json, benchmark.md and PNG plots into `output`.
+
+    `data` None: the preset's synth scenes. `modes` None: every variant; empty: no modes table, and then
+    the dataset is not read at all (nor the limit and peer, which run on it). `sizes` None: the preset's.
+    `inference` gives what every variant shares (batch size, device, ...). `run.progress` shows bars
+    while scenes render.
+    """
+    from magnet_cli.devices import resolve_device
 
     started = time.perf_counter()
     preset = QUICK if quick else FULL
-    data = data if data is not None else preset["data"]
-    sizes = tuple(sizes) if sizes is not None else preset["sizes"]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise UsageError(f"--modes {','.join(unknown)}: unknown; known: {', '.join(VARIANTS)}")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(workdir) if workdir is not None else output_dir / "work"
-    scratch.mkdir(parents=True, exist_ok=True)
-    bundle = resolve_model(model)
-    model_arg = str(model) if model is not None else None
+    names = check_modes(modes)
+    sizes = check_sizes(preset["sizes"] if sizes is None else sizes)
+    inference = check_inference(inference or InferenceSettings())
+    model = model or ModelSettings()
+    progress = (run or RunSettings()).progress
+    device = resolve_device(inference.device)  # a missing CUDA device is named before any work
+    bundle = load_model(model)
+    output = prepare_folder(Path(output), "--output")
+    scratch = prepare_folder(Path(workdir) if workdir is not None else output / "work", "--workdir")
     classes = bundle.classes
 
-    needs_images = bool(variants) or peer or limit
-    pairs = dataset_pairs(data, scratch, classes, progress) if needs_images else []
-    report = BenchmarkReport(machine_description(device), bundle.name, str(data), len(pairs))
+    data = (data if data is not None else preset["data"]) if names else None
+    pairs = dataset_pairs(data, scratch, classes, progress) if data is not None else []
+    report = BenchmarkReport(machine_description(device), bundle.name, None if data is None else str(data), len(pairs))
     totals: dict[str, Scores] = {}
-    runs: dict[str, list[dict]] = {}
-    for name in variants:
+    for name in names:
         variant = VARIANTS[name]
-        totals[name] = Scores.empty(classes)
-        runs[name] = []
+        settings = variant.run_with(inference)
+        totals[name], runs = Scores.empty(classes), []
         for image, truth in pairs:
             mask = scratch / "masks" / name / f"{image.stem}.zarr"
-            run = run_segment(image, mask, variant, model_arg, batch_size, device)
+            one = run_segment(image, mask, model, settings, name)
             totals[name].add(evaluate_pair(mask, truth, classes, ignore_index=ignore_index))
-            runs[name].append(run)
-            log(f"{name:18s} {image.name}: {run['seconds']:.1f} s, {run['peak_rss_mb']:.0f} MB")
-        report.modes.append(_mode_row(variant, totals[name], runs[name]))
+            runs.append(one)
+            log(f"{name:18s} {image.name}: {one['seconds']:.1f} s, {one['peak_rss_mb']:.0f} MB")
+        report.modes.append(_mode_row(variant, totals[name], runs))
         report.per_class[name] = totals[name].to_dict()["per_class"]
     if "magnet" in totals and "magnet-global" in totals:
         report.selection_difference = round(totals["magnet-global"].miou - totals["magnet"].miou, 5)
 
-    if peer and pairs and monai_available():
-        scores, peer_runs = Scores.empty(classes), []
-        for image, truth in pairs:
-            mask = scratch / "masks" / "monai" / f"{image.stem}.tif"
-            mask.parent.mkdir(parents=True, exist_ok=True)
-            peer_runs.append(run_peer(image, mask, model_arg, batch_size, device))
-            scores.add(evaluate_pair(mask, truth, classes, ignore_index=ignore_index))
-        report.peer = {
-            "name": "monai sliding_window_inference",
-            "miou": round(scores.miou, 5),
-            "seconds_per_image": round(float(np.mean([r["seconds"] for r in peer_runs])), 2),
-            "peak_rss_mb": round(max(r["peak_rss_mb"] for r in peer_runs), 1),
-        }
-    elif peer:
-        report.peer = {"name": "monai sliding_window_inference", "skipped": "MONAI is not installed (pip install 'magnet-cli[peer]')"}
+    if peer and pairs:
+        report.peer = run_peer(pairs, scratch, model, inference, classes, ignore_index)
 
+    magnet = VARIANTS["magnet"].run_with(inference)
     for size in sizes:
         (image, _), = render_scenes(scratch / f"scaling_{size}", SCALING_SEED, 1, size, progress)
-        run = run_segment(image, scratch / "scaling" / f"{size}.zarr", VARIANTS["magnet"], model_arg, batch_size, device)
+        one = run_segment(image, scratch / "scaling" / f"{size}.zarr", model, magnet, "magnet")
         report.scaling.append({
             "size": size,
             "megapixels": round(size * size / 1e6, 2),
-            "windows": run["windows"],
-            "seconds": run["seconds"],
-            "us_per_pixel": round(run["seconds"] / (size * size) * 1e6, 3),
-            "peak_rss_mb": round(run["peak_rss_mb"], 1),
-            "peak_gpu_mb": run.get("peak_gpu_mb"),
+            "windows": one["windows"],
+            "seconds": one["seconds"],
+            "us_per_pixel": round(one["seconds"] / (size * size) * 1e6, 3),
+            "peak_rss_mb": round(one["peak_rss_mb"], 1),
+            "peak_gpu_mb": one.get("peak_gpu_mb"),
         })
-        log(f"scaling {size}^2: {run['seconds']:.1f} s, {run['peak_rss_mb']:.0f} MB")
+        log(f"scaling {size}^2: {one['seconds']:.1f} s, {one['peak_rss_mb']:.0f} MB")
 
     if limit and pairs:
-        report.limit = measure_limit(pairs[0][0], model_arg, batch_size, device, scratch)
+        report.limit = measure_limit(pairs[0][0], bundle, inference, scratch)
     report.seconds = round(time.perf_counter() - started, 1)
-    report.plots = write_plots(report, output_dir)
-    (output_dir / "benchmark.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    (output_dir / "benchmark.md").write_text(markdown(report))
+    report.plots = write_plots(report, output)
+    (output / "benchmark.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    (output / "benchmark.md").write_text(markdown(report))
     return report
+
+
+def run_peer(pairs: list[tuple[Path, Path]], scratch: Path, model: ModelSettings, inference: InferenceSettings,
+             classes: list, ignore_index: int) -> dict:
+    """The peer baseline's row: MONAI on every image, each in its own measured process."""
+    if not monai_available():
+        return {"name": PEER_NAME, "skipped": "MONAI is not installed (pip install 'magnet-cli[peer]')"}
+    scores, runs = Scores.empty(classes), []
+    for image, truth in pairs:
+        mask = scratch / "masks" / "monai" / f"{image.stem}.tif"
+        mask.parent.mkdir(parents=True, exist_ok=True)
+        runs.append(run_measured(f"{PEER_NAME} on {image.name}", monai_segment, image, mask, model, inference))
+        scores.add(evaluate_pair(mask, truth, classes, ignore_index=ignore_index))
+    return {
+        "name": PEER_NAME,
+        "miou": round(scores.miou, 5),
+        "seconds_per_image": round(float(np.mean([r.value["seconds"] for r in runs])), 2),
+        "peak_rss_mb": round(max(r.peak_rss_mb for r in runs), 1),
+    }
 
 
 def _mode_row(variant: Variant, scores: Scores, runs: list[dict]) -> dict:
@@ -377,10 +531,8 @@ def _pct(value: float | None) -> str:
 
 def markdown(report: BenchmarkReport) -> str:
     """The report as Markdown tables (what benchmarks/README.md quotes)."""
-    lines = [
-        f"Machine: {report.machine}. Model: {report.model}. Data: {report.data} ({report.images} images). "
-        f"Benchmark time: {report.seconds:.0f} s.",
-    ]
+    data = f"Data: {report.data} ({report.images} images)" if report.data is not None else "No dataset (no modes)"
+    lines = [f"Machine: {report.machine}. Model: {report.model}. {data}. Benchmark time: {report.seconds:.0f} s."]
     if report.modes:
         lines += [
             "",
@@ -468,16 +620,3 @@ def write_plots(report: BenchmarkReport, output_dir: Path) -> list[str]:
         plt.close(figure)
         written.append(str(path))
     return written
-
-
-def _worker(argv: list[str]) -> None:
-    """Child-process entry points (`python -m magnet_cli.bench monai IMAGE OUT MODEL BATCH DEVICE`)."""
-    if argv[:1] == ["monai"] and len(argv) == 6:
-        image, output, model, batch, device = argv[1:]
-        print(json.dumps(monai_segment(Path(image), Path(output), model or None, int(batch), device)))
-        return
-    raise SystemExit(f"usage: python -m magnet_cli.bench monai IMAGE OUT MODEL BATCH DEVICE (got {argv})")
-
-
-if __name__ == "__main__":
-    _worker(sys.argv[1:])
