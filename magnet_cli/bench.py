@@ -279,7 +279,7 @@ def render_scenes(folder: Path, seed: int, count: int, size: int, progress: bool
 
     pairs = [(folder / "images" / f"{scene_name(seed, i)}.tif", folder / "masks" / f"{scene_name(seed, i)}.tif") for i in range(count)]
     if not all(image.exists() and mask.exists() for image, mask in pairs):
-        synth(folder, size=size, seed=seed, count=count, fmt="tiff", overwrite=True, progress=progress)
+        synth(folder, size=size, seed=seed, count=count, format="tiff", run=RunSettings(overwrite=True, progress=progress))
     return pairs
 
 

@@ -25,8 +25,10 @@ class ClassInfo:
 
 def default_classes(count: int) -> list[ClassInfo]:
     """`count` classes named class_0.. with palette colours (cycled, then generated)."""
-    if count < 2:
-        raise UsageError(f"a segmentation needs at least 2 classes, got {count}")
+    from magnet_cli.settings import MAX_CLASSES
+
+    if not 2 <= count <= MAX_CLASSES:
+        raise UsageError(f"a segmentation needs 2 to {MAX_CLASSES} classes, got {count}")
     colors = [PALETTE[i] if i < len(PALETTE) else ((i * 67) % 256, (i * 139) % 256, (i * 211) % 256) for i in range(count)]
     return [ClassInfo(f"class_{i}", colors[i]) for i in range(count)]
 
@@ -61,6 +63,7 @@ def classes_from_records(entries: list[dict]) -> list[ClassInfo]:
     ]
     if len(classes) < 2:
         raise UsageError(f"needs at least 2 classes, found {len(classes)}")
+    default_classes(len(classes))  # the same bounds as a class count
     return classes
 
 

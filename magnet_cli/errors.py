@@ -21,3 +21,7 @@ class ModelError(MagnetError):
 
 class UsageError(MagnetError):
     """An option value is invalid (bad level list, bad point count, ...)."""
+
+
+class MagnetWarning(UserWarning):
+    """Something the user should know that does not stop the work (the CLI prints one yellow line)."""

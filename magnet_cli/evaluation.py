@@ -33,6 +33,7 @@ from magnet_cli.io.open import list_images, open_image
 IGNORE_INDEX = 255
 TILE = 2048
 DEFAULT_TOLERANCE = 2
+MAX_BOUNDARY_TOLERANCE = 64  # the boundary match dilates by this radius: each pixel costs its square
 MASK_SUFFIXES = (".zarr", ".ome", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 
@@ -292,6 +293,10 @@ def pair_masks(predicted: Sequence[str | Path], truth: Sequence[str | Path]) -> 
     """(prediction, truth) pairs. Truth given as files pairs with the predictions in order; truth given as
     one folder (or dataset folder) pairs with each prediction by mask name. A prediction folder stands
     for the masks in it."""
+    if any(not str(p).strip() for p in [*predicted, *truth]):
+        raise UsageError("empty mask path")
+    if not predicted or not truth:
+        raise UsageError("give predicted masks and --truth masks")
     pred_paths, true_paths = [Path(p) for p in predicted], [Path(t) for t in truth]
     for path in pred_paths + true_paths:
         if not path.exists():
@@ -402,13 +407,20 @@ def evaluate(
     classes: str | list[ClassInfo] | None = None,
     model: str | Path | None = None,
     ignore_index: int = IGNORE_INDEX,
-    tolerance: int = DEFAULT_TOLERANCE,
-    progress: bool = True,
+    boundary_tolerance: int = DEFAULT_TOLERANCE,
+    run: RunSettings | None = None,
 ) -> EvaluationResult:
     """Per-class IoU, mIoU, pixel accuracy, frequency-weighted IoU and boundary F of predicted masks
     against truth masks (files in order, or two folders matched by name), streamed tile by tile."""
     from magnet_cli.progress import counting_bar
+    from magnet_cli.settings import MAX_IGNORE_INDEX, RunSettings
 
+    run = run or RunSettings()
+    tolerance = boundary_tolerance
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or not 0 <= ignore_index <= MAX_IGNORE_INDEX:
+        raise UsageError(f"--ignore-index {ignore_index}: expected a whole number from 0 to {MAX_IGNORE_INDEX}")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or not 0 <= tolerance <= MAX_BOUNDARY_TOLERANCE:
+        raise UsageError(f"--boundary-tolerance {tolerance}: expected a whole number from 0 to {MAX_BOUNDARY_TOLERANCE}")
     pairs = pair_masks(predicted, truth)
     class_list = resolve_classes(classes, model, pairs, ignore_index)
     result = EvaluationResult(Scores.empty(class_list, tolerance))
@@ -416,7 +428,7 @@ def evaluate(
     for pred, _ in pairs:
         with open_image(pred) as source:
             total_pixels += source.height * source.width
-    with counting_bar(progress, "evaluate (pixels)", total_pixels) as advance:
+    with counting_bar(run.progress, "evaluate (pixels)", total_pixels) as advance:
         for pred, true in pairs:
             scores = evaluate_pair(pred, true, class_list, ignore_index=ignore_index, tolerance=tolerance, advance=advance)
             result.per_image.append((pred, true, scores))

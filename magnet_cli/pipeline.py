@@ -15,11 +15,12 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from magnet_cli.devices import resolve_device
 from magnet_cli.errors import UsageError
 from magnet_cli.io.base import Box, ImageSource, PixelNormalization
 from magnet_cli.models.bundle import ModelBundle
@@ -27,33 +28,14 @@ from magnet_cli.models.refiner import fuse_for_inference
 from magnet_cli.pyramid import Level, ScalePlan, Window, default_depth, make_plan
 from magnet_cli.refine import crop_resize, points_for_level, refine, uncertainty
 from magnet_cli.runtime import keep_freed_memory_in_heap, one_intra_op_thread
+from magnet_cli.settings import InferenceSettings, Mode, check_points, check_smooth_kernel
 from magnet_cli.scheduler import TreeScheduler
 
-Mode = Literal["magnet", "fast", "patch", "downsample"]
-Selection = Literal["global", "window"]
-MODES: tuple[str, ...] = ("magnet", "fast", "patch", "downsample")
 
 # (y0, x0, y1, x1) full-resolution region, class probabilities (C, y1 - y0, x1 - x0)
 Sink = Callable[[tuple[int, int, int, int], torch.Tensor], None]
 # (level, windows just finished)
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class InferenceSettings:
-    """How to run: everything `segment` exposes except inputs, outputs and the model."""
-
-    mode: Mode = "magnet"
-    levels: int | Sequence[int] | None = None
-    crop_size: tuple[int, int] | None = None
-    points: float | None = None  # None: the bundle's default
-    smooth_kernel: int | None = None  # None: the bundle's default
-    fast_patches: int = 3
-    selection: Selection = "window"
-    batch_size: int = 4
-    device: str = "auto"
-    read_threads: int = 2
-    normalization: PixelNormalization = PixelNormalization()
 
 
 @dataclass
@@ -73,23 +55,20 @@ class RunStats:
         return sum(self.windows_per_level)
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present; asking for CUDA without it is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA device is available")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise UsageError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
-    return torch.device(name)
-
-
 def plan_for(source_height: int, source_width: int, bundle: ModelBundle, settings: InferenceSettings) -> ScalePlan:
     """The full scale plan; modes then use all of it, its first level or its last level."""
     levels = settings.levels if settings.levels is not None else bundle.levels
     if levels is None and bundle.max_levels is not None:
         crop_height, crop_width = settings.crop_size or bundle.input_size
         levels = min(default_depth(source_height, source_width, crop_height, crop_width), bundle.max_levels)
+    if isinstance(levels, int):
+        # Each level halves the image: past this count the coarsest level would be under one pixel.
+        most = max(source_height, source_width).bit_length()
+        if levels > most:
+            raise UsageError(
+                f"--levels {levels}: a {source_height} x {source_width} image has at most {most} levels "
+                "(each level halves the image)"
+            )
     return make_plan(source_height, source_width, bundle.input_size, levels, settings.crop_size)
 
 
@@ -135,20 +114,16 @@ class Engine:
     """Runs one model bundle over images; create once, call `run` per image."""
 
     def __init__(self, bundle: ModelBundle, settings: InferenceSettings) -> None:
-        if settings.mode not in MODES:
-            raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {settings.mode!r}")
-        if settings.mode in ("magnet", "fast") and bundle.refiner is None:
-            raise UsageError(f"--mode {settings.mode} needs a refiner (--refiner FILE or a bundle with one)")
-        kernel = settings.smooth_kernel if settings.smooth_kernel is not None else bundle.smooth_kernel
-        if kernel < 1 or kernel % 2 == 0:
-            raise UsageError(f"--smooth-kernel must be odd and positive, got {kernel}")
-        points = settings.points if settings.points is not None else bundle.points
-        if points < 0:
-            raise UsageError(f"--points must be a count or a fraction >= 0, got {points}")
+        if settings.mode in (Mode.magnet, Mode.fast) and bundle.refiner is None:
+            raise UsageError(f"--mode {settings.mode.value} needs a refiner (--refiner FILE or a bundle with one)")
+        # The bundle's defaults meet the same checks as the options that override them.
+        self.kernel = check_smooth_kernel(settings.smooth_kernel if settings.smooth_kernel is not None else bundle.smooth_kernel)
+        self.points = check_points(settings.points if settings.points is not None else bundle.points)
         self.bundle = bundle
         self.settings = settings
-        self.kernel = kernel
-        self.points = points
+        # --bands counts from 1 (GDAL's way); the readers index from 0.
+        bands = tuple(b - 1 for b in settings.bands) if settings.bands else None
+        self.normalization = PixelNormalization(bands, bundle.value_range)
         self.device = resolve_device(settings.device)
         keep_freed_memory_in_heap()
         # channels_last: oneDNN convolutions run about 3x faster in it on CPU (measured on the refiner).
@@ -204,7 +179,7 @@ class Engine:
         h, w = self.input_size
 
         def read(window: Window) -> torch.Tensor:
-            return source.read(Box(window.y0, window.x0, window.y1, window.x1), h, w, self.settings.normalization)
+            return source.read(Box(window.y0, window.x0, window.y1, window.x1), h, w, self.normalization)
 
         with ThreadPoolExecutor(
             max_workers=max(1, self.settings.read_threads), thread_name_prefix="read", initializer=one_intra_op_thread

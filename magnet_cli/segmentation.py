@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -11,8 +11,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from magnet_cli.classes import ClassInfo, parse_classes
-from magnet_cli.errors import InputError, ModelError, OutputError, UsageError
+from magnet_cli.classes import parse_classes
+from magnet_cli.errors import InputError, MagnetWarning, ModelError, OutputError, UsageError
 from magnet_cli.io.background import BackgroundWriter
 from magnet_cli.io.base import Box, ImageSource, PixelNormalization
 from magnet_cli.io.geotiff import write_geotiff
@@ -21,14 +21,20 @@ from magnet_cli.io.open import list_images, open_image
 from magnet_cli.io.preview import write_preview
 from magnet_cli.io.pyramid_cache import ensure_pyramid
 from magnet_cli.io.zarr_source import is_zarr_dir
-from magnet_cli.models.bundle import ModelBundle, bundle_from_parts, load_bundle
-from magnet_cli.pipeline import Engine, InferenceSettings, RunStats, plan_for, windows_per_level
+from magnet_cli.models.bundle import ModelBundle, bundle_from_parts, load_bundle, pairing_warning
+from magnet_cli.models.default import default_model_dir
+from magnet_cli.pipeline import Engine, RunStats, plan_for, windows_per_level
+from magnet_cli.pyramid import ScalePlan
 from magnet_cli.progress import LevelProgress, progress_enabled
 from magnet_cli.refine import class_labels, uncertainty as uncertainty_of
 from magnet_cli.runtime import one_intra_op_thread
+from magnet_cli.settings import InferenceSettings, ModelSettings, OutputSettings, RunSettings
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "default"
 OUTPUT_SUFFIX = ".zarr"
+PREVIEW_SUFFIXES = (".png",)
+GEOTIFF_SUFFIXES = (".tif", ".tiff")
+# An -o with one of these names another format: writing a Zarr folder under that name would mislead.
+OTHER_FORMAT_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".geojson", ".gpkg", ".shp", ".json", ".h5", ".npy")
 
 
 @dataclass
@@ -57,38 +63,35 @@ class SegmentResult:
         return asdict(self)
 
 
-def resolve_model(
-    model: Path | str | None = None,
-    segmenter: Path | str | None = None,
-    classes: str | list[ClassInfo] | None = None,
-    input_size: tuple[int, int] | None = None,
-    refiner: Path | str | None = None,
-    refiner_input_order: str | None = None,
-    mean: tuple[float, float, float] | None = None,
-    std: tuple[float, float, float] | None = None,
-) -> ModelBundle:
-    """A bundle (--model, else the bundled default), or a bring-your-own TorchScript segmenter."""
-    class_list = parse_classes(classes) if isinstance(classes, str) else classes
-    if segmenter is not None:
-        if model is not None:
-            raise UsageError("give either --model or --segmenter, not both")
-        if input_size is None:
+def resolve_model(settings: ModelSettings | None = None) -> ModelBundle:
+    """A bundle (--model, else the bundled default), or a bring-your-own segmenter with its contract."""
+    settings = settings or ModelSettings()
+    class_list = parse_classes(settings.classes) if settings.classes is not None else None
+    order = settings.refiner_input_order.value if settings.refiner_input_order is not None else None
+    if settings.segmenter is not None:
+        if settings.input_size is None:
             raise UsageError("--segmenter needs --input-size HxW (the size the model was trained at)")
         return bundle_from_parts(
-            segmenter, class_list, input_size, refiner, mean=mean, std=std, refiner_input_order=refiner_input_order
+            settings.segmenter, class_list, settings.input_size, settings.refiner,
+            mean=settings.mean, std=settings.std, refiner_input_order=order,  # type: ignore[arg-type]
         )
-    directory = Path(model) if model is not None else Path(os.environ.get("MAGNET_MODEL", DEFAULT_MODEL_DIR))
+    directory = settings.model if settings.model is not None else default_model_dir()
     bundle = load_bundle(directory)
-    if refiner is not None:
+    if settings.refiner is not None:
         from magnet_cli.models.refiner import load_refiner
 
-        bundle.refiner = load_refiner(refiner, refiner_input_order, bundle.num_classes)  # type: ignore[arg-type]
+        bundle.refiner = load_refiner(settings.refiner, order, bundle.num_classes)  # type: ignore[arg-type]
     if class_list is not None:
         if len(class_list) != bundle.num_classes:
             raise ModelError(f"--classes gives {len(class_list)} classes but {directory} has {bundle.num_classes}")
         bundle.classes = class_list
-    if mean is not None and std is not None:
-        bundle.segmenter.mean, bundle.segmenter.std = mean, std
+    if settings.input_size is not None and tuple(settings.input_size) != tuple(bundle.input_size):
+        raise UsageError(
+            f"--input-size {settings.input_size[0]}x{settings.input_size[1]}: {directory} was trained at "
+            f"{bundle.input_size[0]}x{bundle.input_size[1]}; --input-size goes with --segmenter"
+        )
+    if settings.mean is not None:
+        bundle.segmenter.mean, bundle.segmenter.std = settings.mean, settings.std  # type: ignore[assignment]
     return bundle
 
 
@@ -114,6 +117,11 @@ def expand_inputs(inputs: Sequence[Path | str]) -> list[Path]:
 def output_paths(inputs: list[Path], output: Path, multiple: bool) -> list[Path]:
     """One input writes OUTPUT itself; several write OUTPUT/<name>.zarr."""
     if not multiple:
+        if output.suffix.lower() in OTHER_FORMAT_SUFFIXES:
+            raise UsageError(
+                f"-o {output}: label images are written as OME-Zarr (name it .zarr); "
+                f"for a {output.suffix} file add it as a side output (--geotiff FILE.tif, --preview FILE.png)"
+            )
         return [output]
     names = [p.name[: -len(p.suffix)] if p.suffix else p.name for p in inputs]
     if len(set(names)) != len(names):
@@ -125,66 +133,41 @@ def segment(
     inputs: Sequence[Path | str],
     output: Path | str,
     *,
-    model: Path | str | None = None,
-    segmenter: Path | str | None = None,
-    classes: str | list[ClassInfo] | None = None,
-    input_size: tuple[int, int] | None = None,
-    mean: tuple[float, float, float] | None = None,
-    std: tuple[float, float, float] | None = None,
-    refiner: Path | str | None = None,
-    refiner_input_order: str | None = None,
-    mode: str = "magnet",
-    levels: int | Sequence[int] | None = None,
-    points: float | None = None,
-    smooth_kernel: int | None = None,
-    fast_patches: int = 3,
-    selection: str = "window",
-    batch_size: int = 4,
-    device: str = "auto",
-    bands: tuple[int, ...] | None = None,
-    write_probabilities: bool = False,
-    write_uncertainty: bool = False,
-    preview: Path | str | None = None,
-    geotiff: Path | str | None = None,
-    zarr_format: int = 3,
-    overwrite: bool = False,
-    progress: bool = True,
-    bundle: ModelBundle | None = None,
+    model: ModelSettings | ModelBundle | None = None,
+    inference: InferenceSettings | None = None,
+    outputs: OutputSettings | None = None,
+    run: RunSettings | None = None,
 ) -> list[SegmentResult]:
-    """Segment every input image into an OME-Zarr label image; returns one result per image."""
-    if zarr_format not in (2, 3):
-        raise UsageError(f"--zarr-format must be 2 or 3, got {zarr_format}")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    """Segment every input image into an OME-Zarr label image; returns one result per image.
+
+    `model` is a ModelSettings (default: the bundled model) or an already loaded ModelBundle (reused
+    across calls, as `benchmark` does); the other settings objects default to the CLI's defaults.
+    """
+    inference = inference or InferenceSettings()
+    outputs = outputs or OutputSettings()
+    run = run or RunSettings()
+    if run.resume:
+        raise UsageError("segment has no --resume yet: re-run with --overwrite")
     paths = expand_inputs(inputs)
     multiple = len(paths) > 1 or any(Path(i).is_dir() and not is_zarr_dir(Path(i)) for i in inputs)
-    outputs = output_paths(paths, Path(output), multiple)
-    previews = _side_paths(outputs, preview, multiple, ".png")
-    geotiffs = _side_paths(outputs, geotiff, multiple, ".tif")
-    for out in [*outputs, *previews, *geotiffs]:  # refuse before any work: a batch never stops halfway on this
-        if out is not None and out.exists() and not overwrite:
+    targets = output_paths(paths, Path(output), multiple)
+    previews = _side_paths(targets, outputs.preview, multiple, PREVIEW_SUFFIXES, "--preview")
+    geotiffs = _side_paths(targets, outputs.geotiff, multiple, GEOTIFF_SUFFIXES, "--geotiff")
+    for out in [*targets, *previews, *geotiffs]:  # refuse before any work: a batch never stops halfway on this
+        if out is not None and out.exists() and not run.overwrite:
             raise OutputError(f"{out}: already exists (use --overwrite to replace it)")
-    if bundle is None:
-        bundle = resolve_model(model, segmenter, classes, input_size, refiner, refiner_input_order, mean, std)
-    settings = InferenceSettings(
-        mode=mode,  # type: ignore[arg-type]
-        levels=levels,
-        points=points,
-        smooth_kernel=smooth_kernel,
-        fast_patches=fast_patches,
-        selection=selection,  # type: ignore[arg-type]
-        batch_size=batch_size,
-        device=device,
-        normalization=PixelNormalization(bands, bundle.value_range),
-    )
-    engine = Engine(bundle, settings)
+    bundle = model if isinstance(model, ModelBundle) else resolve_model(model)
+    warning = pairing_warning(bundle)
+    if warning:
+        warnings.warn(warning, MagnetWarning, stacklevel=2)
+    engine = Engine(bundle, inference)
     _make_folder(Path(output) if multiple else Path(output).parent)
     for path in [*previews, *geotiffs]:
         if path is not None:
             _make_folder(path.parent)
     return [
-        _segment_one(engine, path, out, side, write_probabilities, write_uncertainty, zarr_format, overwrite, progress)
-        for path, out, side in zip(paths, outputs, zip(previews, geotiffs))
+        _segment_one(engine, path, out, side, outputs, run)
+        for path, out, side in zip(paths, targets, zip(previews, geotiffs))
     ]
 
 
@@ -198,13 +181,18 @@ def _make_folder(folder: Path) -> None:
         raise OutputError(f"{folder}: cannot create the output folder ({error.strerror or error})") from None
 
 
-def _side_paths(outputs: list[Path], given: Path | str | None, multiple: bool, suffix: str) -> list[Path | None]:
-    """Paths of per-image side outputs (preview PNG, GeoTIFF): the path itself, or a folder of them."""
+def _side_paths(
+    outputs: list[Path], given: Path | None, multiple: bool, suffixes: tuple[str, ...], option: str
+) -> list[Path | None]:
+    """Paths of per-image side outputs (preview PNG, GeoTIFF): the file itself, or a folder of them.
+    A file is written in the format its suffix names, so a suffix we cannot write is refused."""
     if given is None:
         return [None] * len(outputs)
     if not multiple:
-        return [Path(given)]
-    return [Path(given) / (out.name[: -len(OUTPUT_SUFFIX)] + suffix) for out in outputs]
+        if given.suffix.lower() not in suffixes:
+            raise UsageError(f"{option} {given}: writes {' or '.join(suffixes)} files; name it so")
+        return [given]
+    return [given / (out.name[: -len(OUTPUT_SUFFIX)] + suffixes[0]) for out in outputs]
 
 
 def _segment_one(
@@ -212,11 +200,8 @@ def _segment_one(
     path: Path,
     output: Path,
     side_outputs: tuple[Path | None, Path | None],
-    write_probabilities: bool,
-    write_uncertainty: bool,
-    zarr_format: int,
-    overwrite: bool,
-    progress: bool,
+    outputs: OutputSettings,
+    run: RunSettings,
 ) -> SegmentResult:
     start = time.perf_counter()
     if engine.device.type == "cuda":  # each image's peak, not the process's
@@ -226,31 +211,25 @@ def _segment_one(
     # An input without a stored pyramid gets a temporary one, deleted when the source closes.
     with ensure_pyramid(open_image(path), min_size=max(bundle.input_size)) as source:
         plan = plan_for(source.height, source.width, bundle, engine.settings)
-        attributes = {
-            "magnet": {
-                "source": str(path),
-                "model": bundle.name,
-                "mode": engine.settings.mode,
-                "levels": [[lv.height, lv.width] for lv in plan.levels],
-                "georeference": source.georeference,
-            }
-        }
+        attributes = {"magnet": run_record(engine, path, plan, source.georeference)}
         # The writer finalises (renames into place) only if the block ends cleanly; else it aborts.
         with LabelWriter(
             output,
             source.height,
             source.width,
             bundle.classes,
-            zarr_format=zarr_format,
-            write_probabilities=write_probabilities,
-            write_uncertainty=write_uncertainty,
+            zarr_format=int(outputs.zarr_format),
+            write_probabilities=outputs.write_probabilities,
+            write_uncertainty=outputs.write_uncertainty,
             attributes=attributes,
-            overwrite=overwrite,
+            overwrite=run.overwrite,
         ) as writer:
-            bars = LevelProgress(path.name, windows_per_level(plan, engine.settings), progress_enabled(progress))
-            stats, histogram = _stream_into(engine, source, writer, bars, write_probabilities, write_uncertainty)
+            bars = LevelProgress(path.name, windows_per_level(plan, engine.settings), progress_enabled(run.progress))
+            stats, histogram = _stream_into(
+                engine, source, writer, bars, outputs.write_probabilities, outputs.write_uncertainty
+            )
         if preview is not None:
-            write_preview(output, preview, bundle.classes, thumbnail=_thumbnail(source, engine.settings.normalization))
+            write_preview(output, preview, bundle.classes, thumbnail=_thumbnail(source, engine.normalization))
         if geotiff is not None:
             write_geotiff(output, geotiff, source.georeference)
     return SegmentResult(
@@ -258,7 +237,7 @@ def _segment_one(
         output=str(output),
         height=source.height,
         width=source.width,
-        mode=engine.settings.mode,
+        mode=engine.settings.mode.value,
         levels=plan.depth,
         windows=stats.windows,
         windows_per_level=stats.windows_per_level,
@@ -272,6 +251,34 @@ def _segment_one(
         class_pixels={c.name: int(n) for c, n in zip(bundle.classes, histogram)},
         peak_gpu_mb=_peak_gpu_mb(stats.device),
     )
+
+
+def run_record(engine: Engine, path: Path, plan: ScalePlan, georeference: dict | None) -> dict:
+    """The output's run metadata: the input, the model, and every setting that shaped the labels, with
+    the bundle defaults resolved (the points and kernel actually used, the levels actually planned)."""
+    from magnet_cli import __version__
+
+    bundle = engine.bundle
+    record = engine.settings.record()
+    record.update(
+        {
+            "source": str(path),
+            "model": bundle.name,
+            "model_path": str(bundle.path) if bundle.path is not None else None,
+            "magnet_cli_version": __version__,
+            "points": engine.points,
+            "smooth_kernel": engine.kernel,
+            "levels": [[lv.height, lv.width] for lv in plan.levels],
+            "input_size": list(bundle.input_size),
+            "mean": list(bundle.segmenter.mean) if bundle.segmenter.mean else None,
+            "std": list(bundle.segmenter.std) if bundle.segmenter.std else None,
+            "value_range": list(bundle.value_range) if bundle.value_range else None,
+            "refiner": bundle.refiner is not None,
+            "device": str(engine.device),
+            "georeference": georeference,
+        }
+    )
+    return record
 
 
 def _peak_gpu_mb(device: str) -> float | None:

@@ -54,6 +54,7 @@ import numpy as np
 
 from magnet_cli.classes import ClassInfo, classes_to_records
 from magnet_cli.errors import OutputError, UsageError
+from magnet_cli.settings import MAX_SEED, RunSettings
 
 SYNTH_CLASSES: list[ClassInfo] = [
     ClassInfo("meadow", (86, 150, 60)),
@@ -66,6 +67,7 @@ SYNTH_CLASSES: list[ClassInfo] = [
 MEADOW, WATER, FARMLAND, FLOODPLAIN, ROAD, BUILDING = range(6)
 SCENE_VERSION = 1  # bump when any pixel of any scene changes
 FORMATS = {"png": ".png", "tiff": ".tif", "zarr": ".zarr"}
+MAX_COUNT = 100_000
 MAX_SIDE = 1 << 19  # so TIFF_TILE x BLOCK_WIDTH blocks map onto whole pixels of every pyramid level
 PNG_MAX_SIDE = 16384  # PNG is written from one array in memory
 BIGTIFF_BYTES = 2**31  # classic TIFF offsets are 32-bit; beyond this (uncompressed) size write BigTIFF
@@ -485,18 +487,21 @@ def synth(
     size: int | tuple[int, int] = 4096,
     seed: int = 0,
     count: int = 1,
-    fmt: str = "tiff",
-    overwrite: bool = False,
-    progress: bool = True,
+    format: str = "tiff",
+    run: RunSettings | None = None,
 ) -> list[tuple[Path, Path]]:
     """Render `count` scenes (seeds seed, seed + 1, ...) into OUTDIR/images, OUTDIR/masks and
     OUTDIR/classes.json, the dataset layout training, `evaluate` and `benchmark` read."""
     from magnet_cli.io.labels import replace_file_atomically
     from magnet_cli.progress import progress_enabled
 
+    run = run or RunSettings()
+    overwrite, progress, fmt = run.overwrite, run.progress, format
     height, width = (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
-    if count < 1:
-        raise UsageError(f"--count {count}: must be at least 1")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
+        raise UsageError(f"--count {count}: expected a whole number from 1 to {MAX_COUNT}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - count:
+        raise UsageError(f"--seed {seed}: expected a whole number from 0 to {MAX_SEED - count}")
     ext = _extension(fmt)
     _check_size(height, width, fmt)
     outdir = Path(outdir)

@@ -57,7 +57,7 @@ def test_each_variant_is_scored_on_its_own_masks(tmp_path, bundle_dir):
                        inference=CPU, peer=False, run=QUIET)
     assert [row["mode"] for row in report.modes] == ["downsample", "magnet"]
     for row in report.modes:
-        rescored = evaluate([out / "work" / "masks" / row["mode"]], [data], model=bundle_dir, progress=False)
+        rescored = evaluate([out / "work" / "masks" / row["mode"]], [data], model=bundle_dir, run=QUIET)
         assert row["miou"] == pytest.approx(rescored.total.miou, abs=1e-5)
         assert row["peak_rss_mb"] > 50
     # 128 px images, 64 px model input: downsample reads 1 window, MagNet 1 + 4.

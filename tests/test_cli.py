@@ -304,3 +304,66 @@ def test_segmenter_factory_from_a_module(tmp_path, png, monkeypatch):
     missing = invoke("segment", png, "-o", tmp_path / "x.zarr", "--segmenter", "my_models:build",
                      "--input-size", "32", "--mode", "patch")
     assert_clean_failure(missing, "--classes")
+
+
+def test_evaluate_takes_several_truths_after_one_flag(tmp_path):
+    masks = []
+    for name in ("a", "b", "ta", "tb"):
+        path = tmp_path / f"{name}.png"
+        skio.imsave(path, (np.arange(32 * 32).reshape(32, 32) % 3).astype(np.uint8), check_contrast=False)
+        masks.append(path)
+    result = invoke("evaluate", masks[0], masks[1], "--truth", masks[2], masks[3], "--classes", "3", "--json", "--no-progress")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert len(summary["images"]) == 2 and summary["miou"] == 1.0
+    assert [Path(p["truth"]).name for p in summary["images"]] == ["ta.png", "tb.png"]
+
+
+def test_run_metadata_records_every_setting_that_shaped_the_labels(bundle_dir, png, tmp_path):
+    out = tmp_path / "o.zarr"
+    result = segment(bundle_dir, png, "-o", out, "--points", "0.3", "--smooth-kernel", "5", "--levels", "2",
+                     "--selection", "global", "--fast-patches", "2")
+    assert result.exit_code == 0, result.output
+    record = zarr.open_group(str(out), mode="r").attrs["magnet"]
+    assert record["points"] == 0.3 and record["smooth_kernel"] == 5 and record["selection"] == "global"
+    assert record["mode"] == "magnet" and record["fast_patches"] == 2 and len(record["levels"]) == 2
+    assert record["model"] == "tiny" and record["input_size"] == [64, 64] and record["refiner"] is True
+    # The bundle's defaults are recorded as resolved values, not as "unset".
+    default = tmp_path / "d.zarr"
+    assert segment(bundle_dir, png, "-o", default).exit_code == 0
+    record = zarr.open_group(str(default), mode="r").attrs["magnet"]
+    assert record["points"] == 0.5 and record["smooth_kernel"] == 3
+
+
+def test_bands_count_from_one_as_in_gdal(bundle):
+    from magnet_cli.pipeline import Engine
+    from magnet_cli.settings import InferenceSettings
+
+    engine = Engine(bundle, InferenceSettings(bands=(5, 3, 2), device="cpu"))
+    assert engine.normalization.bands == (4, 2, 1)
+
+
+def test_segment_warns_when_the_refiner_was_trained_with_another_segmenter(bundle_dir, png, tmp_path):
+    from magnet_cli.models.bundle import save_bundle, segmenter_digest
+
+    from tests.conftest import tiny_bundle
+
+    other = tiny_bundle(seed=7)
+    other.refiner.segmenter_sha256 = segmenter_digest(other.segmenter.module)  # as train-refiner records it
+    other_dir = tmp_path / "other"
+    save_bundle(other_dir, "other", other.classes, other.segmenter.module, "small_unet", (64, 64), other.refiner,
+                points=0.5, smooth_kernel=3, architecture_options={"widths": [8, 16]})
+    paired = segment(bundle_dir, png, "-o", tmp_path / "a.zarr")
+    assert paired.exit_code == 0 and "warning" not in paired.output
+    mixed = segment(bundle_dir, png, "-o", tmp_path / "b.zarr", "--refiner", other_dir / "refiner.pt")
+    assert mixed.exit_code == 0, mixed.output
+    assert "warning: " in mixed.output and "segmenter" in mixed.output
+
+
+def test_info_model_shows_a_bundle(bundle_dir):
+    result = invoke("info", "--model", bundle_dir, "--json")
+    assert result.exit_code == 0, result.output
+    details = json.loads(result.output)
+    assert details["name"] == "tiny" and len(details["classes"]) == NUM_CLASSES
+    shown = invoke("info", "--model", bundle_dir)
+    assert shown.exit_code == 0 and "tiny" in shown.output

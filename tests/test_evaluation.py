@@ -26,6 +26,9 @@ from magnet_cli.evaluation import (
     pixel_accuracy,
 )
 from magnet_cli.io.labels import LabelWriter
+from magnet_cli.settings import RunSettings
+
+QUIET = RunSettings(progress=False)
 
 runner = CliRunner()
 
@@ -161,7 +164,7 @@ def test_segment_output_is_read_with_its_class_names(tmp_path):
     with LabelWriter(tmp_path / "scene.zarr", 40, 60, classes, chunk_size=16) as writer:
         writer.write(0, 0, np.array(truth))
     write_png(tmp_path / "truth" / "scene.png", truth)
-    result = evaluate([tmp_path / "scene.zarr"], [tmp_path / "truth"], progress=False)
+    result = evaluate([tmp_path / "scene.zarr"], [tmp_path / "truth"], run=QUIET)
     summary = result.to_dict()
     assert summary["miou"] == 1.0 and [row["class"] for row in summary["per_class"]] == [c.name for c in classes]
 
@@ -170,7 +173,7 @@ def test_folders_are_matched_by_mask_name(tmp_path):
     for name in ("a", "b"):
         write_png(tmp_path / "pred" / f"{name}.png", HAND_PREDICTION)
         write_png(tmp_path / "data" / "masks" / f"{name}.png", HAND_TRUTH if name == "a" else HAND_PREDICTION)
-    result = evaluate([tmp_path / "pred"], [tmp_path / "data"], classes="2", progress=False)
+    result = evaluate([tmp_path / "pred"], [tmp_path / "data"], classes="2", run=QUIET)
     by_name = {mask_name(p): s.miou for p, _, s in result.per_image}
     assert by_name == {"a": pytest.approx(7 / 12), "b": 1.0}
     assert result.total.matrix.sum() == 32
@@ -191,18 +194,18 @@ def test_ids_outside_the_classes_are_refused(tmp_path):
 
 
 def test_without_classes_the_largest_id_decides(tmp_path):
-    result = evaluate([write_png(tmp_path / "p.png", HAND_PREDICTION * 4)], [write_png(tmp_path / "t.png", HAND_TRUTH)], progress=False)
+    result = evaluate([write_png(tmp_path / "p.png", HAND_PREDICTION * 4)], [write_png(tmp_path / "t.png", HAND_TRUTH)], run=QUIET)
     assert len(result.total.classes) == 5
 
 
 def test_unpaired_inputs_are_usage_errors(tmp_path):
     p = write_png(tmp_path / "p.png", HAND_PREDICTION)
     with pytest.raises(UsageError, match="1 prediction"):
-        evaluate([p], [p, p], progress=False)
+        evaluate([p], [p, p], run=QUIET)
     write_png(tmp_path / "pred" / "c.png", HAND_PREDICTION)
     write_png(tmp_path / "truth" / "d.png", HAND_TRUTH)
     with pytest.raises(InputError, match="no truth mask named 'c'"):
-        evaluate([tmp_path / "pred"], [tmp_path / "truth"], progress=False)
+        evaluate([tmp_path / "pred"], [tmp_path / "truth"], run=QUIET)
 
 
 def test_cli_prints_json_and_fails_cleanly(tmp_path):

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from magnet_cli.errors import UsageError
 from magnet_cli.io.array import ArraySource
-from magnet_cli.pipeline import Engine, InferenceSettings
+from magnet_cli.pipeline import Engine
+from magnet_cli.settings import InferenceSettings
 
 from tests.conftest import NUM_CLASSES, random_rgb, tiny_bundle
 

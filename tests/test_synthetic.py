@@ -16,6 +16,7 @@ from magnet_cli.classes import parse_classes
 from magnet_cli.cli import app
 from magnet_cli.errors import OutputError, UsageError
 from magnet_cli.io.open import open_image
+from magnet_cli.settings import RunSettings
 from magnet_cli.synthetic import (
     BUILDING,
     FARMLAND,
@@ -33,6 +34,8 @@ from magnet_cli.synthetic import (
     synth,
     write_scene,
 )
+
+QUIET = RunSettings(progress=False)
 
 runner = CliRunner()
 BIG = SceneSpec(0, 100_000, 100_000)
@@ -142,7 +145,7 @@ def test_context_classes_share_texture_and_differ_only_in_arrangement(scene_2048
 
 @pytest.mark.parametrize("fmt, suffix", [("png", ".png"), ("tiff", ".tif"), ("zarr", ".zarr")])
 def test_each_format_round_trips_through_open_image(tmp_path, fmt, suffix):
-    pairs = synth(tmp_path, size=(300, 500), seed=11, count=1, fmt=fmt, progress=False)
+    pairs = synth(tmp_path, size=(300, 500), seed=11, count=1, format=fmt, run=QUIET)
     image_path, mask_path = pairs[0]
     assert image_path == tmp_path / "images" / f"scene_s11_0{suffix}"
     assert mask_path == tmp_path / "masks" / f"scene_s11_0{suffix}"
@@ -177,23 +180,23 @@ def test_pyramid_levels_average_the_pixels_that_exist():
 
 
 def test_existing_outputs_are_refused_without_overwrite(tmp_path):
-    synth(tmp_path, size=64, seed=1, fmt="png", progress=False)
+    synth(tmp_path, size=64, seed=1, format="png", run=QUIET)
     with pytest.raises(OutputError, match="scene_s1_0.png"):
-        synth(tmp_path, size=64, seed=1, fmt="png", progress=False)
-    synth(tmp_path, size=64, seed=1, fmt="png", overwrite=True, progress=False)
-    synth(tmp_path, size=64, seed=2, fmt="png", progress=False)  # same classes.json: more scenes may join
+        synth(tmp_path, size=64, seed=1, format="png", run=QUIET)
+    synth(tmp_path, size=64, seed=1, format="png", run=RunSettings(overwrite=True, progress=False))
+    synth(tmp_path, size=64, seed=2, format="png", run=QUIET)  # same classes.json: more scenes may join
     (tmp_path / "classes.json").write_text("[]")
     with pytest.raises(OutputError, match="classes.json"):
-        synth(tmp_path, size=64, seed=3, fmt="png", progress=False)
+        synth(tmp_path, size=64, seed=3, format="png", run=QUIET)
 
 
 def test_png_refuses_large_scenes_and_bad_options(tmp_path):
     with pytest.raises(UsageError, match="too large for PNG"):
-        synth(tmp_path, size=(20_000, 100), fmt="png", progress=False)
+        synth(tmp_path, size=(20_000, 100), format="png", run=QUIET)
     with pytest.raises(UsageError, match="--format"):
-        synth(tmp_path, size=64, fmt="jpeg", progress=False)
+        synth(tmp_path, size=64, format="jpeg", run=QUIET)
     with pytest.raises(UsageError, match="--count"):
-        synth(tmp_path, size=64, count=0, progress=False)
+        synth(tmp_path, size=64, count=0, run=QUIET)
     assert not (tmp_path / "images").exists()
 
 

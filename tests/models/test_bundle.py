@@ -25,7 +25,8 @@ from magnet_cli.models.bundle import (
     segmenter_digest,
 )
 from magnet_cli.models.refiner import Refiner, load_refiner, save_refiner
-from magnet_cli.pipeline import InferenceSettings, plan_for
+from magnet_cli.pipeline import plan_for
+from magnet_cli.settings import InferenceSettings
 
 from tests.conftest import tiny_bundle
 

@@ -9,6 +9,7 @@ import torch
 
 from magnet_cli.models.builtin import SmallUNet
 from magnet_cli.models.bundle import save_bundle
+from magnet_cli.settings import RunSettings
 from magnet_cli.synthetic import SYNTH_CLASSES, synth
 
 INPUT = 32  # model input; 128 px scenes then have 3 levels (32, 64, 128)
@@ -19,7 +20,7 @@ OPTIONS = {"widths": (8, 16)}
 @pytest.fixture(scope="session")
 def dataset_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("dataset")
-    synth(directory, size=SCENE, count=2, fmt="png", progress=False)
+    synth(directory, size=SCENE, count=2, format="png", run=RunSettings(progress=False))
     return directory
 
 

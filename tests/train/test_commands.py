@@ -35,7 +35,7 @@ def test_train_segmenter_then_refiner_write_loadable_bundles(dataset_dir, tmp_pa
     again = invoke("train-refiner", dataset_dir, "--model", tmp_path / "seg", "-o", tmp_path / "ref", *TINY)
     assert again.exit_code == 2 and "--resume" in again.output
     resumed = invoke(
-        "train-refiner", dataset_dir, "--model", tmp_path / "seg", "-o", tmp_path / "ref", *TINY[2:], "--epochs", "2",
+        "train-refiner", dataset_dir, "--model", tmp_path / "seg", "-o", tmp_path / "ref", *TINY[2:], "--epochs", "2", "--ohem",
         "--resume", "--json",
     )
     assert resumed.exit_code == 0, resumed.output

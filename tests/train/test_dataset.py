@@ -15,6 +15,7 @@ from hypothesis import given, settings, strategies as st
 from magnet_cli.errors import InputError, UsageError
 from magnet_cli.io.array import ArraySource
 from magnet_cli.io.base import Box
+from magnet_cli.settings import RunSettings
 from magnet_cli.synthetic import SYNTH_CLASSES, SceneSpec, render_region
 from magnet_cli.train.dataset import (
     RefinerPairSampler,
@@ -213,7 +214,7 @@ def test_mask_read_in_bands_equals_one_read(monkeypatch):
 def test_tiff_dataset_reads_windows(tmp_path):
     from magnet_cli.synthetic import synth
 
-    synth(tmp_path, size=96, count=1, fmt="tiff", progress=False)
+    synth(tmp_path, size=96, count=1, format="tiff", run=RunSettings(progress=False))
     dataset = load_dataset(tmp_path)
     images, masks = WindowSampler(dataset, (INPUT, INPUT)).batch(epoch_rng(0, 1), 2)
     assert images.shape == (2, 3, INPUT, INPUT) and int(masks.max()) < dataset.num_classes
