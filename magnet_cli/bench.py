@@ -26,7 +26,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ import torch
 from magnet_cli.errors import MagnetError, OutputError, UsageError
 from magnet_cli.evaluation import IGNORE_INDEX, Scores, evaluate_pair
 from magnet_cli.settings import InferenceSettings, ModelSettings, RunSettings, with_values
+
+if TYPE_CHECKING:
+    from magnet_cli.models.bundle import ModelBundle
 
 PAPER_POINTS = 65536  # the paper's k (2^16 points per level)
 # The fields that make a variant's method; every other inference field (batch size, device, ...) is the
@@ -79,7 +82,7 @@ SCALING_SEED = 9500
 # The settings-based `segment(..., model=, inference=, run=)`, `resolve_model(ModelSettings)` and
 # `Engine(bundle, settings.InferenceSettings)` land with issue 9. Until then each call below falls back to
 # the flat signatures of today; delete the three fallbacks once they are gone from main.
-def load_model(model: ModelSettings):
+def load_model(model: ModelSettings) -> ModelBundle:
     """The bundle `model` names (the bundled default when it names none)."""
     from magnet_cli import segmentation
 
@@ -90,7 +93,7 @@ def load_model(model: ModelSettings):
                                       order, model.mean, model.std)
 
 
-def make_engine(bundle, inference: InferenceSettings):
+def make_engine(bundle: ModelBundle, inference: InferenceSettings) -> Any:
     """The inference engine of `bundle` run as `inference` says."""
     from magnet_cli import pipeline
 
@@ -105,7 +108,7 @@ def make_engine(bundle, inference: InferenceSettings):
         normalization=PixelNormalization(inference.bands, bundle.value_range), **flat))
 
 
-def segment_image(image: Path, output: Path, model: ModelSettings | Any, inference: InferenceSettings) -> dict:
+def segment_image(image: Path, output: Path, model: ModelSettings | ModelBundle, inference: InferenceSettings) -> dict:
     """One image through the library's `segment`, quietly, replacing `output`; its result as a dict.
     `model` is settings (a child process loads the model itself) or an already loaded bundle."""
     from magnet_cli import segmentation
@@ -307,7 +310,7 @@ def model_only_seconds(engine, windows_per_level: Sequence[int], batch_size: int
     return time.perf_counter() - start
 
 
-def measure_limit(image: Path, model: ModelSettings | Any, inference: InferenceSettings, workdir: Path) -> dict:
+def measure_limit(image: Path, model: ModelSettings | ModelBundle, inference: InferenceSettings, workdir: Path) -> dict:
     """End-to-end MagNet on one image (in this process, as a user's script would call it) vs the same
     windows through the models alone. `model`: settings, or an already loaded bundle; `inference`: batch
     size, device and the rest, with MagNet's method."""
@@ -427,7 +430,8 @@ def benchmark(
     `data` None: the preset's synth scenes. `modes` None: every variant; empty: no modes table, and then
     the dataset is not read at all (nor the limit and peer, which run on it). `sizes` None: the preset's.
     `inference` gives what every variant shares (batch size, device, ...). `run.progress` shows bars
-    while scenes render.
+    while scenes render; overwrite and resume do not apply (the benchmark always replaces its own report
+    and scratch masks, and reuses scenes already rendered).
     """
     from magnet_cli.devices import resolve_device
 
