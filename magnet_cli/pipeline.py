@@ -26,7 +26,7 @@ from magnet_cli.io.base import Box, ImageSource, PixelNormalization
 from magnet_cli.models.bundle import ModelBundle
 from magnet_cli.models.refiner import fuse_for_inference
 from magnet_cli.pyramid import Level, ScalePlan, Window, default_depth, make_plan
-from magnet_cli.refine import crop_resize, points_for_level, refine, uncertainty
+from magnet_cli.refine import crop_resize, most_uncertain_windows, points_for_level, refine, window_points
 from magnet_cli.runtime import keep_freed_memory_in_heap, one_intra_op_thread
 from magnet_cli.settings import InferenceSettings, Mode, check_points, check_smooth_kernel
 from magnet_cli.scheduler import TreeScheduler
@@ -216,8 +216,7 @@ class Engine:
                 coarse = crop_resize(parents, boxes.to(parents.device), (h, w))
                 proposal = self.propose_refinement(coarse, fine, stats)
                 spec = plan.levels[level]
-                k_level = points_for_level(self.points, spec.pixel_count)
-                k = min(h * w, round(k_level * h * w / spec.pixel_count))
+                k = window_points(self.points, spec.pixel_count, h * w)
                 maps = refine(coarse, proposal, k, self.kernel)
             for task, window_map in zip(tasks, maps):
                 if level == last:
@@ -288,13 +287,7 @@ class Engine:
     @staticmethod
     def _most_uncertain(spec: Level, windows: list[Window], coarse: torch.Tensor, n: int) -> list[Window]:
         """MagNet-Fast: the n windows with the HIGHEST mean uncertainty of Y (the paper, not the code)."""
-        u = uncertainty(coarse)[0, 0]
-        means = []
-        for window in windows:
-            y0, x0, y1, x1 = _level_region(spec, window)
-            means.append(float(u[y0:y1, x0:x1].mean()))
-        order = sorted(range(len(windows)), key=lambda i: (-means[i], i))
-        return [windows[i] for i in sorted(order[:n])]
+        return [windows[i] for i in most_uncertain_windows(coarse, [_level_region(spec, w) for w in windows], n)]
 
 
 def _channels_last(module: torch.nn.Module) -> torch.nn.Module:

@@ -6,6 +6,7 @@ Maps are probabilities shaped (N, C, H, W). Y is the coarse cumulative map, R th
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -164,6 +165,26 @@ def points_for_level(points: float, level_pixels: int, selected_windows: int = 1
     else:
         k = int(level_pixels * points * share)
     return max(0, min(k, level_pixels))
+
+
+def window_points(points: float, level_pixels: int, window_pixels: int) -> int:
+    """How many points one streaming window replaces: its share (window_pixels / level_pixels) of the
+    level's k, rounded, clipped to the window. Not the level's whole k: each window would then refine
+    everything and MagNet would stop selecting (DESIGN section 2, streaming variant)."""
+    k_level = points_for_level(points, level_pixels)
+    return max(0, min(window_pixels, round(k_level * window_pixels / level_pixels)))
+
+
+def most_uncertain_windows(
+    coarse: torch.Tensor, regions: Sequence[tuple[int, int, int, int]], count: int
+) -> list[int]:
+    """MagNet-Fast's choice: indices (ascending) of the `count` regions (y0, x0, y1, x1) of the (1, C, H, W)
+    map Y with the HIGHEST mean uncertainty, ties going to the lower index. The paper's rule; the reference
+    code sorts ascending and so refines the most certain windows (DESIGN section 2), which we do not copy."""
+    u = uncertainty(coarse)[0, 0]
+    means = [float(u[y0:y1, x0:x1].mean()) for y0, x0, y1, x1 in regions]
+    order = sorted(range(len(means)), key=lambda i: (-means[i], i))
+    return sorted(order[: max(0, count)])
 
 
 def top_points(score: torch.Tensor, k: int) -> torch.Tensor:

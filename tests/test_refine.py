@@ -9,6 +9,7 @@ from magnet_cli.refine import (
     certainty,
     crop_resize,
     median_blur,
+    most_uncertain_windows,
     points_for_level,
     refine,
     replace_points,
@@ -16,6 +17,7 @@ from magnet_cli.refine import (
     top_mask,
     top_points,
     uncertainty,
+    window_points,
 )
 
 
@@ -79,6 +81,72 @@ def test_even_median_kernel_is_refused():
 def test_points_for_level(points, pixels, selected, total, expected):
     k = points_for_level(points, pixels, selected, total)
     assert k == expected and isinstance(k, int)
+
+
+@pytest.mark.parametrize(
+    "points, level_pixels, window_pixels, expected",
+    [
+        # A fraction: k_level = int(16384 * 0.3) = 4915; a 64^2 window of a 128^2 level gets a quarter of
+        # it, round(1228.75) = 1229 (not 4915 clipped to 4096: that would refine every point).
+        (0.3, 128 * 128, 64 * 64, 1229),
+        (0.001, 128 * 128, 64 * 64, 4),  # int(16.384) = 16 for the level, a quarter each
+        (0.75, 2448 * 2448, 508 * 508, 193548),  # the reference DeepGlobe run: 0.75 of each window
+        (0.5, 40 * 300, 64 * 64, 2048),  # a level smaller than the model input: half the window's map
+        (32768, 2048 * 1024, 256 * 128, 512),  # the reference Cityscapes count, spread over 64 windows
+        (2**16, 512 * 256, 256 * 128, 16384),  # the paper's count on a level of 4 windows
+        (10**6, 128 * 128, 64 * 64, 4096),  # a count beyond the level: the whole window, no more
+        (1.0, 128 * 128, 64 * 64, 4096),
+        (0.0, 128 * 128, 64 * 64, 0),
+    ],
+)
+def test_window_points_is_the_windows_share_of_the_levels_k(points, level_pixels, window_pixels, expected):
+    k = window_points(points, level_pixels, window_pixels)
+    assert k == expected and isinstance(k, int)
+
+
+def test_window_points_of_the_windows_sum_to_the_levels_k():
+    """Sixteen 64^2 windows tiling a 256^2 level refine the level's k between them (up to rounding)."""
+    for points in (0.05, 0.3, 0.75, 1000, 40000):
+        k_level = points_for_level(points, 256 * 256)
+        assert abs(16 * window_points(points, 256 * 256, 64 * 64) - k_level) <= 8
+
+
+def uncertainty_map(*rows: list[float]) -> torch.Tensor:
+    """A 2-class (1, 2, H, W) map whose uncertainty 1 - |p0 - p1| is the given value at each pixel."""
+    u = torch.tensor(rows, dtype=torch.float64)
+    p0 = 1 - u / 2  # top1 - top2 = p0 - (1 - p0) = 1 - u
+    return torch.stack([p0, 1 - p0])[None]
+
+
+def test_fast_picks_the_windows_whose_coarse_map_is_least_certain_on_average():
+    # Six 2x2 windows of a 4x6 map; mean uncertainties 0.25, 0.5, 0.0 / 0.75, 1.0, 0.5.
+    coarse = uncertainty_map(
+        [1.0, 0.0, 0.5, 0.5, 0.0, 0.0],
+        [0.0, 0.0, 0.5, 0.5, 0.0, 0.0],
+        [0.75, 0.75, 1.0, 1.0, 0.5, 0.5],
+        [0.75, 0.75, 1.0, 1.0, 0.5, 0.5],
+    )
+    assert uncertainty(coarse)[0, 0, 2].tolist() == [0.75, 0.75, 1.0, 1.0, 0.5, 0.5]  # the helper is exact
+    regions = [(y, x, y + 2, x + 2) for y in (0, 2) for x in (0, 2, 4)]
+    assert most_uncertain_windows(coarse, regions, 1) == [4]
+    assert most_uncertain_windows(coarse, regions, 2) == [3, 4]  # in window order, not rank order
+    # Window 0 holds the map's only other 1.0 pixel, but its MEAN (0.25) ranks below windows 1 and 5.
+    assert most_uncertain_windows(coarse, regions, 3) == [1, 3, 4]  # 1 and 5 tie at 0.5: the lower index
+    assert most_uncertain_windows(coarse, regions, 4) == [1, 3, 4, 5]
+    assert most_uncertain_windows(coarse, regions, 6) == [0, 1, 2, 3, 4, 5]
+    assert most_uncertain_windows(coarse, regions, 99) == [0, 1, 2, 3, 4, 5]
+    assert most_uncertain_windows(coarse, regions, 0) == []
+
+
+def test_fast_breaks_ties_by_window_position():
+    coarse = uncertainty_map([0.5] * 4, [0.5] * 4)
+    regions = [(0, x, 2, x + 1) for x in range(4)]
+    assert most_uncertain_windows(coarse, regions, 2) == [0, 1]
+
+
+def test_fast_ranks_overlapping_regions_by_their_own_pixels():
+    coarse = uncertainty_map([0.0, 0.0, 1.0, 1.0, 1.0])  # 5 px cut into 3 px windows at 0 and 2
+    assert most_uncertain_windows(coarse, [(0, 0, 1, 3), (0, 2, 1, 5)], 1) == [1]
 
 
 def test_top_points_picks_highest_and_breaks_ties_by_lower_index():
