@@ -15,7 +15,6 @@ Four measurements:
 
 from __future__ import annotations
 
-import inspect
 import json
 import multiprocessing
 import os
@@ -33,6 +32,7 @@ import torch
 
 from magnet_cli.errors import MagnetError, OutputError, UsageError
 from magnet_cli.evaluation import IGNORE_INDEX, Scores, evaluate_pair
+from magnet_cli.io.folders import make_output_folder
 from magnet_cli.settings import InferenceSettings, ModelSettings, RunSettings, with_values
 
 if TYPE_CHECKING:
@@ -79,51 +79,26 @@ SCALING_SEED = 9500
 
 
 # --- the library calls, one place each ----------------------------------------------------------------
-# The settings-based `segment(..., model=, inference=, run=)`, `resolve_model(ModelSettings)` and
-# `Engine(bundle, settings.InferenceSettings)` land with issue 9. Until then each call below falls back to
-# the flat signatures of today; delete the three fallbacks once they are gone from main.
 def load_model(model: ModelSettings) -> ModelBundle:
     """The bundle `model` names (the bundled default when it names none)."""
-    from magnet_cli import segmentation
+    from magnet_cli.segmentation import resolve_model
 
-    if "segmenter" not in inspect.signature(segmentation.resolve_model).parameters:
-        return segmentation.resolve_model(model)
-    order = model.refiner_input_order.value if model.refiner_input_order is not None else None
-    return segmentation.resolve_model(model.model, model.segmenter, model.classes, model.input_size, model.refiner,
-                                      order, model.mean, model.std)
+    return resolve_model(model)
 
 
 def make_engine(bundle: ModelBundle, inference: InferenceSettings) -> Any:
     """The inference engine of `bundle` run as `inference` says."""
-    from magnet_cli import pipeline
+    from magnet_cli.pipeline import Engine
 
-    if getattr(pipeline, "InferenceSettings", InferenceSettings) is InferenceSettings:
-        return pipeline.Engine(bundle, inference)
-    from magnet_cli.io.base import PixelNormalization
-
-    flat = {name: getattr(inference, name) for name in ("levels", "crop_size", "points", "smooth_kernel",
-                                                         "fast_patches", "batch_size", "device", "read_threads")}
-    return pipeline.Engine(bundle, pipeline.InferenceSettings(
-        mode=inference.mode.value, selection=inference.selection.value,
-        normalization=PixelNormalization(inference.bands, bundle.value_range), **flat))
+    return Engine(bundle, inference)
 
 
 def segment_image(image: Path, output: Path, model: ModelSettings | ModelBundle, inference: InferenceSettings) -> dict:
     """One image through the library's `segment`, quietly, replacing `output`; its result as a dict.
     `model` is settings (a child process loads the model itself) or an already loaded bundle."""
-    from magnet_cli import segmentation
+    from magnet_cli.segmentation import segment
 
-    if "inference" in inspect.signature(segmentation.segment).parameters:
-        (result,) = segmentation.segment([image], output, model=model, inference=inference,
-                                         run=RunSettings(progress=False, overwrite=True))
-        return result.to_dict()
-    bundle = model if not isinstance(model, ModelSettings) else load_model(model)
-    (result,) = segmentation.segment(
-        [image], output, bundle=bundle, mode=inference.mode.value, selection=inference.selection.value,
-        levels=inference.levels, points=inference.points, smooth_kernel=inference.smooth_kernel,
-        fast_patches=inference.fast_patches, batch_size=inference.batch_size, device=inference.device,
-        bands=inference.bands, overwrite=True, progress=False,
-    )
+    (result,) = segment([image], output, model=model, inference=inference, run=RunSettings(progress=False, overwrite=True))
     return result.to_dict()
 
 
@@ -245,20 +220,6 @@ def check_inference(inference: InferenceSettings) -> InferenceSettings:
     if fixed:
         raise UsageError(f"benchmark: {', '.join(fixed)} are set by each of --modes, not by the shared inference settings")
     return inference
-
-
-def prepare_folder(folder: Path, option: str) -> Path:
-    """Create a missing output folder (like `mkdir -p`) and check that files can be written there: before
-    any work, so a bad path never costs a benchmark run."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise OutputError(f"{option} {folder}: cannot create the folder, a file is in the way") from None
-    except OSError as error:
-        raise OutputError(f"{option} {folder}: cannot create the folder ({error.strerror or error})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"{option} {folder}: the folder is not writable")
-    return folder
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -444,8 +405,8 @@ def benchmark(
     progress = (run or RunSettings()).progress
     device = resolve_device(inference.device)  # a missing CUDA device is named before any work
     bundle = load_model(model)
-    output = prepare_folder(Path(output), "--output")
-    scratch = prepare_folder(Path(workdir) if workdir is not None else output / "work", "--workdir")
+    output = make_output_folder(Path(output), "--output")
+    scratch = make_output_folder(Path(workdir) if workdir is not None else output / "work", "--workdir")
     classes = bundle.classes
 
     data = (data if data is not None else preset["data"]) if names else None

@@ -14,6 +14,7 @@ import torch
 from magnet_cli.classes import parse_classes
 from magnet_cli.errors import InputError, MagnetWarning, ModelError, OutputError, UsageError
 from magnet_cli.io.background import BackgroundWriter
+from magnet_cli.io.folders import make_output_folder
 from magnet_cli.io.base import Box, ImageSource, PixelNormalization
 from magnet_cli.io.geotiff import write_geotiff
 from magnet_cli.io.labels import LabelWriter
@@ -161,24 +162,14 @@ def segment(
     if warning:
         warnings.warn(warning, MagnetWarning, stacklevel=2)
     engine = Engine(bundle, inference)
-    _make_folder(Path(output) if multiple else Path(output).parent)
-    for path in [*previews, *geotiffs]:
+    make_output_folder(Path(output) if multiple else Path(output).parent, "-o")
+    for path, option in [*((p, "--preview") for p in previews), *((g, "--geotiff") for g in geotiffs)]:
         if path is not None:
-            _make_folder(path.parent)
+            make_output_folder(path.parent, option)
     return [
         _segment_one(engine, path, out, side, outputs, run)
         for path, out, side in zip(paths, targets, zip(previews, geotiffs))
     ]
-
-
-def _make_folder(folder: Path) -> None:
-    """Create a missing output folder (like `mkdir -p`); a file in the way is the user's to fix."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise OutputError(f"{folder}: cannot create the output folder, a file is in the way") from None
-    except OSError as error:
-        raise OutputError(f"{folder}: cannot create the output folder ({error.strerror or error})") from None
 
 
 def _side_paths(

@@ -18,9 +18,10 @@ import torch
 from magnet_cli.evaluation import confusion, mean_iou
 from magnet_cli.io.open import open_image
 from magnet_cli.models.bundle import ModelBundle, load_bundle
-from magnet_cli.pipeline import Engine, InferenceSettings
+from magnet_cli.pipeline import Engine
+from magnet_cli.settings import InferenceSettings
 from magnet_cli.refine import class_labels
-from magnet_cli.segmentation import DEFAULT_MODEL_DIR
+from magnet_cli.models.default import default_model_dir
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 IMAGE = EXAMPLES / "images" / "scene_s42_0.tif"
@@ -35,7 +36,7 @@ MAGNET_MARGIN_OVER_DOWNSAMPLE = 10.0
 
 @pytest.fixture(scope="module")
 def bundle() -> ModelBundle:
-    return load_bundle(DEFAULT_MODEL_DIR)
+    return load_bundle(default_model_dir())
 
 
 @pytest.fixture(scope="module")
