@@ -193,6 +193,10 @@ OTHER_BAD = [
     (["info", "{tmp}/[peer].tif"], "[peer].tif"),  # rich markup must not eat the user's text
     (["info", "{tmp}/synth:a:b:.tif"], "synth:a:b:.tif"),  # nor turn :a: into an emoji
     (["segment"], "Missing argument"),
+    (["benchmark", "-o", "/proc/x", "--modes", "none", "--sizes", "none"], "/proc/x"),
+    (["benchmark", "-o", "{tmp}/s", "--sizes", "-512"], "--sizes"),
+    (["benchmark", "-o", "{tmp}/s", "--sizes", "0"], "--sizes"),
+    (["benchmark", "-o", "{tmp}/s", "--modes", "turbo"], "turbo"),
 ]
 
 
