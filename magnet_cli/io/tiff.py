@@ -97,7 +97,7 @@ class TiffSource(ImageSource):
         extra: dict[str, Any] = {
             "series": series_index,
             "series_name": series.name,
-            "axes": series.get_axes(False),
+            "axes": _shape_axes(series)[1],
             "compression": _name(keyframe.compression),
             "photometric": _name(keyframe.photometric),
             "planar": keyframe.planarconfig == 2,
@@ -114,7 +114,7 @@ class TiffSource(ImageSource):
     def _open_level(self, path: Path, series: tifffile.TiffPageSeries, index: int) -> tuple[Any, str]:
         """The array of one pyramid level (memory map or Zarr view) and its one-letter axes."""
         level = series.levels[index]
-        shape, axes = level.get_shape(False), level.get_axes(False)
+        shape, axes = _shape_axes(level)
         letters = _letters(path, axes, shape)
         offset = level.dataoffset
         if offset is not None and getattr(series, "transform", None) is None and level.dtype is not None:
@@ -122,7 +122,7 @@ class TiffSource(ImageSource):
             return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape), letters
         store = _FailureRecordingStore(series.aszarr(level=index, squeeze=False))
         self._stores.append(store)
-        array = zarr.open(store, mode="r", zarr_format=2)
+        array = zarr.open_array(store, mode="r")  # tifffile < 2026.5.2 serves Zarr format 2, later ones format 3
         if tuple(array.shape) != tuple(shape):
             raise InputError(f"{path}: level {index} reads as {array.shape}, expected {shape}")
         return array, letters
@@ -136,7 +136,7 @@ class TiffSource(ImageSource):
             data = np.asarray(array[index])
             failures = self._failures[level]
             if failures:
-                bad = sorted(_chunk_keys(index, array.shape, array.chunks) & failures.keys())
+                bad = sorted(_chunk_keys(index, array) & failures.keys())
                 if bad:
                     raise failures[bad[0]]
         except MemoryError:
@@ -185,16 +185,17 @@ class _FailureRecordingStore(WrapperStore):
             return None
 
 
-def _chunk_keys(index: tuple, shape: tuple[int, ...], chunks: tuple[int, ...]) -> set[str]:
-    """Zarr v2 keys ('i.j.k') of the chunks an index of ints and slices touches."""
+def _chunk_keys(index: tuple, array: zarr.Array) -> set[str]:
+    """Store keys of the chunks an index of ints and slices touches, in the array's own key encoding
+    ('i.j.k' for Zarr format 2, 'c/i/j/k' for format 3)."""
     ranges = []
-    for selection, size, chunk in zip(index, shape, chunks):
+    for selection, size, chunk in zip(index, array.shape, array.chunks):
         if isinstance(selection, slice):
             start, stop, _ = selection.indices(size)
             ranges.append(range(start // chunk, (stop - 1) // chunk + 1))
         else:
             ranges.append(range(selection // chunk, selection // chunk + 1))
-    return {".".join(map(str, key)) for key in itertools.product(*ranges)}
+    return {array.metadata.encode_chunk_key(key) for key in itertools.product(*ranges)}
 
 
 def _plane_shape(shape: tuple[int, ...], axes: str) -> tuple[int, int]:
@@ -202,20 +203,31 @@ def _plane_shape(shape: tuple[int, ...], axes: str) -> tuple[int, int]:
 
 
 def _main_series(tif: tifffile.TiffFile, path: Path) -> tuple[int, tifffile.TiffPageSeries]:
-    """The series with the most pixels in its full-resolution level (first on ties)."""
+    """The series with the most pixels in its full-resolution level (first on ties), with every
+    dimension kept (length-1 ones included), so that check_axes sees what the file stores."""
+    # tifffile >= 2026.5.2: TiffFile.series is callable and each series object is squeezed or not;
+    # earlier releases return one list whose series answer both ways (get_shape/get_axes(squeeze)).
+    every = list(tif.series(squeeze=False)) if callable(tif.series) else list(tif.series)
     best, best_pixels = -1, -1
-    for index, series in enumerate(tif.series):
-        axes, shape = series.get_axes(False), series.get_shape(False)
+    for index, series in enumerate(every):
+        shape, axes = _shape_axes(series)
         if "Y" not in axes or "X" not in axes:
             continue
         pixels = shape[axes.index("Y")] * shape[axes.index("X")]
         if pixels > best_pixels:
             best, best_pixels = index, pixels
-    shapes = [series.shape for series in tif.series]
+    shapes = [series.shape for series in tif.series]  # squeezed, as users know the image
     if best < 0 or best_pixels == 0:
         empty = [shape for shape in shapes if 0 in shape]
         raise InputError(f"{path}: " + (f"empty image (shape {empty[0]})" if empty else "no image"))
-    return best, tif.series[best]
+    return best, every[best]
+
+
+def _shape_axes(series: tifffile.TiffPageSeries) -> tuple[tuple[int, ...], str]:
+    """Shape and tifffile axis codes of a series or pyramid level, length-1 dimensions included."""
+    if hasattr(series, "get_axes"):  # tifffile < 2026.5.2: a series is squeezed unless asked otherwise
+        return tuple(series.get_shape(False)), series.get_axes(False)
+    return tuple(series.shape), series.axes  # later: the series from tif.series(squeeze=False) is unsqueezed
 
 
 def _letters(path: Path, axes: str, shape: tuple[int, ...]) -> str:

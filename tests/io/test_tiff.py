@@ -34,22 +34,27 @@ def test_reduced_pages_without_subifds_form_the_pyramid(pages_pyramid_tiff, rgb)
 
 
 def test_read_decodes_only_the_tiles_it_touches(subifd_tiff, monkeypatch):
-    keys: list[str] = []
+    tiles: list[tuple[int, ...]] = []
     original = tifffile.zarr.ZarrTiffStore.get
 
     async def counting_get(self, key, prototype, byte_range=None):
         if not key.rsplit("/", 1)[-1].startswith((".z", "zarr.json")):
-            keys.append(key)
+            tiles.append(_chunk_coords(key))
         return await original(self, key, prototype, byte_range)
 
     monkeypatch.setattr(tifffile.zarr.ZarrTiffStore, "get", counting_get)
     with TiffSource(subifd_tiff) as source:
-        keys.clear()  # the open-time probe decodes tile (0, 0)
+        tiles.clear()  # the open-time probe decodes tile (0, 0)
         source.read_level(0, 70, 130, 120, 190)  # inside tile row 1, tile columns 2
-        assert keys == ["1.2.0"]
-        keys.clear()
+        assert tiles == [(1, 2, 0)]
+        tiles.clear()
         source.read_level(0, 60, 60, 70, 70)  # the corner of four tiles
-        assert sorted(keys) == ["0.0.0", "0.1.0", "1.0.0", "1.1.0"]
+        assert sorted(tiles) == [(0, 0, 0), (0, 1, 0), (1, 0, 0), (1, 1, 0)]
+
+
+def _chunk_coords(key: str) -> tuple[int, ...]:
+    """Chunk coordinates of a Zarr key: 'i.j.k' (format 2, tifffile < 2026.5.2) or 'c/i/j/k' (format 3)."""
+    return tuple(int(part) for part in key.removeprefix("c/").replace("/", ".").split("."))
 
 
 def test_compressed_strips_read_exactly(striped_tiff, rgb):
@@ -149,6 +154,7 @@ def test_ome_tiff_singleton_time_and_z_axes_do_not_count(tmp_path):
     tifffile.imwrite(path, chw[None, :, None], ome=True, metadata={"axes": "TCZYX"}, photometric="minisblack")
     with TiffSource(path) as source:
         assert source.bands == 3
+        assert source.extra["axes"] == "TCZYXS"  # the stored axes, length-1 ones included
         np.testing.assert_array_equal(source.read_level(0, 0, 0, 64, 80), np.moveaxis(chw, 0, 2))
 
 
