@@ -140,6 +140,7 @@ def segment_command(
     std: O.Std = None,
     refiner: O.Refiner = None,
     refiner_input_order: O.RefinerInputOrder = None,
+    trust_model: O.TrustModel = False,
     mode: O.Mode = S.InferenceSettings.mode,
     levels: O.Levels = None,
     points: O.Points = None,
@@ -154,6 +155,7 @@ def segment_command(
     preview: O.Preview = None,
     geotiff: O.GeoTiff = None,
     zarr_format: O.ZarrFormat = S.OutputSettings.zarr_format.value,
+    max_pixels: O.MaxPixels = S.RunSettings.max_pixels,
     overwrite: O.Overwrite = False,
     no_progress: O.NoProgress = False,
     json_output: O.Json = False,
@@ -168,7 +170,7 @@ def segment_command(
             output,
             model=S.build(
                 S.ModelSettings, model=model, segmenter=segmenter, classes=classes, input_size=input_size,
-                mean=mean, std=std, refiner=refiner, refiner_input_order=refiner_input_order,
+                mean=mean, std=std, refiner=refiner, refiner_input_order=refiner_input_order, trust_model=trust_model,
             ),
             inference=S.build(
                 S.InferenceSettings, mode=mode, levels=levels, points=points, smooth_kernel=smooth_kernel,
@@ -178,7 +180,7 @@ def segment_command(
                 S.OutputSettings, write_probabilities=write_probabilities, write_uncertainty=write_uncertainty,
                 preview=preview, geotiff=geotiff, zarr_format=zarr_format,
             ),
-            run=S.RunSettings(progress=not no_progress, overwrite=overwrite),
+            run=S.RunSettings(progress=not no_progress, overwrite=overwrite, max_pixels=max_pixels),
         )
 
     results = _run(action)
@@ -289,6 +291,7 @@ def train_refiner_command(
     input_size: O.InputSize = None,
     mean: O.Mean = None,
     std: O.Std = None,
+    trust_model: O.TrustModel = False,
     epochs: O.Epochs = None,
     steps: O.Steps = S.TrainingSettings.steps,
     batch_size: O.BatchSize = None,
@@ -313,7 +316,8 @@ def train_refiner_command(
 
     def action():
         model_settings = S.build(
-            S.ModelSettings, model=model, segmenter=segmenter, classes=classes, input_size=input_size, mean=mean, std=std
+            S.ModelSettings, model=model, segmenter=segmenter, classes=classes, input_size=input_size, mean=mean, std=std,
+            trust_model=trust_model,
         )
         training = S.build(
             S.RefinerTraining, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, milestones=milestones,
@@ -390,6 +394,7 @@ def benchmark_command(
     output: O.Output,
     data: O.BenchmarkData = None,
     model: O.Model = None,
+    trust_model: O.TrustModel = False,
     modes: O.Modes = None,
     sizes: O.Sizes = None,
     batch_size: O.BatchSize = None,
@@ -408,7 +413,7 @@ def benchmark_command(
 
     def action():
         return benchmark(
-            data, output, model=S.build(S.ModelSettings, model=model), modes=modes, sizes=sizes,
+            data, output, model=S.build(S.ModelSettings, model=model, trust_model=trust_model), modes=modes, sizes=sizes,
             inference=S.build(S.InferenceSettings, batch_size=batch_size, device=device), quick=quick,
             peer=not no_peer, limit=not no_limit, workdir=workdir, run=S.RunSettings(progress=not no_progress),
             log=(lambda message: None) if json_output else (lambda message: err.print(Text(message))),

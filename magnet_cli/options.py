@@ -136,6 +136,11 @@ BatchSize = Annotated[
     ),
 ]
 
+MaxPixels = Annotated[
+    int,
+    typer.Option("--max-pixels", help="Refuse inputs that declare more pixels than this (forged or absurd headers)."),
+]
+
 # --- outputs ---------------------------------------------------------------------------------------------
 Output = Annotated[
     str,
@@ -190,6 +195,11 @@ Refiner = Annotated[
 RefinerInputOrder = Annotated[
     Optional[S.RefinerInputOrder],
     typer.Option("--refiner-input-order", help="Channel order of a --refiner checkpoint (reference checkpoints: fine_coarse).", show_default=False),
+]
+
+TrustModel = Annotated[
+    bool,
+    typer.Option("--trust-model", help="Allow a model to run Python code (a module:factory segmenter). Model files are data otherwise."),
 ]
 
 # --- inference (InferenceSettings) -----------------------------------------------------------------------

@@ -198,6 +198,8 @@ class ModelSettings:
     std: tuple[float, ...] | None = None
     refiner: Path | None = None
     refiner_input_order: RefinerInputOrder | None = None
+    # Model files are data: Python code named by a model (a module:factory) runs only when this is set.
+    trust_model: bool = False
 
     def __post_init__(self) -> None:
         if self.model is not None and self.segmenter is not None:
@@ -291,10 +293,14 @@ class RunSettings:
     progress: bool = True
     overwrite: bool = False
     resume: bool = False
+    # Inputs declaring more pixels than this are refused before any work: 10^11 is a 316k x 316k slide,
+    # beyond any real scan, while a forged header can claim 10^14.
+    max_pixels: int = 10**11
 
     def __post_init__(self) -> None:
         if self.overwrite and self.resume:
             raise UsageError("--overwrite and --resume contradict each other: give one")
+        _integer(self.max_pixels, "--max-pixels", 1, 10**15)
 
 
 @dataclass(frozen=True)
