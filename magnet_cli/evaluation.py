@@ -362,10 +362,10 @@ def resolve_classes(classes: str | list[ClassInfo] | None, model: str | Path | N
         return classes
     if classes is not None:
         return parse_classes(classes)
-    if model is not None:
-        from magnet_cli.models.bundle import load_bundle
+    if model is not None:  # model.toml only: reading classes loads no weights and runs no model code
+        from magnet_cli.models.bundle import BundleSpec
 
-        return load_bundle(model).classes
+        return list(BundleSpec.read(model).classes)
     for predicted, _ in pairs:
         found = label_classes(predicted)
         if found is not None:

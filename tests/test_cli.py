@@ -297,12 +297,15 @@ def test_segmenter_factory_from_a_module(tmp_path, png, monkeypatch):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "factory.zarr"
+    refused = invoke("segment", png, "-o", out, "--segmenter", "my_models:build", "--classes", "3",
+                     "--input-size", "32", "--mode", "patch", "--no-progress")
+    assert_clean_failure(refused, "--trust-model", "my_models:build")  # a factory is code: opt in
     result = invoke("segment", png, "-o", out, "--segmenter", "my_models:build", "--classes", "3",
-                    "--input-size", "32", "--mode", "patch", "--no-progress")
+                    "--input-size", "32", "--mode", "patch", "--no-progress", "--trust-model")
     assert result.exit_code == 0, result.output
     assert_label_image(out, 150, 200)
     missing = invoke("segment", png, "-o", tmp_path / "x.zarr", "--segmenter", "my_models:build",
-                     "--input-size", "32", "--mode", "patch")
+                     "--input-size", "32", "--mode", "patch", "--trust-model")
     assert_clean_failure(missing, "--classes")
 
 

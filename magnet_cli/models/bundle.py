@@ -21,6 +21,7 @@ from magnet_cli.errors import MagnetError, ModelError, UsageError
 from magnet_cli.models.builtin import build_architecture
 from magnet_cli.models.refiner import INPUT_ORDERS, Refiner, load_refiner, save_refiner
 from magnet_cli.models.segmenter import Segmenter, load_factory, load_torchscript
+from magnet_cli.models.weights import read_weights_file
 from magnet_cli.settings import MAX_LEVELS, check_channel_stats, check_levels, check_points, check_size, check_smooth_kernel
 from magnet_cli.toml_writer import dumps
 
@@ -153,13 +154,32 @@ class BundleSpec:
             evaluation=check.table(document, "evaluation", required=False) or {},
         )._validated(Path(path))
 
+    def files(self) -> dict[str, str]:
+        """Every file model.toml names, by key (`segmenter.weights`: "segmenter.pt")."""
+        named = {f"segmenter.{key}": getattr(self.segmenter, key) for key in ("torchscript", "weights", "torchscript_export")}
+        if self.refiner is not None:
+            named["refiner.weights"] = self.refiner.weights
+        return {key: value for key, value in named.items() if value is not None}
+
     def _validated(self, path: Path) -> "BundleSpec":
-        """Checks across keys."""
+        """Checks across keys, and that every file named lies inside the bundle folder: model files are
+        data, and a downloaded model.toml must not make us open `/etc/shadow` or `../../x`."""
         try:
             check_channel_stats(self.mean, self.std)
         except UsageError as error:
             raise ModelError(f"{path}: {str(error).replace('--', '')}") from None
+        for key, name in self.files().items():
+            if not _inside(path.parent, name):
+                raise ModelError(f"{path}: {key} {name!r} is outside the bundle folder (a bundle names only its own files)")
         return self
+
+
+def _inside(directory: Path, name: str) -> bool:
+    """Whether `name` (relative to `directory`) stays inside it, `..` and symbolic links resolved."""
+    if not name or Path(name).is_absolute():
+        return False
+    root = directory.resolve()
+    return (root / name).resolve().is_relative_to(root)
 
 
 def _list(values: Any) -> list | None:
@@ -321,8 +341,12 @@ def _article(noun: str) -> str:
 def segmenter_digest(module: nn.Module) -> str:
     """sha256 over a module's state dict (sorted names, dtype, shape, bytes): the same for a built-in net,
     its TorchScript export and a factory module holding the same weights, on any device."""
+    return state_digest(module.state_dict())
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """`segmenter_digest` of a state dict (as read from a weights file, without building the module)."""
     digest = hashlib.sha256()
-    state = module.state_dict()
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()
         digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
@@ -335,10 +359,11 @@ def pairing_warning(bundle: "ModelBundle") -> str | None:
     match or when the refiner records nothing (a reference checkpoint, an older file)."""
     refiner = bundle.refiner
     trained_with = getattr(refiner, "segmenter_sha256", None) if refiner is not None else None
-    if trained_with is None:
-        return None
-    current = segmenter_digest(bundle.segmenter.module)
-    if current == trained_with:
+    return _pairing_message(trained_with, segmenter_digest(bundle.segmenter.module))
+
+
+def _pairing_message(trained_with: str | None, current: str) -> str | None:
+    if trained_with is None or current == trained_with:
         return None
     return (
         f"the refiner was trained over another segmenter (sha256 {trained_with[:12]}, this one is {current[:12]}); "
@@ -374,11 +399,12 @@ class ModelBundle:
         return self.segmenter.input_size
 
 
-def load_bundle(directory: Path | str) -> ModelBundle:
-    """Read a bundle folder strictly; every problem is a ModelError naming the file."""
+def load_bundle(directory: Path | str, *, trust_model: bool = False) -> ModelBundle:
+    """Read a bundle folder strictly; every problem is a ModelError naming the file. A segmenter factory
+    (Python code) is refused unless `trust_model` (--trust-model)."""
     directory = Path(directory)
     spec = BundleSpec.read(directory)
-    module = load_segmenter_module(directory, spec)
+    module = load_segmenter_module(directory, spec, trust_model=trust_model)
     segmenter = Segmenter(module, len(spec.classes), spec.input_size, spec.mean, spec.std)  # type: ignore[arg-type]
     refiner = None
     if spec.refiner is not None:
@@ -395,24 +421,33 @@ def _bundle(spec: BundleSpec, segmenter: Segmenter, refiner: Refiner | None, pat
     )
 
 
-def load_segmenter_module(directory: Path, spec: BundleSpec) -> nn.Module:
-    """The segmenter module a spec names, in eval mode on the CPU."""
+def load_segmenter_module(directory: Path, spec: BundleSpec, *, trust_model: bool = False) -> nn.Module:
+    """The segmenter module a spec names, in eval mode on the CPU. TorchScript loads without
+    `trust_model`: torch.jit.load imports no Python (see README, "Model files are data")."""
     source = spec.segmenter
     if source.torchscript is not None:
         return load_torchscript(directory / source.torchscript)
     num_classes = len(spec.classes)
     if source.factory is not None:
-        module = load_factory(source.factory, num_classes)
+        module = load_factory(source.factory, num_classes, trust_model=trust_model, named_by=str(directory / MODEL_FILE))
     else:
         module = build_architecture(source.architecture, num_classes, **source.options)  # type: ignore[arg-type]
     weights = directory / source.file
-    if not weights.is_file():
-        raise ModelError(f"{weights}: no such segmenter weights file")
     try:
-        module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        module.load_state_dict(read_weights(weights))
+    except ModelError:
+        raise
     except Exception as error:
         raise ModelError(f"{weights}: cannot load segmenter weights ({str(error).splitlines()[0]})") from None
     return module.eval()
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A segmenter state dict, read as data only (no pickled code runs)."""
+    state = read_weights_file(path, "segmenter weights file")
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path}: not a state dict of tensors")
+    return state
 
 
 # --- writing ------------------------------------------------------------------------------------------
@@ -511,15 +546,17 @@ def bundle_from_parts(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     refiner_input_order: str | None = None,
+    trust_model: bool = False,
 ) -> ModelBundle:
-    """A bundle for bring-your-own models: a TorchScript file (or module:factory) plus an optional refiner."""
+    """A bundle for bring-your-own models: a TorchScript file (or module:factory, which runs only with
+    `trust_model`) plus an optional refiner."""
     from magnet_cli.models.segmenter import infer_num_classes
 
     source = str(segmenter_path)
     if is_factory(source):
         if classes is None:
             raise ModelError(f"segmenter factory {source!r} needs --classes (it is called with the class count)")
-        module = load_factory(source, len(classes))
+        module = load_factory(source, len(classes), trust_model=trust_model)
         segmenter_spec = SegmenterSpec(factory=source, weights=SEGMENTER_WEIGHTS)
     else:
         module = load_torchscript(segmenter_path)
@@ -548,21 +585,30 @@ def bundle_from_parts(
 
 # --- describing -------------------------------------------------------------------------------------------
 def describe_bundle(directory: Path | str) -> dict[str, Any]:
-    """What `magnet info --model DIR` shows: the bundle loaded strictly, as plain JSON-serialisable data."""
-    bundle = load_bundle(directory)
-    spec: BundleSpec = bundle.spec  # type: ignore[assignment]
-    digest = segmenter_digest(bundle.segmenter.module)
+    """What `magnet info --model DIR` shows: the bundle read strictly, as plain JSON-serialisable data.
+
+    Describing runs no model code: a factory segmenter is described from its spec and its weights file
+    (parameters unknown without calling it), never imported.
+    """
+    directory = Path(directory)
+    spec = BundleSpec.read(directory)
     source = spec.segmenter
+    if source.factory is not None:
+        digest, parameters = state_digest(read_weights(directory / source.file)), None
+    else:
+        module = load_segmenter_module(directory, spec)
+        digest, parameters = segmenter_digest(module), sum(p.numel() for p in module.parameters())
     refiner = None
-    if spec.refiner is not None and bundle.refiner is not None:
-        trained_with = bundle.refiner.segmenter_sha256
+    if spec.refiner is not None:
+        loaded = load_refiner(directory / spec.refiner.weights, spec.refiner.input_order, len(spec.classes))  # type: ignore[arg-type]
+        trained_with = spec.refiner.segmenter_sha256 or loaded.segmenter_sha256
         refiner = {
             "file": spec.refiner.weights,
-            "input_order": bundle.refiner.input_order,
-            "parameters": sum(p.numel() for p in bundle.refiner.parameters()),
+            "input_order": loaded.input_order,
+            "parameters": sum(p.numel() for p in loaded.parameters()),
             "segmenter_sha256": trained_with,
             "paired": None if trained_with is None else trained_with == digest,
-            "warning": pairing_warning(bundle),
+            "warning": _pairing_message(trained_with, digest),
         }
     return {
         "path": str(Path(directory)),
@@ -586,7 +632,7 @@ def describe_bundle(directory: Path | str) -> dict[str, Any]:
             "file": source.file,
             "options": _plain(source.options),
             "torchscript_export": source.torchscript_export,
-            "parameters": sum(p.numel() for p in bundle.segmenter.module.parameters()),
+            "parameters": parameters,
             "sha256": digest,
             "sha256_recorded": source.sha256,
         },

@@ -86,15 +86,10 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def load_refiner(path: Path | str, input_order: InputOrder | None = None, num_classes: int | None = None) -> Refiner:
     """Load a refiner checkpoint: ours ({"state_dict", "num_classes", "input_order"}) or a reference
     plain state dict (then `input_order` defaults to the reference test.py order, fine_coarse)."""
+    from magnet_cli.models.weights import read_weights_file
+
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such refiner checkpoint")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a bad file
-        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__})") from None
-    if not isinstance(payload, dict):
-        raise ModelError(f"{path}: expected a state dict, found {type(payload).__name__}")
+    payload = read_weights_file(path, "refiner checkpoint")
     if "state_dict" in payload and isinstance(payload["state_dict"], dict):
         state = _strip_prefixes(payload["state_dict"])
         order = input_order or payload.get("input_order", "coarse_fine")

@@ -52,8 +52,16 @@ def load_torchscript(path: Path | str) -> nn.Module:
         raise ModelError(f"{path}: not a TorchScript model ({type(error).__name__})") from None
 
 
-def load_factory(spec: str, num_classes: int) -> nn.Module:
-    """A user model given as 'package.module:factory'; the factory takes num_classes."""
+def load_factory(spec: str, num_classes: int, *, trust_model: bool = False, named_by: str | None = None) -> nn.Module:
+    """A user model given as 'package.module:factory'; the factory takes num_classes.
+
+    Importing a module and calling a function run arbitrary Python (`os:_exit` ends the process), and a
+    model is data a user may have downloaded: so this runs only with `trust_model` (--trust-model).
+    `named_by` is the model.toml that names the factory, for the error; None: --segmenter named it.
+    """
+    if not trust_model:
+        where = f"{named_by}: segmenter.factory {spec!r}" if named_by is not None else f"--segmenter {spec}"
+        raise ModelError(f"{where} is Python code that magnet-cli would import and run; give --trust-model if you trust it")
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise ModelError(f"segmenter factory {spec!r} must look like 'package.module:function'")

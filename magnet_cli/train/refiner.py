@@ -107,21 +107,22 @@ def frozen_model(model: ModelSettings | ModelBundle | Segmenter | None) -> tuple
         raise UsageError("train-refiner trains a new refiner: --refiner does not apply")
     classes = parse_classes(model.classes) if model.classes is not None else None
     if model.model is not None:
-        bundle = load_bundle(model.model)
+        bundle = load_bundle(model.model, trust_model=model.trust_model)
     else:
         source = str(model.segmenter)
         if model.input_size is None:
             raise UsageError("--segmenter needs --input-size HxW (the size the model was trained at)")
         if is_factory(source) and classes is None:
             raise UsageError(f"--segmenter {source}: a factory needs --classes (it is called with the class count)")
-        bundle = bundle_from_parts(source, classes, model.input_size, None)
+        bundle = bundle_from_parts(source, classes, model.input_size, None, trust_model=model.trust_model)
     if classes is not None:
         if len(classes) != bundle.num_classes:
             raise ModelError(f"--classes gives {len(classes)} classes but the segmenter has {bundle.num_classes}")
         bundle.classes = classes
     if model.mean is not None:
         bundle.segmenter.mean, bundle.segmenter.std = model.mean, model.std  # type: ignore[assignment]
-    record = {k: v for k, v in plain(model).items() if k not in ("refiner", "refiner_input_order")}
+    # What shaped the weights; --trust-model only permits loading, so a resume may add or drop it.
+    record = {k: v for k, v in plain(model).items() if k not in ("refiner", "refiner_input_order", "trust_model")}
     return bundle, record
 
 
