@@ -29,6 +29,7 @@ from magnet_cli.train.common import (
     append_log,
     command_line,
     count_parameters,
+    first_non_finite,
     load_checkpoint,
     plain,
     save_checkpoint,
@@ -128,6 +129,7 @@ def fit(task: Task, output: str | Path, run: RunSettings = RunSettings()) -> dic
             record = {"epoch": epoch, "loss": sum(losses) / len(losses), "train_miou": mean_iou(matrix)}
             record.update(task.validate())
             record.update({"lr": lr, "seconds": seconds()})
+            _check_finite(model, epoch, output)
             bar.note(" ".join(f"{k} {v:.4g}" for k, v in record.items() if k.endswith(("loss", "miou"))))
             save_checkpoint(output / CHECKPOINT, {
                 "kind": task.kind, "settings": settings, "epoch": epoch, "commands": commands,
@@ -174,6 +176,8 @@ def _resume(
     if checkpoint is None:
         return 0, [], [], 0.0
     path = output / CHECKPOINT
+    if not isinstance(checkpoint, dict):
+        raise UsageError(f"--resume: {path} is not a training checkpoint (it holds a {type(checkpoint).__name__})")
     if "settings" not in checkpoint:
         raise UsageError(f"--resume: {path} was written by an older magnet-cli; start again with --overwrite")
     if checkpoint.get("kind") != task.kind:
@@ -181,7 +185,9 @@ def _resume(
     differing = settings_differences(checkpoint["settings"], settings)
     if differing:
         raise UsageError(f"--resume: {path} was made with other settings: {'; '.join(differing)}")
-    done = int(checkpoint["epoch"])
+    done = checkpoint.get("epoch")
+    if not isinstance(done, int) or isinstance(done, bool) or done < 1:
+        raise UsageError(f"--resume: {path} records epoch {done!r}, not an epoch count from 1: the file is damaged or edited")
     if done > task.training.epochs:
         raise UsageError(f"--resume --epochs {task.training.epochs}: {path} already holds {done} epochs")
     history = truncate_log(output, done)
@@ -191,9 +197,53 @@ def _resume(
             f"--resume --epochs {task.training.epochs}: the lr schedule would change for epoch(s) already trained "
             f"({', '.join(map(str, changed))}); give --milestones to keep the first run's schedule"
         )
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
+    _load_checked(path, model, optimizer, checkpoint)
     return done, history, list(checkpoint.get("commands", [])), float(checkpoint.get("seconds", 0.0))
+
+
+def _load_checked(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, checkpoint: dict) -> None:
+    """Load a checkpoint's model and optimiser state after checking it fits: the same tensors, shapes and
+    dtypes as the model being resumed, every value finite. A checkpoint is a file anyone may have edited:
+    its NaNs would train on silently and ship a NaN bundle, its wrong shapes would end in a traceback."""
+    state, expected = checkpoint.get("model"), model.state_dict()
+    if not isinstance(state, dict):
+        raise UsageError(f"--resume: {path} holds no model weights: the file is damaged or edited")
+    for name in sorted(set(expected) | set(state)):
+        if name not in state or name not in expected:
+            where = "lacks" if name not in state else "has an unknown"
+            raise UsageError(f"--resume: {path} {where} model tensor {name!r}: it is not a checkpoint of this model")
+        value, wanted = state[name], expected[name]
+        if not isinstance(value, torch.Tensor) or value.shape != wanted.shape or value.dtype != wanted.dtype:
+            found = f"shape {tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise UsageError(
+                f"--resume: {path}: model tensor {name!r} is {found}, the model has shape {tuple(wanted.shape)} "
+                f"{wanted.dtype}: it is not a checkpoint of this model"
+            )
+    saved = checkpoint.get("optimizer")
+    bad = first_non_finite(state) or first_non_finite(saved, "optimizer")
+    if bad is not None:
+        raise UsageError(f"--resume: {path}: tensor {bad!r} is not finite (NaN or inf): the run had diverged or the file is damaged")
+    try:
+        optimizer.load_state_dict(saved)  # type: ignore[arg-type]
+    except Exception as error:  # torch raises ValueError, KeyError, TypeError for a foreign optimiser state
+        raise UsageError(f"--resume: {path}: the optimiser state does not fit this run ({type(error).__name__}: {error})") from None
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    for parameter in parameters:
+        for key, value in optimizer.state.get(parameter, {}).items():
+            if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape != parameter.shape:
+                raise UsageError(f"--resume: {path}: optimiser state {key!r} of shape {tuple(value.shape)} does not fit its weights")
+    model.load_state_dict(state)
+
+
+def _check_finite(model: nn.Module, epoch: int, output: Path) -> None:
+    """Stop a diverged run before its NaN weights reach a checkpoint or a bundle."""
+    bad = first_non_finite(model.state_dict())
+    if bad is not None:
+        kept = f"{output / CHECKPOINT} keeps epoch {epoch - 1}" if epoch > 1 else "no checkpoint was written"
+        raise UsageError(
+            f"training diverged at epoch {epoch}: weight {bad!r} is not finite (NaN or inf); nothing exported, "
+            f"{kept}; try a lower --lr"
+        )
 
 
 OPTION_NAMES = {"data": "DATA", "segmenter_sha256": "the segmenter's weights (sha256)"}

@@ -9,6 +9,8 @@ from typer.testing import CliRunner
 from magnet_cli.cli import app
 from magnet_cli.models.bundle import load_bundle
 
+from tests.test_cli import assert_clean_failure
+
 runner = CliRunner()
 TINY = ["--epochs", "1", "--steps", "1", "--batch-size", "2", "--seed", "2", "--no-progress"]
 
@@ -58,3 +60,35 @@ def test_bad_dataset_is_one_red_line(tmp_path):
     (tmp_path / "masks").mkdir()
     result = invoke("train-segmenter", tmp_path, "-o", tmp_path / "out", *TINY)
     assert result.exit_code == 2 and "no images" in result.output
+
+
+def test_train_refiner_resume_refuses_a_checkpoint_with_nan_weights(dataset_dir, segmenter_bundle, tmp_path):
+    import torch
+
+    from magnet_cli.train.common import CHECKPOINT
+
+    out = tmp_path / "ref"
+    assert invoke("train-refiner", dataset_dir, "--model", segmenter_bundle, "-o", out, *TINY).exit_code == 0
+    checkpoint = torch.load(out / CHECKPOINT, weights_only=True)
+    next(iter(checkpoint["model"].values())).fill_(float("nan"))
+    torch.save(checkpoint, out / CHECKPOINT)
+    bundle = (out / "refiner.pt").read_bytes()
+    resumed = invoke("train-refiner", dataset_dir, "--model", segmenter_bundle, "-o", out, *TINY[2:], "--epochs", "2", "--resume")
+    assert_clean_failure(resumed, "not finite", CHECKPOINT)
+    assert (out / "refiner.pt").read_bytes() == bundle  # the bundle of the sound run is untouched
+
+
+def test_train_refiner_runs_a_factory_only_with_trust_model(dataset_dir, tmp_path, monkeypatch):
+    result = invoke("train-refiner", dataset_dir, "--segmenter", "os:_exit", "--classes", "6", "--input-size", "32",
+                    "-o", tmp_path / "ref", *TINY)
+    assert_clean_failure(result, "--trust-model", "os:_exit")
+    assert not (tmp_path / "ref").exists()
+    (tmp_path / "trusted_models.py").write_text(
+        "from magnet_cli.models.builtin import SmallUNet\n"
+        "def build(num_classes):\n    return SmallUNet(num_classes, widths=(8, 16))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    trusted = invoke("train-refiner", dataset_dir, "--segmenter", "trusted_models:build", "--classes", "6", "--input-size",
+                     "32", "-o", tmp_path / "ref", *TINY, "--trust-model")
+    assert trusted.exit_code == 0, trusted.output
+    assert load_bundle(tmp_path / "ref", trust_model=True).spec.segmenter.factory == "trusted_models:build"
