@@ -21,7 +21,7 @@ from magnet_cli.errors import MagnetError, ModelError, UsageError
 from magnet_cli.models.builtin import build_architecture
 from magnet_cli.models.refiner import INPUT_ORDERS, Refiner, load_refiner, save_refiner
 from magnet_cli.models.segmenter import Segmenter, load_factory, load_torchscript
-from magnet_cli.models.weights import read_weights_file
+from magnet_cli.models.weights import first_non_finite, read_weights_file
 from magnet_cli.settings import MAX_LEVELS, check_channel_stats, check_levels, check_points, check_size, check_smooth_kernel
 from magnet_cli.toml_writer import dumps
 
@@ -457,6 +457,10 @@ def write_bundle(directory: Path | str, spec: BundleSpec, segmenter: nn.Module, 
     The refiner's `segmenter_sha256` (set by the trainer) says which segmenter it was trained over.
     """
     directory = Path(directory)
+    for part, module in (("segmenter", segmenter), ("refiner", refiner)):
+        bad = first_non_finite(module.state_dict()) if module is not None else None
+        if bad is not None:  # a diverged or damaged model segments nothing: never ship it as a bundle
+            raise ModelError(f"{directory}: the {part}'s weight {bad!r} is not finite (NaN or inf); no bundle written")
     directory.mkdir(parents=True, exist_ok=True)
     source = spec.segmenter
     module = segmenter.cpu().eval()

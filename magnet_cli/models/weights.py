@@ -1,6 +1,7 @@
 """Weight files read as data: `torch.load(weights_only=True)` admits tensors and plain containers but no
 pickled code, so a downloaded model cannot run anything by being read. Every reader of a weights file
-(segmenter, refiner) comes through here; problems are one ModelError naming the file."""
+(segmenter, refiner) comes through here; problems are one ModelError naming the file. `first_non_finite`
+is the one check that weights hold numbers (a resumed checkpoint, a trained model before export)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,15 @@ def read_weights_file(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise ModelError(f"{path}: expected a state dict, found {type(payload).__name__}")
     return payload
+
+
+def first_non_finite(state: Any, prefix: str = "") -> str | None:
+    """The name of the first floating tensor holding NaN or inf in a (nested) state dict; None if none."""
+    if isinstance(state, torch.Tensor):
+        return prefix if state.is_floating_point() and not bool(torch.isfinite(state).all()) else None
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    for key, value in items:
+        found = first_non_finite(value, f"{prefix}.{key}" if prefix else str(key))
+        if found is not None:
+            return found
+    return None

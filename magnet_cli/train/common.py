@@ -44,18 +44,6 @@ def load_checkpoint(path: Path) -> dict:
         raise UsageError(f"{path}: not a readable training checkpoint ({type(error).__name__})") from None
 
 
-def first_non_finite(state: Any, prefix: str = "") -> str | None:
-    """The name of the first floating tensor holding NaN or inf in a (nested) state dict; None if none."""
-    if isinstance(state, torch.Tensor):
-        return prefix if state.is_floating_point() and not bool(torch.isfinite(state).all()) else None
-    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
-    for key, value in items:
-        found = first_non_finite(value, f"{prefix}.{key}" if prefix else str(key))
-        if found is not None:
-            return found
-    return None
-
-
 def append_log(output_dir: Path, record: dict) -> None:
     with (output_dir / LOG).open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")

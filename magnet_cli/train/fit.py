@@ -21,6 +21,7 @@ from magnet_cli.devices import resolve_device
 from magnet_cli.errors import OutputError, UsageError
 from magnet_cli.evaluation import confusion, mean_iou
 from magnet_cli.models.bundle import MODEL_FILE
+from magnet_cli.models.weights import first_non_finite
 from magnet_cli.settings import RunSettings, TrainingSettings
 from magnet_cli.train.common import (
     CHECKPOINT,
@@ -29,7 +30,6 @@ from magnet_cli.train.common import (
     append_log,
     command_line,
     count_parameters,
-    first_non_finite,
     load_checkpoint,
     plain,
     save_checkpoint,

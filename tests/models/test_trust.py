@@ -210,3 +210,15 @@ def test_every_torch_load_in_the_package_is_weights_only():
         for call in re.findall(r"torch\.load\([^)]*\)", path.read_text()) if "weights_only=True" not in call
     ]
     assert calls == []
+
+
+def test_a_bundle_with_non_finite_weights_is_never_written(tmp_path):
+    from magnet_cli.models.bundle import save_bundle
+
+    b = tiny_bundle()
+    with torch.no_grad():
+        next(b.refiner.parameters()).view(-1)[0] = float("inf")
+    with pytest.raises(ModelError, match="refiner's weight .* is not finite"):
+        save_bundle(tmp_path / "b", "tiny", b.classes, b.segmenter.module, "small_unet", (64, 64), b.refiner,
+                    architecture_options={"widths": [8, 16]})
+    assert not (tmp_path / "b").exists()
