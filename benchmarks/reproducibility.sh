@@ -16,8 +16,8 @@ import sys, torch
 work = sys.argv[1]
 differ = []
 for name in ("segmenter.pt", "refiner.pt"):
-    a = torch.load(f"{work}/a/bundle/{name}", map_location="cpu")
-    b = torch.load(f"{work}/b/bundle/{name}", map_location="cpu")
+    a = torch.load(f"{work}/a/bundle/{name}", map_location="cpu", weights_only=True)
+    b = torch.load(f"{work}/b/bundle/{name}", map_location="cpu", weights_only=True)
     a, b = (x.get("state_dict", x) if isinstance(x, dict) else x for x in (a, b))
     differ += [f"{name}:{k}" for k in a if not torch.equal(a[k], b[k])]
 print("identical" if not differ else "differ: " + ", ".join(differ))

@@ -75,9 +75,10 @@ def resolve_model(settings: ModelSettings | None = None) -> ModelBundle:
         return bundle_from_parts(
             settings.segmenter, class_list, settings.input_size, settings.refiner,
             mean=settings.mean, std=settings.std, refiner_input_order=order,  # type: ignore[arg-type]
+            trust_model=settings.trust_model,
         )
     directory = settings.model if settings.model is not None else default_model_dir()
-    bundle = load_bundle(directory)
+    bundle = load_bundle(directory, trust_model=settings.trust_model)
     if settings.refiner is not None:
         from magnet_cli.models.refiner import load_refiner
 
