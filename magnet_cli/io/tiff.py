@@ -217,6 +217,10 @@ def _header_problems(series: tifffile.TiffPageSeries, file_size: int) -> list[st
         if bits not in SUPPORTED_BITS_PER_SAMPLE:
             problems.append(f"{where}unsupported bit depth ({bits} bits per sample; 8, 16, 32 or 64 are read)")
         kind = "tiles" if page.is_tiled else "strips"
+        chunk_samples, image_samples = math.prod(page.chunks), math.prod(page.shape)
+        if chunk_samples > max(image_samples, PROBE_MAX_CHUNK_PIXELS):  # one decode would allocate it whole
+            problems.append(f"{where}{kind[:-1]} of {'x'.join(map(str, page.chunks))} samples, larger than the image")
+            continue
         needed = math.prod(page.chunked)
         offsets = np.asarray(page.dataoffsets, dtype=np.int64)
         counts = np.asarray(page.databytecounts, dtype=np.int64)

@@ -51,6 +51,12 @@ def test_tiff_whose_tiles_point_past_the_end_is_refused_at_open(base_tiff):
         open_image(base_tiff)
 
 
+def test_tiff_tile_larger_than_the_image_is_refused_before_decoding(base_tiff):
+    patch_tag(base_tiff, 322, 134217792)  # TileWidth: one zlib tile would decode into 25 GB
+    with pytest.raises(InputError, match=r"base.tif: tile of 64x134217792x3 samples, larger than the image"):
+        open_image(base_tiff)
+
+
 @pytest.mark.parametrize("bits", [1, 7])
 def test_unsupported_bit_depths_are_refused(base_tiff, bits):
     patch_tag(base_tiff, 258, [bits] * 3)
