@@ -21,6 +21,13 @@ MAX_SOURCE_PIXELS_PER_READ = 1 << 22
 # a time series, a page index) that is read at its first plane. More than that is a volume or a
 # hyperstack, where reading index 0 of every other axis would segment an arbitrary slice without a word.
 MAX_NON_BAND_DIMS = 3
+# The default refusal threshold for declared image sizes (RunSettings.max_pixels mirrors it): a whole-slide
+# image at 40x is about 10^10 pixels, so 10^11 admits every real slide and stops a forged 10^7 x 10^7
+# header before any pyramid or coarse window reads through it.
+DEFAULT_MAX_PIXELS = 10**11
+# Float samples beyond this magnitude are no measurement any instrument makes; they come from corrupt or
+# uninitialised data (1e31 was seen in a fuzzed file) and would normalise to a constant image without a word.
+MAX_ABS_FLOAT_SAMPLE = 1e30
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,9 @@ class ImageSource(ABC):
     format_name: str = ""
     georeference: dict | None = None  # JSON-serialisable GeoTIFF tags (ModelPixelScale, ModelTiepoint, ...)
     extra: dict = field(default_factory=dict)
+    # What the headers show is wrong (declared size not backed by data, unsupported bit depth, ...), one
+    # phrase each without the path: open_image refuses the image on the first, `magnet info` lists them.
+    problems: list[str] = field(default_factory=list)
 
     @abstractmethod
     def read_level(self, level: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
@@ -172,8 +182,33 @@ def check_image(path: Path | str, height: int, width: int, dtype: np.dtype) -> N
     default_value_range(dtype, path)  # raises InputError for int16, uint32, complex, ...
 
 
+def size_problems(height: int, width: int, max_pixels: int) -> list[str]:
+    """The refusal of a declared size above the pixel limit, as a problem phrase (empty when it fits)."""
+    if height * width > max_pixels:
+        return [
+            f"declares {height}x{width} = {height * width:.3g} pixels, above the limit of {max_pixels:.3g} "
+            "(raise it with --max-pixels if the image is real)"
+        ]
+    return []
+
+
+def check_samples(raw: np.ndarray, path: Path | str) -> None:
+    """Refuse float samples that are NaN, infinite or beyond MAX_ABS_FLOAT_SAMPLE.
+
+    Checked on every region as it is read (a whole-image scan would cost a full read up front); refused
+    rather than treated as no-data, since a mask over invented values would look finished and be wrong.
+    """
+    if raw.dtype.kind != "f" or raw.size == 0:
+        return
+    if not np.isfinite(raw).all():
+        raise InputError(f"{path}: NaN or infinite pixel values (corrupt float data)")
+    if float(np.abs(raw).max()) > MAX_ABS_FLOAT_SAMPLE:
+        raise InputError(f"{path}: float pixel values beyond +-{MAX_ABS_FLOAT_SAMPLE:g} (corrupt float data)")
+
+
 def to_unit_rgb(raw: np.ndarray, normalization: PixelNormalization, path: Path | str = "") -> torch.Tensor:
     """Raw (h, w, bands) samples -> float32 tensor (3, h, w) in [0, 1] as DESIGN section 4 says."""
+    check_samples(raw, path)
     if raw.ndim == 2:
         raw = raw[:, :, None]
     bands = raw.shape[2]

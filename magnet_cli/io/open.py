@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from magnet_cli.errors import InputError
-from magnet_cli.io.base import ImageSource
+from magnet_cli.io.base import DEFAULT_MAX_PIXELS, ImageSource, size_problems
 from magnet_cli.io.raster import RasterSource
 from magnet_cli.io.tiff import TiffSource
 from magnet_cli.io.zarr_source import ZarrSource, is_zarr_dir
@@ -30,9 +30,22 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def open_image(path: str | Path) -> ImageSource:
-    """The ImageSource for a file or Zarr folder, chosen by content rather than by name."""
-    path = Path(path)
+def open_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = True) -> ImageSource:
+    """The ImageSource for a file or Zarr folder, chosen by content rather than by name.
+
+    Headers are not trusted: an image above `max_pixels`, or whose headers show a problem (a declared size
+    its tile tables or chunks cannot back, an unsupported bit depth, ...) is refused with InputError.
+    With strict=False it opens anyway and the problems are in `source.problems` (for `magnet info`).
+    """
+    source = _open_reader(Path(path))
+    source.problems = source.problems + size_problems(source.height, source.width, max_pixels)
+    if strict and source.problems:
+        source.close()
+        raise InputError(f"{source.path}: {source.problems[0]}")
+    return source
+
+
+def _open_reader(path: Path) -> ImageSource:
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
@@ -87,4 +100,6 @@ def describe(source: ImageSource) -> dict:
         ],
         "chunks": list(source.chunks) if source.chunks is not None else None,
         "georeference": source.georeference,
+        # Header problems (open_image refuses such images) and what tifffile noticed while parsing.
+        "warnings": list(source.problems) + list(source.extra.get("warnings", [])),
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +40,9 @@ GEOTIFF_TAGS = {
 # Decode a small probe region at open (to fail early on missing codecs and corrupt first tiles) only when
 # the tile holding it is at most this many pixels; a huge single strip would cost a full decode.
 PROBE_MAX_CHUNK_PIXELS = 1 << 24
+# Bits per sample of the sample types the model input is normalised from (uint8, uint16, float16/32/64).
+# Others (1-bit bilevel, 7- or 12-bit packed) would be read as something they are not.
+SUPPORTED_BITS_PER_SAMPLE = (8, 16, 32, 64)
 
 
 class TiffSource(ImageSource):
@@ -63,6 +67,7 @@ class TiffSource(ImageSource):
             with _captured_warnings(warnings):
                 self._tif = tifffile.TiffFile(path)
                 series_index, series = _main_series(self._tif, path)
+                problems = _header_problems(series, path.stat().st_size)
                 opened = [self._open_level(path, series, index) for index in range(len(series.levels))]
                 keyframe = series.keyframe
                 georeference = _georeference(keyframe)
@@ -107,7 +112,9 @@ class TiffSource(ImageSource):
         base_axes, base_shape = self._axes[0], self._arrays[0].shape
         bands = base_shape[base_axes.index("C")] if "C" in base_axes else 1
         levels = [PyramidLevel(h, w, height / h, width / w) for h, w in shapes]
-        super().__init__(path, height, width, bands, dtype, levels, chunks, kind, georeference, extra)
+        super().__init__(path, height, width, bands, dtype, levels, chunks, kind, georeference, extra, problems)
+        if problems:  # refused by open_image, or only described by `magnet info`: decode nothing
+            return
         if not isinstance(self._arrays[0], np.memmap) and chunks[0] * chunks[1] <= PROBE_MAX_CHUNK_PIXELS:
             self.read_level(0, 0, 0, 1, 1)  # fail at open on a missing codec or a corrupt first tile
 
@@ -196,6 +203,41 @@ def _chunk_keys(index: tuple, array: zarr.Array) -> set[str]:
         else:
             ranges.append(range(selection // chunk, selection // chunk + 1))
     return {array.metadata.encode_chunk_key(key) for key in itertools.product(*ranges)}
+
+
+def _header_problems(series: tifffile.TiffPageSeries, file_size: int) -> list[str]:
+    """What the first page of each pyramid level shows is wrong, from its tags alone (no decoding):
+    an unsupported bit depth, and tile/strip tables that cannot back the declared size. Without the
+    table checks a header claiming 10^7 x 10^7 pixels over 16 tiles reads as gigabytes of zeros."""
+    problems: list[str] = []
+    for index, level in enumerate(series.levels):
+        page = level.keyframe
+        where = f"level {index}: " if index else ""
+        bits = page.bitspersample
+        if bits not in SUPPORTED_BITS_PER_SAMPLE:
+            problems.append(f"{where}unsupported bit depth ({bits} bits per sample; 8, 16, 32 or 64 are read)")
+        kind = "tiles" if page.is_tiled else "strips"
+        chunk_samples, image_samples = math.prod(page.chunks), math.prod(page.shape)
+        if chunk_samples > max(image_samples, PROBE_MAX_CHUNK_PIXELS):  # one decode would allocate it whole
+            problems.append(f"{where}{kind[:-1]} of {'x'.join(map(str, page.chunks))} samples, larger than the image")
+            continue
+        needed = math.prod(page.chunked)
+        offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+        counts = np.asarray(page.databytecounts, dtype=np.int64)
+        if len(offsets) < needed or len(counts) < needed:
+            problems.append(
+                f"{where}declares {page.imagelength}x{page.imagewidth} pixels in {needed} {kind} but its "
+                f"{kind[:-1]} tables list only {min(len(offsets), len(counts))} (a size its data cannot back)"
+            )
+            continue
+        offsets, counts = offsets[:needed], counts[:needed]
+        missing = int(np.count_nonzero((offsets <= 0) | (counts <= 0)))
+        if missing:
+            problems.append(f"{where}{missing} of {needed} {kind} are missing (zero offset or byte count)")
+        beyond = int(np.count_nonzero(offsets + counts > file_size))
+        if beyond:
+            problems.append(f"{where}{beyond} of {needed} {kind} lie past the end of the file (truncated?)")
+    return list(dict.fromkeys(problems))
 
 
 def _plane_shape(shape: tuple[int, ...], axes: str) -> tuple[int, int]:

@@ -6,6 +6,7 @@ Also the small helpers every array-backed reader shares (the TIFF reader reads i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,11 @@ from magnet_cli.io.base import ImageSource, PyramidLevel, check_axes, check_imag
 # letter is a non-spatial axis (time, z, ...) read at index 0.
 BAND_NAMES = {"c", "channel", "channels", "band", "bands", "s", "sample", "samples", "rgb"}
 MAX_INFERRED_BANDS = 4  # a plain (H, W, C) or (C, H, W) array is recognised by an axis of at most this size
+# Above this many declared pixels an array that stores no chunk at all is refused: every pixel would be the
+# fill value, so the size is a header only (a forged 10^7 x 10^7 .zarray). Smaller ones pass, since writers
+# that skip empty chunks (zarr 3 by default) legitimately store an all-background mask as metadata only.
+EMPTY_ARRAY_MAX_PIXELS = 1 << 26
+ZARR_METADATA_FILES = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
 
 
 def region_index(axes: str, shape: tuple[int, ...], y0: int, x0: int, y1: int, x1: int) -> tuple:
@@ -57,7 +63,8 @@ class ZarrSource(ImageSource):
         extra: dict[str, Any] = {"zarr_format": node.metadata.zarr_format}
         if isinstance(node, zarr.Group):
             node, image_path = _multiscales_group(path, node)
-            arrays, axes, scales, names, version = _multiscales(path, node)
+            arrays, axes, scales, names, version, base_path = _multiscales(path, node)
+            array_dir = path / image_path / base_path
             format_name = f"OME-Zarr {version}" if version else "OME-Zarr"
             extra.update(image=image_path, axes=names)
         else:
@@ -65,6 +72,7 @@ class ZarrSource(ImageSource):
             scales = [(1.0, 1.0)]
             format_name = f"Zarr v{node.metadata.zarr_format}"
             extra["axes"] = axes
+            array_dir = path
         base = arrays[0]
         iy, ix = axes.index("Y"), axes.index("X")
         height, width = base.shape[iy], base.shape[ix]
@@ -88,6 +96,7 @@ class ZarrSource(ImageSource):
             chunks=(base.chunks[iy], base.chunks[ix]),
             format_name=format_name,
             extra=extra,
+            problems=_empty_array_problems(array_dir, height * width),
         )
         self._arrays = arrays
         self._axes = axes
@@ -150,14 +159,18 @@ def _multiscales_group(path: Path, group: zarr.Group) -> tuple[zarr.Group, str]:
     )
 
 
-def _multiscales(path: Path, group: zarr.Group) -> tuple[list[zarr.Array], str, list[tuple[float, float]], list, str]:
-    """Arrays, one-letter axes, per-level (downsample_y, downsample_x), axis names and NGFF version."""
+def _multiscales(
+    path: Path, group: zarr.Group
+) -> tuple[list[zarr.Array], str, list[tuple[float, float]], list, str, str]:
+    """Arrays, one-letter axes, per-level (downsample_y, downsample_x), axis names, NGFF version and the
+    finest dataset's path."""
     multiscales, version = _multiscales_meta(group)
     image = multiscales[0]
     if not isinstance(image, dict) or not image.get("datasets"):
         raise InputError(f"{path}: OME-Zarr multiscales metadata lists no datasets")
     arrays = []
     for dataset in image["datasets"]:
+        _check_dataset_path(path, dataset)
         try:
             array = group[str(dataset["path"])]
         except (KeyError, TypeError) as exc:
@@ -181,7 +194,35 @@ def _multiscales(path: Path, group: zarr.Group) -> tuple[list[zarr.Array], str, 
     order = sorted(range(len(arrays)), key=lambda i: max(downsamples[i]))
     if downsamples[order[0]] != downsamples[0]:
         raise InputError(f"{path}: the first OME-Zarr dataset is not the finest resolution")
-    return [arrays[i] for i in order], axes, [downsamples[i] for i in order], names, version
+    base_path = str(image["datasets"][order[0]]["path"])
+    return [arrays[i] for i in order], axes, [downsamples[i] for i in order], names, version, base_path
+
+
+def _check_dataset_path(path: Path, dataset: Any) -> None:
+    """An NGFF dataset path names an array inside the image group: relative, no '.', '..' or empty parts
+    (zarr rejects some of these with a ValueError of its own; '../x' would read outside the image)."""
+    name = dataset.get("path") if isinstance(dataset, dict) else None
+    if not isinstance(name, str):
+        raise InputError(f"{path}: OME-Zarr dataset {dataset!r} has no path")
+    parts = name.split("/")
+    if name.startswith("/") or "\\" in name or any(part in ("", ".", "..") for part in parts):
+        raise InputError(f"{path}: OME-Zarr dataset path {name!r} leaves the image folder or is malformed")
+
+
+def _empty_array_problems(array_dir: Path, pixels: int) -> list[str]:
+    """A problem phrase when an array above EMPTY_ARRAY_MAX_PIXELS stores no chunk file at all. Stops at
+    the first chunk found, so a real store costs a few directory entries."""
+    if pixels <= EMPTY_ARRAY_MAX_PIXELS or not array_dir.is_dir():
+        return []
+    stack = [array_dir]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif entry.name not in ZARR_METADATA_FILES:
+                    return []
+    return [f"declares {pixels:.3g} pixels but stores no chunk (a size its data cannot back)"]
 
 
 def _axis_names(axes: Any, ndim: int) -> list[str]:

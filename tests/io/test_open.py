@@ -100,6 +100,7 @@ def test_describe_is_json_ready(subifd_tiff):
         "levels": [[300, 400, 1.0], [150, 200, 2.0], [75, 100, 4.0]],
         "chunks": [64, 64],
         "georeference": None,
+        "warnings": [],
     }
 
 
