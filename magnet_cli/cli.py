@@ -203,6 +203,8 @@ def info_command(
     from magnet_cli.describe import info
 
     details = _run(lambda: info(path, model=model))
+    for warning in details.get("warnings") or []:
+        _say("warning", "bold yellow", f"{path}: {warning}")
     if json_output:
         _print_json(details)
         return

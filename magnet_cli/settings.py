@@ -30,6 +30,9 @@ MAX_EPOCHS = 100_000
 MAX_STEPS = 10_000_000
 MAX_SEED = 2**32 - 1  # numpy's SeedSequence and torch.manual_seed both accept this range
 MAX_CROP = 4096
+# Inputs declaring more pixels than this are refused before any work: a 40x whole-slide image is about
+# 10^10 pixels, so 10^11 admits every real slide and stops a forged 10^7 x 10^7 header.
+DEFAULT_MAX_PIXELS = 10**11
 
 
 class Mode(str, Enum):
@@ -293,9 +296,7 @@ class RunSettings:
     progress: bool = True
     overwrite: bool = False
     resume: bool = False
-    # Inputs declaring more pixels than this are refused before any work: 10^11 is a 316k x 316k slide,
-    # beyond any real scan, while a forged header can claim 10^14.
-    max_pixels: int = 10**11
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         if self.overwrite and self.resume:

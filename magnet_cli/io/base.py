@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from magnet_cli.errors import InputError
+from magnet_cli.settings import DEFAULT_MAX_PIXELS  # re-exported: the readers' default limit
 
 # Above this many source pixels a region is read and reduced band by band, so that a coarse window
 # over an image without a pyramid never materialises the full-resolution region.
@@ -21,10 +22,6 @@ MAX_SOURCE_PIXELS_PER_READ = 1 << 22
 # a time series, a page index) that is read at its first plane. More than that is a volume or a
 # hyperstack, where reading index 0 of every other axis would segment an arbitrary slice without a word.
 MAX_NON_BAND_DIMS = 3
-# The default refusal threshold for declared image sizes (RunSettings.max_pixels mirrors it): a whole-slide
-# image at 40x is about 10^10 pixels, so 10^11 admits every real slide and stops a forged 10^7 x 10^7
-# header before any pyramid or coarse window reads through it.
-DEFAULT_MAX_PIXELS = 10**11
 # Float samples beyond this magnitude are no measurement any instrument makes; they come from corrupt or
 # uninitialised data (1e31 was seen in a fuzzed file) and would normalise to a constant image without a word.
 MAX_ABS_FLOAT_SAMPLE = 1e30
