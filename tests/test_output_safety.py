@@ -201,6 +201,8 @@ def test_check_finished_refuses_a_partial_store(tmp_path):
     writer = LabelWriter(tmp_path / "o.zarr", 64, 64, default_classes(2))
     with pytest.raises(InputError, match="unfinished"):
         check_finished(writer.partial)
+    with pytest.raises(InputError, match="unfinished"):
+        check_finished(writer.partial / "0")  # an array of it, too
     writer.write(0, 0, np.zeros((64, 64), np.uint8))
     writer.finalize()
     check_finished(writer.path)  # a finished output passes
@@ -255,3 +257,22 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(bundle_dir, tmp_path, signum, code)
     assert len(lines) == 1 and "stopped" in lines[0] and "nothing was published" in lines[0], stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "scratch"], [str(p) for p in tmp_path.rglob("*")]
     assert list(scratch.iterdir()) == []
+
+
+# --- ownership markers of the side files -------------------------------------------------------------------
+def test_side_files_carry_a_marker_that_other_files_lack(tmp_path):
+    from magnet_cli.classes import default_classes
+    from magnet_cli.io.geotiff import is_magnet_geotiff, write_geotiff
+    from magnet_cli.io.labels import LabelWriter
+    from magnet_cli.io.preview import is_magnet_preview, write_preview
+
+    with LabelWriter(tmp_path / "o.zarr", 40, 30, default_classes(2)) as writer:
+        writer.write(0, 0, np.ones((40, 30), np.uint8))
+    ours_tif, ours_png = write_geotiff(writer.path, tmp_path / "o.tif", None), write_preview(writer.path, tmp_path / "o.png", default_classes(2))
+    assert is_magnet_geotiff(ours_tif) and is_magnet_preview(ours_png)
+    assert skio.imread(ours_png).shape == (40, 30, 3)  # the tEXt chunk keeps the PNG valid
+    theirs_tif, theirs_png = tmp_path / "t.tif", tmp_path / "t.png"
+    tifffile.imwrite(theirs_tif, np.zeros((8, 8), np.uint8), description="magnet-cli")
+    skio.imsave(theirs_png, np.zeros((8, 8, 3), np.uint8), check_contrast=False)
+    assert not is_magnet_geotiff(theirs_tif) and not is_magnet_preview(theirs_png)
+    assert not is_magnet_geotiff(ours_png) and not is_magnet_preview(ours_tif) and not is_magnet_preview(tmp_path)

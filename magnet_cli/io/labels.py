@@ -119,13 +119,16 @@ def foreign_entries(path: Path) -> list[str] | None:
 
 
 def check_finished(path: Path) -> None:
-    """Refuse an interrupted run's partial store as a mask or an image (`evaluate`, `segment` inputs)."""
-    marker = magnet_marker(Path(path))
-    if marker is not None and marker.get("state") != "complete":
-        raise InputError(
-            f"{path}: an unfinished magnet-cli output (an interrupted run's partial store), not a result; "
-            "delete it and re-run"
-        )
+    """Refuse an interrupted run's partial store, or an array inside one (`0`, `probabilities/0`), as a
+    mask or an image (`evaluate`, `segment` inputs)."""
+    path = Path(path)
+    for store in [path, *list(path.parents)[:2]]:
+        marker = magnet_marker(store)
+        if marker is not None and marker.get("state") != "complete":
+            raise InputError(
+                f"{path}: an unfinished magnet-cli output (an interrupted run's partial store), not a result; "
+                "delete it and re-run"
+            )
 
 
 def remove_output(path: Path) -> None:
