@@ -304,15 +304,15 @@ def _segment_one(
         staged: list[tuple[Path, Path]] = []
         try:
             with LabelWriter(
-            output,
-            source.height,
-            source.width,
-            bundle.classes,
-            zarr_format=int(outputs.zarr_format),
-            write_probabilities=outputs.write_probabilities,
-            write_uncertainty=outputs.write_uncertainty,
-            attributes=attributes,
-            overwrite=run.overwrite,
+                output,
+                source.height,
+                source.width,
+                bundle.classes,
+                zarr_format=int(outputs.zarr_format),
+                write_probabilities=outputs.write_probabilities,
+                write_uncertainty=outputs.write_uncertainty,
+                attributes=attributes,
+                overwrite=run.overwrite,
             ) as writer:
                 bars = LevelProgress(path.name, windows_per_level(plan, engine.settings), progress_enabled(run.progress))
                 stats, histogram = _stream_into(
