@@ -23,6 +23,10 @@ err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
 INTERRUPTED_OUTPUT = "interrupted; no output was completed"
+STOPPED_SEGMENT = "stopped; nothing was published for the image being segmented (its partial output was removed)"
+# SIGTERM (SLURM's time limit, `kill`) and SIGHUP (a closed terminal) stop a run like Ctrl-C does, and
+# exit 128 + the signal number as shells report it.
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")
 INTERRUPTED_TRAINING = "interrupted; the last completed epoch's checkpoint is kept (continue with --resume)"
 
 
@@ -183,12 +187,20 @@ def segment_command(
             run=S.RunSettings(progress=not no_progress, overwrite=overwrite, max_pixels=max_pixels),
         )
 
-    results = _run(action)
+    results = _run(action, interrupted=STOPPED_SEGMENT)
+    failed = [r for r in results if r.status == "failed"]
     if json_output:
         _print_json([r.to_dict() for r in results])
-        return
-    rows = [(r.input, r.output, f"{r.height} x {r.width}", r.mode, r.windows, f"{r.seconds:.1f}") for r in results]
-    out.print(_table("magnet segment", ("input", "output", "size", "mode", "windows", "seconds"), rows))
+    else:
+        rows = [
+            (r.input, r.output, r.status, f"{r.height} x {r.width}" if r.status == "ok" else "", r.mode, r.windows, f"{r.seconds:.1f}")
+            for r in results
+        ]
+        out.print(_table("magnet segment", ("input", "output", "status", "size", "mode", "windows", "seconds"), rows))
+    for result in failed:
+        _say("error", "bold red", result.error or f"{result.input}: failed")
+    if failed:  # 1: some images failed and the others finished; 2: none could be segmented
+        raise typer.Exit(1 if len(failed) < len(results) else 2)
 
 
 # --- info -----------------------------------------------------------------------------------------------
@@ -429,9 +441,32 @@ def benchmark_command(
     out.print(Text(f"written: {output / 'benchmark.json'}, {output / 'benchmark.md'}, " + ", ".join(report.plots)))
 
 
+class _Stopped:
+    """Which stop signal arrived, so the exit code can say it (130 stays Ctrl-C's)."""
+
+    signal_number: int | None = None
+
+
+def _stop(signal_number: int, frame: Any) -> None:
+    if _Stopped.signal_number is not None:
+        return  # already stopping: a second signal must not cut the clean-up short
+    _Stopped.signal_number = signal_number
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: writers abort, temporary pyramids are removed
+
+
 def main() -> None:
     """Console-script entry point."""
-    app()
+    import signal
+
+    for name in STOP_SIGNALS:
+        if hasattr(signal, name):  # SIGHUP does not exist on Windows
+            signal.signal(getattr(signal, name), _stop)
+    try:
+        app()
+    except SystemExit as exit:
+        if _Stopped.signal_number is not None and exit.code == 130:
+            raise SystemExit(128 + _Stopped.signal_number) from None
+        raise
 
 
 if __name__ == "__main__":

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
+import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from magnet_cli.classes import parse_classes
-from magnet_cli.errors import InputError, MagnetWarning, ModelError, OutputError, UsageError
+from magnet_cli.errors import InputError, MagnetError, MagnetWarning, ModelError, OutputError, UsageError
 from magnet_cli.io.background import BackgroundWriter
-from magnet_cli.io.folders import make_output_folder
+from magnet_cli.io.folders import check_off_inputs, make_output_folder
 from magnet_cli.io.base import Box, ImageSource, PixelNormalization
-from magnet_cli.io.geotiff import write_geotiff
-from magnet_cli.io.labels import LabelWriter
+from magnet_cli.io.geotiff import is_magnet_geotiff, write_geotiff
+from magnet_cli.io.labels import LabelWriter, check_finished, foreign_entries, leftovers_of, remove_output
 from magnet_cli.io.open import list_images, open_image
-from magnet_cli.io.preview import write_preview
+from magnet_cli.io.preview import is_magnet_preview, write_preview
 from magnet_cli.io.pyramid_cache import ensure_pyramid
 from magnet_cli.io.zarr_source import is_zarr_dir
 from magnet_cli.models.bundle import ModelBundle, bundle_from_parts, load_bundle, pairing_warning
@@ -36,11 +40,14 @@ PREVIEW_SUFFIXES = (".png",)
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 # An -o with one of these names another format: writing a Zarr folder under that name would mislead.
 OTHER_FORMAT_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".geojson", ".gpkg", ".shp", ".json", ".h5", ".npy")
+STDIN_LIST = "-"  # an input `-` reads input paths from stdin, one per line
+LIST_PREFIX = "@"  # an input `@FILE` reads input paths from FILE, one per line
 
 
 @dataclass
 class SegmentResult:
-    """What one image's run produced; `magnet segment --json` prints a list of these."""
+    """What one image's run produced; `magnet segment --json` prints a list of these. A failed image of a
+    batch is a record too: status "failed", the reason in `error`, zeros for what was never measured."""
 
     input: str
     output: str
@@ -59,9 +66,19 @@ class SegmentResult:
     geotiff: str | None = None
     class_pixels: dict[str, int] = field(default_factory=dict)
     peak_gpu_mb: float | None = None  # torch's max allocated memory on a CUDA device during this image
+    status: str = "ok"  # "ok" | "failed" | "skipped"
+    error: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def failed(cls, input: Path, output: Path, error: str, seconds: float, device: str) -> SegmentResult:
+        return cls(
+            input=str(input), output=str(output), height=0, width=0, mode="", levels=0, windows=0,
+            windows_per_level=[], seconds=round(seconds, 3), segmenter_seconds=0.0, refiner_seconds=0.0,
+            read_wait_seconds=0.0, device=device, status="failed", error=error,
+        )
 
 
 def resolve_model(settings: ModelSettings | None = None) -> ModelBundle:
@@ -98,11 +115,11 @@ def resolve_model(settings: ModelSettings | None = None) -> ModelBundle:
 
 
 def expand_inputs(inputs: Sequence[Path | str]) -> list[Path]:
-    """Files as given; a folder stands for every image in it."""
+    """Files as given; a folder stands for every image in it; `-` and `@FILE` for the paths they list."""
     if not inputs:
         raise UsageError("no input given")
     paths: list[Path] = []
-    for item in inputs:
+    for item in [entry for given in inputs for entry in _listed(given)]:
         path = Path(item)
         if path.is_dir() and not is_zarr_dir(path):
             found = list_images(path)
@@ -110,10 +127,36 @@ def expand_inputs(inputs: Sequence[Path | str]) -> list[Path]:
                 raise InputError(f"{path}: folder holds no supported image")
             paths.extend(found)
         elif path.exists():
+            if is_zarr_dir(path):
+                check_finished(path)  # an interrupted run's partial store is not an image
             paths.append(path)
         else:
             raise InputError(f"{path}: no such file")
     return paths
+
+
+def is_list_input(item: Path | str) -> bool:
+    """`-` (stdin) or `@FILE`: a list of inputs, which always makes a batch (OUTPUT is a folder)."""
+    text = str(item)
+    return text == STDIN_LIST or text.startswith(LIST_PREFIX)
+
+
+def _listed(item: Path | str) -> list[str]:
+    """The paths a list input names (one per line, surrounding blanks stripped, empty lines skipped)."""
+    text = str(item)
+    if not is_list_input(text):
+        return [text]
+    if text == STDIN_LIST:
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            lines = Path(text[len(LIST_PREFIX):]).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"{text}: cannot read the list of inputs ({getattr(error, 'strerror', None) or error})") from None
+    entries = [line.strip() for line in lines if line.strip()]
+    if not entries:
+        raise UsageError(f"{'stdin' if text == STDIN_LIST else text}: lists no input")
+    return entries
 
 
 def output_paths(inputs: list[Path], output: Path, multiple: bool) -> list[Path]:
@@ -151,13 +194,11 @@ def segment(
     if run.resume:
         raise UsageError("segment has no --resume yet: re-run with --overwrite")
     paths = expand_inputs(inputs)
-    multiple = len(paths) > 1 or any(Path(i).is_dir() and not is_zarr_dir(Path(i)) for i in inputs)
+    multiple = len(paths) > 1 or any(is_list_input(i) or (Path(i).is_dir() and not is_zarr_dir(Path(i))) for i in inputs)
     targets = output_paths(paths, Path(output), multiple)
     previews = _side_paths(targets, outputs.preview, multiple, PREVIEW_SUFFIXES, "--preview")
     geotiffs = _side_paths(targets, outputs.geotiff, multiple, GEOTIFF_SUFFIXES, "--geotiff")
-    for out in [*targets, *previews, *geotiffs]:  # refuse before any work: a batch never stops halfway on this
-        if out is not None and out.exists() and not run.overwrite:
-            raise OutputError(f"{out}: already exists (use --overwrite to replace it)")
+    check_outputs(paths, targets, previews, geotiffs, run.overwrite)  # before any work
     bundle = model if isinstance(model, ModelBundle) else resolve_model(model)
     warning = pairing_warning(bundle)
     if warning:
@@ -167,10 +208,65 @@ def segment(
     for path, option in [*((p, "--preview") for p in previews), *((g, "--geotiff") for g in geotiffs)]:
         if path is not None:
             make_output_folder(path.parent, option)
-    return [
-        _segment_one(engine, path, out, side, outputs, run)
-        for path, out, side in zip(paths, targets, zip(previews, geotiffs))
+    if run.overwrite:  # an interrupted run's leftovers, checked to be magnet-cli's by check_outputs
+        for leftover in [p for out in targets for p in leftovers_of(out)]:
+            remove_output(leftover)
+    results = []
+    for path, out, side in zip(paths, targets, zip(previews, geotiffs)):
+        if not multiple:  # one image: its error is the run's error
+            results.append(_segment_one(engine, path, out, side, outputs, run))
+            continue
+        start = time.perf_counter()
+        try:
+            results.append(_segment_one(engine, path, out, side, outputs, run))
+        except Exception as error:  # one bad image never stops a batch; KeyboardInterrupt still does
+            reason = str(error) if isinstance(error, MagnetError) else f"{path}: {type(error).__name__}: {error}"
+            results.append(SegmentResult.failed(path, out, reason, time.perf_counter() - start, str(engine.device)))
+    return results
+
+
+def check_outputs(
+    inputs: list[Path],
+    targets: list[Path],
+    previews: list[Path | None],
+    geotiffs: list[Path | None],
+    overwrite: bool,
+) -> None:
+    """Refuse, before any work, every output that would replace an input, something magnet-cli did not
+    write, or (without --overwrite) anything at all, including an interrupted run's leftovers."""
+    places = [
+        *((out, "-o", foreign_entries) for out in targets),
+        *((p, "--preview", _foreign_file(is_magnet_preview)) for p in previews if p is not None),
+        *((g, "--geotiff", _foreign_file(is_magnet_geotiff)) for g in geotiffs if g is not None),
     ]
+    for path, option, _ in places:
+        check_off_inputs(path, option, inputs)
+    existing = [path for path, _, _ in places if os.path.lexists(path)]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more output(s))" if len(existing) > 1 else ""
+        raise OutputError(f"{existing[0]}: already exists{more}; use --overwrite to replace magnet-cli's outputs")
+    for path, option, foreign in places:
+        extra = foreign(path) if os.path.lexists(path) else None
+        if extra:
+            raise OutputError(
+                f"{option} {path}: not written by magnet-cli (holds {', '.join(extra[:3])}); "
+                "--overwrite replaces only magnet-cli's own outputs"
+            )
+    for out in targets:
+        for leftover in leftovers_of(out):
+            if not overwrite:
+                raise OutputError(
+                    f"{leftover}: an interrupted run's partial output (or a run still writing {out.name}); "
+                    "remove it, or re-run with --overwrite to remove it"
+                )
+            extra = foreign_entries(leftover)
+            if extra:
+                raise OutputError(f"{leftover}: not written by magnet-cli (holds {', '.join(extra[:3])}); move it away")
+
+
+def _foreign_file(is_ours) -> Any:  # noqa: ANN001
+    """A foreign-entries test for a side file: None when magnet-cli wrote it, else its name."""
+    return lambda path: None if is_ours(path) else [Path(path).name]
 
 
 def _side_paths(
@@ -204,26 +300,39 @@ def _segment_one(
     with ensure_pyramid(open_image(path), min_size=max(bundle.input_size)) as source:
         plan = plan_for(source.height, source.width, bundle, engine.settings)
         attributes = {"magnet": run_record(engine, path, plan, source.georeference)}
-        # The writer finalises (renames into place) only if the block ends cleanly; else it aborts.
-        with LabelWriter(
-            output,
-            source.height,
-            source.width,
-            bundle.classes,
-            zarr_format=int(outputs.zarr_format),
-            write_probabilities=outputs.write_probabilities,
-            write_uncertainty=outputs.write_uncertainty,
-            attributes=attributes,
-            overwrite=run.overwrite,
-        ) as writer:
-            bars = LevelProgress(path.name, windows_per_level(plan, engine.settings), progress_enabled(run.progress))
-            stats, histogram = _stream_into(
-                engine, source, writer, bars, outputs.write_probabilities, outputs.write_uncertainty
-            )
-        if preview is not None:
-            write_preview(output, preview, bundle.classes, thumbnail=_thumbnail(source, engine.normalization))
-        if geotiff is not None:
-            write_geotiff(output, geotiff, source.georeference)
+        # The writer finalises (renames into place) only if the block ends cleanly; else it aborts. Side
+        # outputs are written from the sealed store before that, so a failing one publishes nothing.
+        staged: list[tuple[Path, Path]] = []
+        try:
+            with LabelWriter(
+                output,
+                source.height,
+                source.width,
+                bundle.classes,
+                zarr_format=int(outputs.zarr_format),
+                write_probabilities=outputs.write_probabilities,
+                write_uncertainty=outputs.write_uncertainty,
+                attributes=attributes,
+                overwrite=run.overwrite,
+            ) as writer:
+                bars = LevelProgress(path.name, windows_per_level(plan, engine.settings), progress_enabled(run.progress))
+                stats, histogram = _stream_into(
+                    engine, source, writer, bars, outputs.write_probabilities, outputs.write_uncertainty
+                )
+                levels = writer.seal()
+                if preview is not None:
+                    staged.append((_staging_name(preview), preview))
+                    thumbnail = _thumbnail(source, engine.normalization)
+                    write_preview(levels, staged[-1][0], bundle.classes, thumbnail=thumbnail)
+                if geotiff is not None:
+                    staged.append((_staging_name(geotiff), geotiff))
+                    write_geotiff(levels, staged[-1][0], source.georeference)
+            for temporary, final in staged:
+                _publish(temporary, final)
+        finally:
+            for temporary, _ in staged:
+                with contextlib.suppress(OSError):
+                    temporary.unlink()
     return SegmentResult(
         input=str(path),
         output=str(output),
@@ -243,6 +352,18 @@ def _segment_one(
         class_pixels={c.name: int(n) for c, n in zip(bundle.classes, histogram)},
         peak_gpu_mb=_peak_gpu_mb(stats.device),
     )
+
+
+def _staging_name(path: Path) -> Path:
+    """A hidden sibling a side output is written to before the labels are published."""
+    return path.with_name(f".{path.name}.partial-{uuid.uuid4().hex}{path.suffix}")
+
+
+def _publish(temporary: Path, final: Path) -> None:
+    try:
+        os.replace(temporary, final)
+    except OSError as error:
+        raise OutputError(f"cannot write {final}: {error.strerror or error}") from None
 
 
 def run_record(engine: Engine, path: Path, plan: ScalePlan, georeference: dict | None) -> dict:

@@ -1,11 +1,14 @@
-"""Output folders: created like `mkdir -p` and checked writable before any work starts."""
+"""Output places: folders created like `mkdir -p` and checked writable, and outputs kept off the inputs,
+all before any work starts."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 from magnet_cli.errors import OutputError
+from magnet_cli.io.zarr_source import is_zarr_dir
 
 
 def make_output_folder(folder: Path, option: str) -> Path:
@@ -20,3 +23,30 @@ def make_output_folder(folder: Path, option: str) -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"{option} {folder}: the folder is not writable")
     return folder
+
+
+def check_off_inputs(output: Path, option: str, inputs: Sequence[Path]) -> None:
+    """Refuse an output that is an input, lies inside one, or holds one (real paths: symlinks and hard
+    links see through). Even --overwrite never replaces what a run reads."""
+    real_output = Path(os.path.realpath(output))
+    for source in inputs:
+        real_input = Path(os.path.realpath(source))
+        if real_output == real_input or _same_file(output, source):
+            raise OutputError(f"{option} {output} is the input {source}; write the output somewhere else")
+        if real_output.is_relative_to(real_input):
+            inside = real_output.relative_to(real_input).parts
+            if len(inside) == 2 and inside[0] == "labels" and is_zarr_dir(real_input):
+                raise OutputError(
+                    f"{option} {output}: writing labels into the OME-Zarr image {source} (labels/NAME) is not "
+                    "supported yet; write them beside it"
+                )
+            raise OutputError(f"{option} {output} is inside the input {source}; write the output somewhere else")
+        if real_input.is_relative_to(real_output):
+            raise OutputError(f"{option} {output} holds the input {source}; write the output somewhere else")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False

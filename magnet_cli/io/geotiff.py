@@ -8,7 +8,7 @@ is copied verbatim, so the mask lands exactly on the image it was computed from.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tifffile
@@ -29,6 +29,17 @@ GEOTIFF_TAGS: dict[str, tuple[int, str]] = {
 # Above this many uncompressed bytes the file is written as BigTIFF (classic TIFF offsets stop at 4 GiB;
 # the margin covers incompressible tiles and the tile tables).
 BIGTIFF_THRESHOLD = 2**31
+# The ImageDescription of every GeoTIFF magnet-cli writes: how --overwrite knows the file is its own.
+GEOTIFF_MARKER = "magnet-cli-geotiff/1: class ids of a magnet-cli label image"
+
+
+def is_magnet_geotiff(path: Path) -> bool:
+    """Whether `path` is a GeoTIFF magnet-cli wrote (its first page carries our description)."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tif.pages.first.description == GEOTIFF_MARKER
+    except Exception:  # unreadable, not a TIFF, a folder: not ours
+        return False
 
 
 def geotiff_extratags(georeference: dict | None) -> list[tuple[int, str, int, Any, bool]]:
@@ -47,15 +58,18 @@ def geotiff_extratags(georeference: dict | None) -> list[tuple[int, str, int, An
     return [tags[code] for code in sorted(tags)]
 
 
-def write_geotiff(label_path: Path, tif_path: Path, georeference: dict | None, tile: int = 512) -> Path:
-    """Stream level 0 of the label image at `label_path` into a tiled GeoTIFF at `tif_path`.
+def write_geotiff(
+    label_path: Path | Sequence[Any], tif_path: Path, georeference: dict | None, tile: int = 512
+) -> Path:
+    """Stream level 0 of the label image at `label_path` (or of its levels, finest first) into a tiled
+    GeoTIFF at `tif_path`.
 
     Memory holds one row of `tile` x (chunk width) pixels at a time. An existing file at `tif_path` is
     replaced (atomically); callers enforce any --overwrite policy.
     """
     if tile < 16 or tile % 16:
         raise ValueError(f"TIFF tiles must be a positive multiple of 16, got {tile}")
-    array = open_label_levels(label_path)[0]
+    array = (open_label_levels(label_path) if isinstance(label_path, (str, Path)) else label_path)[0]
     height, width = array.shape
     dtype = np.dtype(array.dtype)
     tif_path = Path(tif_path)
@@ -70,6 +84,7 @@ def write_geotiff(label_path: Path, tif_path: Path, georeference: dict | None, t
             compression="zlib",
             bigtiff=height * width * dtype.itemsize > BIGTIFF_THRESHOLD,
             extratags=geotiff_extratags(georeference),
+            description=GEOTIFF_MARKER,
             metadata=None,
         )
     return tif_path

@@ -8,15 +8,25 @@ Layout of `<name>.zarr` (DESIGN section 4):
       uncertainty/0          optional (y, x) uint8, round(u * 255); its own one-level multiscales
 
 Every pyramid level is written straight from each window (no second pass), and the whole store is
-built in a sibling `<name>.partial-<pid>` directory renamed into place by `finalize()`, so nothing
-half-written ever sits at the output path.
+built in a sibling `<name>.partial-<uuid4>` directory renamed into place by `finalize()`, so nothing
+half-written ever sits at the output path, and no other run (same PID in another container included)
+can share that directory.
+
+Ownership: the root's `magnet` attributes carry `format: magnet-cli-labels`, `state` ("partial" until
+finalised, then "complete") and `written` (the entries the writer made). `--overwrite` replaces only a
+folder that says so and holds nothing else; the NGFF metadata is written at finalise, so a leftover
+partial store never looks like a finished label image.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import signal
+import threading
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,6 +44,9 @@ AXES_CYX = [{"name": "c", "type": "channel"}, *AXES_YX]
 NGFF_VERSION = {3: "0.5", 2: "0.4"}
 OME_KEYS = {"ome", "multiscales", "image-label"}  # attribute keys the writer owns
 QUANTIZATION = {"dtype": "uint8", "scale": 1 / 255, "offset": 0.0}  # stored = round(value / scale)
+LABELS_FORMAT = "magnet-cli-labels"  # the ownership marker in attributes["magnet"]["format"]
+PARTIAL_INFIX = ".partial-"
+METADATA_FILES = {"zarr.json", ".zgroup", ".zattrs", ".zmetadata"}
 
 
 def level_shapes(height: int, width: int, min_level_size: int) -> list[tuple[int, int]]:
@@ -58,8 +71,96 @@ def quantize(values: np.ndarray) -> np.ndarray:
 
 
 def partial_path(path: Path) -> Path:
-    """The hidden-until-finished sibling an output is built in before being renamed to `path`."""
-    return path.with_name(f"{path.name}.partial-{os.getpid()}")
+    """The sibling an output is built in before being renamed to `path`: a uuid4, never reused."""
+    return path.with_name(f"{path.name}{PARTIAL_INFIX}{uuid.uuid4().hex}")
+
+
+def leftovers_of(path: Path) -> list[Path]:
+    """Partial stores (and half-replaced old outputs) an interrupted run left beside `path`."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    prefixes = (f"{path.name}{PARTIAL_INFIX}", f"{path.name}.replaced-")
+    return sorted(p for p in path.parent.iterdir() if p.name.startswith(prefixes))
+
+
+def magnet_marker(path: Path) -> dict | None:
+    """The `magnet` attributes of a label store magnet-cli wrote (partial or complete), else None.
+    Read from the metadata file directly: a foreign folder is never opened as a Zarr store."""
+    path = Path(path)
+    for name in ("zarr.json", ".zattrs"):
+        file = path / name
+        if file.is_file() and not file.is_symlink():
+            try:
+                document = json.loads(file.read_text())
+            except (OSError, ValueError):
+                return None
+            attributes = document.get("attributes", {}) if name == "zarr.json" else document
+            marker = attributes.get("magnet") if isinstance(attributes, dict) else None
+            if isinstance(marker, dict) and marker.get("format") == LABELS_FORMAT:
+                return marker
+            return None
+    return None
+
+
+def foreign_entries(path: Path) -> list[str] | None:
+    """None when `path` is a label store magnet-cli wrote and holds only what it wrote; else the names
+    that make it someone else's (all its entries when it carries no marker)."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return [path.name]
+    entries = sorted(p.name for p in path.iterdir())
+    marker = magnet_marker(path)
+    if marker is None:
+        return entries or None  # an empty folder holds nothing to lose
+    allowed = METADATA_FILES | set(marker.get("written") or [])
+    extra = [name for name in entries if name not in allowed]
+    return extra or None
+
+
+def check_finished(path: Path) -> None:
+    """Refuse an interrupted run's partial store, or an array inside one (`0`, `probabilities/0`), as a
+    mask or an image (`evaluate`, `segment` inputs)."""
+    path = Path(path)
+    for store in [path, *list(path.parents)[:2]]:
+        marker = magnet_marker(store)
+        if marker is not None and marker.get("state") != "complete":
+            raise InputError(
+                f"{path}: an unfinished magnet-cli output (an interrupted run's partial store), not a result; "
+                "delete it and re-run"
+            )
+
+
+def remove_output(path: Path) -> None:
+    """Remove a label store magnet-cli wrote; refuse (OutputError) anything else."""
+    extra = foreign_entries(path)
+    if extra:
+        raise OutputError(f"{path}: not written by magnet-cli (holds {', '.join(extra[:3])}); refusing to remove it")
+    _remove(Path(path))
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def uninterruptible() -> Iterator[None]:
+    """Hold back Ctrl-C, SIGTERM and SIGHUP for a short Zarr write, then deliver them.
+
+    zarr writes on its own event-loop thread: an interrupt raised while the main thread waits leaves
+    the write running, and it can recreate files after the clean-up removed them. Off the main thread
+    (where handlers cannot be changed) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {number: signal.signal(number, lambda number, frame: held.append(number)) for number in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if held:
+            signal.raise_signal(held[0])
 
 
 @contextlib.contextmanager
@@ -70,7 +171,7 @@ def replace_file_atomically(path: Path) -> Iterator[Path]:
         raise OutputError(f"{path} is a directory, not a file")
     if not path.parent.is_dir():
         raise OutputError(f"cannot write {path}: folder {path.parent} does not exist")
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}{path.suffix}")
+    temporary = path.with_name(f".{path.name}{PARTIAL_INFIX}{uuid.uuid4().hex}{path.suffix}")
     try:
         yield temporary
         os.replace(temporary, path)
@@ -123,15 +224,12 @@ class LabelWriter:
         self.shapes = level_shapes(height, width, min_level_size)
         self._check_destination()
         self.partial = partial_path(self.path)
+        self._state = "open"  # before mkdir: an interrupt anywhere below still removes the partial store
+        self._release_arrays()
         try:
-            if self.partial.exists():  # left by an earlier process with our pid: never a live output
-                shutil.rmtree(self.partial)
-            self.partial.mkdir()
-        except OSError as error:
-            raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None
-        self._state = "open"
-        try:
-            self._create_store(write_probabilities, write_uncertainty, attributes or {})
+            with uninterruptible():
+                self.partial.mkdir()
+                self._create_store(write_probabilities, write_uncertainty, attributes or {})
         except BaseException as error:
             self.abort()
             if isinstance(error, OSError):
@@ -179,7 +277,15 @@ class LabelWriter:
             if uncertainty.shape != (h, w):
                 raise ValueError(f"uncertainty must have shape {(h, w)}, got {uncertainty.shape}")
 
-        labels = labels.astype(self.dtype, copy=False)
+        try:
+            self._write(y0, x0, labels.astype(self.dtype, copy=False), probabilities, uncertainty)
+        except OSError as error:  # disk full, read-only or vanished target: one line naming the output
+            raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None
+
+    def _write(
+        self, y0: int, x0: int, labels: np.ndarray, probabilities: np.ndarray | None, uncertainty: np.ndarray | None
+    ) -> None:
+        h, w = labels.shape
         for level, array in enumerate(self._levels):
             factor = 1 << level
             dy, dx = -y0 % factor, -x0 % factor  # first row/column in the window on this level's grid
@@ -204,12 +310,17 @@ class LabelWriter:
                 f"{self.path} appeared while writing; pass --overwrite to replace it "
                 f"(the finished output is in {self.partial})"
             )
-        for assembler in self._assemblers():
-            assembler.flush()
+        self.seal()
         self._release_arrays()
-        replaced = self.path.with_name(f"{self.path.name}.replaced-{os.getpid()}")
+        replaced = self.path.with_name(f"{self.path.name}.replaced-{uuid.uuid4().hex}")
         try:
             if os.path.lexists(self.path):
+                extra = foreign_entries(self.path)
+                if extra:  # something else took the path while we wrote: never replace it
+                    raise OutputError(
+                        f"{self.path}: not written by magnet-cli (holds {', '.join(extra[:3])}); refusing to "
+                        f"replace it (the finished output is in {self.partial})"
+                    )
                 os.rename(self.path, replaced)
                 try:
                     os.rename(self.partial, self.path)
@@ -223,6 +334,23 @@ class LabelWriter:
             raise OutputError(f"cannot move the finished output to {self.path}: {error.strerror or error}") from None
         self._state = "finalized"
         return self.path
+
+    def seal(self) -> list[zarr.Array]:
+        """Flush every chunk and write the NGFF metadata: the store is complete, still under its partial
+        name. Returns the label levels (finest first), for side outputs written before publishing."""
+        if self._state != "open":
+            raise RuntimeError(f"LabelWriter for {self.path} is {self._state}; seal() needs an open writer")
+        if not self._sealed:
+            try:
+                for assembler in self._assemblers():
+                    assembler.flush()
+                marker = {**self._marker, "state": "complete"}
+                with uninterruptible():
+                    self._root.attrs.update({**self._ngff, "magnet": marker})
+            except OSError as error:
+                raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None
+            self._sealed = True
+        return [self._root[str(level)] for level in range(len(self.shapes))]
 
     def abort(self) -> None:
         """Remove everything written so far; the output path is left as it was. Safe to call twice."""
@@ -246,12 +374,16 @@ class LabelWriter:
     def _check_destination(self) -> None:
         path = self.path
         if os.path.lexists(path):
-            if not path.is_dir():
+            if not path.is_dir() or path.is_symlink():
                 raise OutputError(f"{path} exists and is not a directory; choose another output path")
             if not self.overwrite:
                 raise OutputError(f"{path} already exists; pass --overwrite to replace it")
-            if any(path.iterdir()) and not _is_zarr_store(path):
-                raise OutputError(f"{path} is a non-empty folder that is not a Zarr store; refusing to replace it")
+            extra = foreign_entries(path)
+            if extra:
+                raise OutputError(
+                    f"{path}: not written by magnet-cli (holds {', '.join(extra[:3])}); "
+                    "--overwrite replaces only magnet-cli's own outputs"
+                )
         if not path.parent.is_dir():
             raise OutputError(f"cannot write {path}: folder {path.parent} does not exist")
         if not os.access(path.parent, os.W_OK | os.X_OK):
@@ -260,6 +392,7 @@ class LabelWriter:
     def _create_store(self, write_probabilities: bool, write_uncertainty: bool, attributes: dict) -> None:
         fmt = self.zarr_format
         root = zarr.open_group(self.partial, mode="w", zarr_format=fmt)
+        self._root, self._sealed = root, False
         # Writes go through ChunkAssemblers: each chunk is encoded once, when complete.
         self._levels = [
             ChunkAssembler(self._create_array(root, str(level), shape, self.dtype, ["y", "x"]))
@@ -281,7 +414,12 @@ class LabelWriter:
             "properties": [{"label-value": i, "class": c.name} for i, c in enumerate(self.classes)],
             "source": {},  # the input is usually not an OME-Zarr image, so there is no path to give
         }
-        root.attrs.update({**_ome_attributes(fmt, [multiscale], {"image-label": image_label}), **attributes})
+        # Until seal(), the root says "partial" and carries no NGFF metadata: a leftover never looks done.
+        self._ngff = _ome_attributes(fmt, [multiscale], {"image-label": image_label})
+        written = [str(level) for level in range(len(self.shapes))]
+        written += [name for name, wanted in (("probabilities", write_probabilities), ("uncertainty", write_uncertainty)) if wanted]
+        self._marker = {**(attributes.get("magnet") or {}), "format": LABELS_FORMAT, "state": "partial", "written": written}
+        root.attrs.update({**attributes, "magnet": self._marker})
 
         self._probabilities = self._uncertainty = None
         names = [c.name for c in self.classes]
@@ -337,10 +475,6 @@ def _side_attributes(zarr_format: int, name: str, axes: list[dict], info: dict) 
     dataset = {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(axes)}]}
     multiscale = {"name": name, "axes": axes, "datasets": [dataset]}
     return {**_ome_attributes(zarr_format, [multiscale], {}), "magnet": {"quantization": QUANTIZATION, **info}}
-
-
-def _is_zarr_store(path: Path) -> bool:
-    return any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray"))
 
 
 def _remove(path: Path) -> None:

@@ -6,7 +6,10 @@ much as one of a megapixel mask.
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
+from typing import Any, Sequence
 
 import imagecodecs
 import numpy as np
@@ -15,7 +18,42 @@ from skimage.transform import resize
 from magnet_cli.classes import ClassInfo
 from magnet_cli.io.labels import open_label_levels, read_labels, replace_file_atomically
 
-__all__ = ["write_preview", "read_labels", "preview_shape"]
+__all__ = ["write_preview", "read_labels", "preview_shape", "is_magnet_preview"]
+
+# A tEXt chunk in every preview magnet-cli writes: how --overwrite knows the file is its own.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MARKER_KEY, MARKER_TEXT = b"Software", b"magnet-cli-preview/1"
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def with_marker(png: bytes) -> bytes:
+    """The PNG with our tEXt chunk right after IHDR (the first chunk, 8 + 25 bytes in)."""
+    end_of_ihdr = len(PNG_SIGNATURE) + 25
+    return png[:end_of_ihdr] + _chunk(b"tEXt", MARKER_KEY + b"\0" + MARKER_TEXT) + png[end_of_ihdr:]
+
+
+def is_magnet_preview(path: Path) -> bool:
+    """Whether `path` is a PNG magnet-cli wrote: our tEXt chunk comes before the image data."""
+    try:
+        with open(path, "rb") as file:
+            if file.read(8) != PNG_SIGNATURE:
+                return False
+            while True:
+                header = file.read(8)
+                if len(header) < 8:
+                    return False
+                length, kind = struct.unpack(">I", header[:4])[0], header[4:]
+                if kind in (b"IDAT", b"IEND") or length > 1 << 20:
+                    return False
+                data = file.read(length)
+                file.read(4)  # crc
+                if kind == b"tEXt" and data == MARKER_KEY + b"\0" + MARKER_TEXT:
+                    return True
+    except OSError:
+        return False
 
 
 def preview_shape(height: int, width: int, max_size: int) -> tuple[int, int]:
@@ -27,7 +65,7 @@ def preview_shape(height: int, width: int, max_size: int) -> tuple[int, int]:
 
 
 def write_preview(
-    label_path: Path,
+    label_path: Path | Sequence[Any],
     png_path: Path,
     classes: list[ClassInfo],
     thumbnail: np.ndarray | None = None,
@@ -35,12 +73,13 @@ def write_preview(
     alpha: float = 0.5,
 ) -> Path:
     """Write `png_path`: the label colours (alpha-blended over `thumbnail` if given), long side <= max_size.
+    `label_path` is a label image, or its levels (finest first) as `LabelWriter.seal()` returns them.
 
     An existing PNG at `png_path` is replaced (atomically); callers enforce any --overwrite policy.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-    levels = open_label_levels(label_path)
+    levels = open_label_levels(label_path) if isinstance(label_path, (str, Path)) else list(label_path)
     height, width = levels[0].shape
     out_h, out_w = preview_shape(height, width, max_size)
     # The coarsest level still at least as large as the preview: levels shrink, so keep the last that fits.
@@ -62,7 +101,7 @@ def write_preview(
             )
         image = np.rint((1.0 - alpha) * background + alpha * image).clip(0, 255).astype(np.uint8)
 
-    encoded = imagecodecs.png_encode(np.ascontiguousarray(image))
+    encoded = with_marker(imagecodecs.png_encode(np.ascontiguousarray(image)))
     png_path = Path(png_path)
     with replace_file_atomically(png_path) as temporary:
         temporary.write_bytes(encoded)

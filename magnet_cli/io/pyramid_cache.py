@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from magnet_cli.errors import OutputError
 from magnet_cli.io.base import ImageSource, PyramidLevel
+from magnet_cli.io.labels import uninterruptible
 from magnet_cli.io.zarr_source import region_index
 
 BLOCK_SIDE = 1024  # level-0 block side for tiled or chunk-less sources (rounded up to a multiple of 2^K)
@@ -59,6 +61,14 @@ def ensure_pyramid(source: ImageSource, tmp_dir: Path | None = None, min_size: i
         raise
 
 
+def _no_room(directory: Path | None, error: OSError) -> str:
+    where = directory if directory is not None else tempfile.gettempdir()
+    return (
+        f"cannot write the temporary pyramid in {where}: {error.strerror or error} "
+        "(set TMPDIR to a folder with room)"
+    )
+
+
 class CachedPyramidSource(ImageSource):
     """The stored levels from the original source, coarser ones from a temporary Zarr store it deletes
     on close."""
@@ -68,12 +78,17 @@ class CachedPyramidSource(ImageSource):
         shapes = pyramid_shapes(base.height, base.width, min_size)
         self._source = source
         self._stored = len(source.levels)
-        self._dir: Path | None = Path(tempfile.mkdtemp(prefix="magnet-pyramid-", dir=tmp_dir))
+        self._dir: Path | None = None
         try:
+            with uninterruptible():  # the folder exists only once self._dir names it
+                self._dir = Path(tempfile.mkdtemp(prefix="magnet-pyramid-", dir=tmp_dir))
             self._arrays = build_levels(source, shapes, self._dir, base_level=self._stored - 1)
-        except BaseException:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        except BaseException as error:  # SIGTERM and Ctrl-C included: nothing stays in TMPDIR
+            directory, self._dir = self._dir, None
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+            if isinstance(error, OSError):  # disk full in TMPDIR: one line naming the folder
+                raise OutputError(_no_room(directory or tmp_dir, error)) from None
             raise
         levels = list(source.levels) + [
             PyramidLevel(h, w, base.downsample_y * 2**k, base.downsample_x * 2**k)
@@ -114,17 +129,8 @@ def build_levels(
     that level once."""
     step = 2 ** len(shapes)
     level_dtype = np.dtype(np.float32) if source.dtype == np.bool_ else np.dtype(source.dtype)
-    arrays = [
-        zarr.create_array(
-            store=str(directory / f"level{k}.zarr"),
-            shape=(h, w, source.bands),
-            chunks=(min(CACHE_CHUNK, h), min(CACHE_CHUNK, w), source.bands),
-            dtype=level_dtype,
-            fill_value=0,
-            zarr_format=3,
-        )
-        for k, (h, w) in enumerate(shapes, start=1)
-    ]
+    with uninterruptible():
+        arrays = _create_levels(source, shapes, directory)
     base = source.levels[base_level]
     if base_level == 0:
         block_y, block_x = block_shape(source, step)
@@ -144,8 +150,25 @@ def build_levels(
                 rows, cols = _pair_sum(rows, 0), _pair_sum(cols, 0)
                 mean = sums / (rows[:, None, None] * cols[None, :, None])
                 ly, lx = y0 >> k, x0 >> k
-                array[ly : ly + mean.shape[0], lx : lx + mean.shape[1]] = _cast(mean, level_dtype)
+                with uninterruptible():  # an interrupted zarr write could outlive the folder's removal
+                    array[ly : ly + mean.shape[0], lx : lx + mean.shape[1]] = _cast(mean, level_dtype)
     return arrays
+
+
+def _create_levels(source: ImageSource, shapes: list[tuple[int, int]], directory: Path) -> list[zarr.Array]:
+    """The empty Zarr arrays of levels 1..K (float32 for bool sources, else the source's dtype)."""
+    level_dtype = np.dtype(np.float32) if source.dtype == np.bool_ else np.dtype(source.dtype)
+    return [
+        zarr.create_array(
+            store=str(directory / f"level{k}.zarr"),
+            shape=(h, w, source.bands),
+            chunks=(min(CACHE_CHUNK, h), min(CACHE_CHUNK, w), source.bands),
+            dtype=level_dtype,
+            fill_value=0,
+            zarr_format=3,
+        )
+        for k, (h, w) in enumerate(shapes, start=1)
+    ]
 
 
 def block_shape(source: ImageSource, step: int) -> tuple[int, int]:

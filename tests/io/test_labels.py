@@ -11,7 +11,7 @@ import zarr
 
 from magnet_cli.classes import ClassInfo, default_classes
 from magnet_cli.errors import OutputError
-from magnet_cli.io.labels import LabelWriter, level_shapes, open_label_levels, read_labels
+from magnet_cli.io.labels import LABELS_FORMAT, LabelWriter, level_shapes, open_label_levels, read_labels
 
 H, W = 513, 777  # odd on purpose: no level is a multiple of the chunk or of 2^k
 ROW_CUTS = [0, 37, 200, 201, 455, H]  # windows of odd offsets and sizes, one of them a single row
@@ -34,6 +34,10 @@ def windows(seed: int = 0) -> list[tuple[int, int, int, int]]:
 
 def random_mask(num_classes: int = len(CLASSES), seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, num_classes, size=(H, W)).astype(np.int64)
+
+
+# The ownership marker the writer adds to attributes["magnet"] of a finished write_mask store.
+OWNED = {"format": LABELS_FORMAT, "state": "complete", "written": [str(k) for k in range(len(level_shapes(H, W, MIN_LEVEL)))]}
 
 
 def write_mask(path, mask, classes=CLASSES, **options) -> None:
@@ -97,7 +101,7 @@ def test_zarr_v3_output_is_an_ngff_05_label_image(tmp_path):
     assert ome["image-label"]["properties"] == properties
     assert "source" in ome["image-label"]
     assert "version" not in ome["multiscales"][0]  # 0.5 versions the whole "ome" namespace only
-    assert attributes["magnet"] == magnet
+    assert attributes["magnet"] == {**magnet, **OWNED}
 
     array = json.loads((path / "0" / "zarr.json").read_text())
     assert array["dimension_names"] == ["y", "x"]  # 0.5: MUST match the axes names
@@ -120,7 +124,7 @@ def test_zarr_v2_output_is_an_ngff_04_label_image(tmp_path):
     assert attributes["image-label"]["version"] == "0.4"
     assert attributes["image-label"]["colors"] == colors
     assert attributes["image-label"]["properties"] == properties
-    assert attributes["magnet"] == {"model": "tiny"}
+    assert attributes["magnet"] == {"model": "tiny", **OWNED}
 
     array = json.loads((path / "0" / ".zarray").read_text())
     assert array["chunks"] == [CHUNK, CHUNK]
@@ -193,11 +197,10 @@ def test_overwrite_replaces_an_existing_output_completely(tmp_path):
     path = tmp_path / "out.zarr"
     with LabelWriter(path, H, W, CLASSES, write_uncertainty=True) as writer:
         writer.write(0, 0, random_mask(seed=1), uncertainty=np.zeros((H, W)))
-    (path / "stale-marker").write_text("old")
     new = random_mask(seed=2)
     write_mask(path, new, overwrite=True, zarr_format=2)
     np.testing.assert_array_equal(read_labels(path), new)
-    assert not (path / "stale-marker").exists() and not (path / "uncertainty").exists()
+    assert not (path / "uncertainty").exists() and not (path / "zarr.json").exists()
     assert os.listdir(tmp_path) == ["out.zarr"]
 
 
@@ -205,9 +208,56 @@ def test_overwrite_refuses_to_delete_a_folder_that_is_not_a_zarr_store(tmp_path)
     folder = tmp_path / "documents"
     folder.mkdir()
     (folder / "thesis.txt").write_text("precious")
-    with pytest.raises(OutputError, match="not a Zarr store"):
+    with pytest.raises(OutputError, match="not written by magnet-cli"):
         LabelWriter(folder, H, W, CLASSES, overwrite=True)
     assert (folder / "thesis.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_overwrite_refuses_a_zarr_store_magnet_did_not_write(tmp_path, zarr_format):
+    path = tmp_path / "other.zarr"
+    zarr.open_group(str(path), mode="w", zarr_format=zarr_format).create_array("0", shape=(4, 4), dtype="u1")
+    before = sorted(p.name for p in path.rglob("*"))
+    with pytest.raises(OutputError, match="not written by magnet-cli"):
+        LabelWriter(path, H, W, CLASSES, overwrite=True)
+    assert sorted(p.name for p in path.rglob("*")) == before
+
+
+def test_overwrite_refuses_a_magnet_output_holding_a_users_file(tmp_path):
+    path = tmp_path / "out.zarr"
+    write_mask(path, random_mask(seed=1))
+    (path / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="notes.txt"):
+        LabelWriter(path, H, W, CLASSES, overwrite=True)
+    np.testing.assert_array_equal(read_labels(path), random_mask(seed=1))
+
+
+def test_disk_full_while_writing_is_an_output_error_naming_the_store(tmp_path, monkeypatch):
+    import errno
+
+    from magnet_cli.io import chunk_buffer
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(chunk_buffer.ChunkAssembler, "write", full)
+    path = tmp_path / "out.zarr"
+    with pytest.raises(OutputError, match="out.zarr: No space left on device"):
+        with LabelWriter(path, H, W, CLASSES) as writer:
+            writer.write(0, 0, random_mask())
+    assert os.listdir(tmp_path) == []
+
+
+def test_ngff_metadata_appears_only_when_sealed(tmp_path):
+    writer = LabelWriter(tmp_path / "out.zarr", H, W, CLASSES)
+    writer.write(0, 0, random_mask())
+    before = dict(zarr.open_group(str(writer.partial), mode="r").attrs)
+    assert "ome" not in before and before["magnet"]["state"] == "partial"
+    levels = writer.seal()
+    np.testing.assert_array_equal(levels[0][...], random_mask())
+    after = dict(zarr.open_group(str(writer.partial), mode="r").attrs)
+    assert "ome" in after and after["magnet"]["state"] == "complete"
+    writer.finalize()
 
 
 def test_abort_removes_everything_written(tmp_path):

@@ -144,3 +144,26 @@ def test_failure_while_building_cleans_up_and_closes_the_original(tmp_path):
         ensure_pyramid(original, tmp_path, min_size=100)
     assert not list(tmp_path.iterdir())
     assert closed
+
+
+@pytest.mark.parametrize("failure", ["disk full", "interrupt"])
+def test_disk_full_or_an_interrupt_while_building_leaves_nothing_in_tmpdir(tmp_path, monkeypatch, failure):
+    import errno
+
+    import zarr
+
+    from magnet_cli.errors import OutputError
+
+    def write(self, *args, **kwargs):
+        if failure == "interrupt":
+            raise KeyboardInterrupt  # what SIGTERM and SIGHUP become in the CLI
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", write)
+    expected = KeyboardInterrupt if failure == "interrupt" else OutputError
+    with pytest.raises(expected) as error:
+        ensure_pyramid(ArraySource(pattern(600, 600, bands=1)), tmp_path, min_size=100)
+    if failure == "disk full":  # one line naming the folder and what to do
+        assert str(tmp_path) in str(error.value) and "No space left on device" in str(error.value)
+        assert "TMPDIR" in str(error.value)
+    assert not list(tmp_path.iterdir())
