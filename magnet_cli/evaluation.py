@@ -246,6 +246,9 @@ def evaluate_pair(
     num_classes = len(classes)
     scores = Scores.empty(classes, tolerance)
     halo = tolerance + 1
+    from magnet_cli.io.labels import check_finished
+
+    check_finished(predicted_path)  # an interrupted run's partial store is not a result
     with open_image(predicted_path) as predicted, open_image(truth_path) as truth:
         _check_mask(predicted, "predicted")
         _check_mask(truth, "truth")

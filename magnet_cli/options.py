@@ -277,7 +277,7 @@ Crop = Annotated[Optional[int], typer.Option("--crop", help="Train on random CRO
 # --- arguments ---------------------------------------------------------------------------------------------
 Inputs = Annotated[
     List[str],
-    typer.Argument(help="Images (TIFF, Zarr, OME-Zarr, PNG, JPEG) or folders of them.", callback=_callback(parse_paths), metavar="IMAGE", show_default=False),
+    typer.Argument(help="Images (TIFF, Zarr, OME-Zarr, PNG, JPEG), folders of them, @FILE (one path per line) or - (paths from stdin).", callback=_callback(parse_paths), metavar="IMAGE", show_default=False),
 ]
 Predicted = Annotated[
     List[str],

@@ -297,7 +297,7 @@ def _segment_one(
     bundle = engine.bundle
     preview, geotiff = side_outputs
     # An input without a stored pyramid gets a temporary one, deleted when the source closes.
-    with ensure_pyramid(open_image(path), min_size=max(bundle.input_size)) as source:
+    with ensure_pyramid(open_image(path, max_pixels=run.max_pixels), min_size=max(bundle.input_size)) as source:
         plan = plan_for(source.height, source.width, bundle, engine.settings)
         attributes = {"magnet": run_record(engine, path, plan, source.georeference)}
         # The writer finalises (renames into place) only if the block ends cleanly; else it aborts. Side

@@ -276,3 +276,28 @@ def test_side_files_carry_a_marker_that_other_files_lack(tmp_path):
     skio.imsave(theirs_png, np.zeros((8, 8, 3), np.uint8), check_contrast=False)
     assert not is_magnet_geotiff(theirs_tif) and not is_magnet_preview(theirs_png)
     assert not is_magnet_geotiff(ours_png) and not is_magnet_preview(ours_tif) and not is_magnet_preview(tmp_path)
+
+
+def test_evaluate_refuses_an_unfinished_store(bundle_dir, tmp_path):
+    import zarr
+    from skimage import io as skio
+    from typer.testing import CliRunner
+
+    from magnet_cli.cli import app
+    from tests.conftest import random_rgb
+
+    image = tmp_path / "scene.png"
+    skio.imsave(image, random_rgb(96, 96), check_contrast=False)
+    out = tmp_path / "scene.zarr"
+    runner = CliRunner()
+    done = runner.invoke(app, ["segment", str(image), "-o", str(out), "--model", str(bundle_dir), "--no-progress"])
+    assert done.exit_code == 0, done.output
+    truth = tmp_path / "truth.png"
+    skio.imsave(truth, np.zeros((96, 96), np.uint8), check_contrast=False)
+    scored = runner.invoke(app, ["evaluate", str(out / "0"), "--truth", str(truth), "--classes", "3", "--no-progress"])
+    assert scored.exit_code == 0, scored.output
+    group = zarr.open_group(str(out), mode="r+")
+    group.attrs["magnet"] = {**group.attrs["magnet"], "state": "partial"}  # as kill -9 leaves it
+    for target in (out, out / "0"):
+        refused = runner.invoke(app, ["evaluate", str(target), "--truth", str(truth), "--classes", "3", "--no-progress"])
+        assert refused.exit_code == 2 and "unfinished" in refused.output, refused.output
