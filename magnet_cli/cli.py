@@ -447,11 +447,34 @@ class _Stopped:
     signal_number: int | None = None
 
 
+# A stopped run must end: SLURM follows SIGTERM with SIGKILL after its grace period, and a run stuck in
+# clean-up would be killed with its partial output in place. Once in CI (1 of ~10 runs), a SIGTERM'd run
+# did not exit within 120 s; this bounds the wait and prints every thread's stack to find out why.
+STOP_GRACE_SECONDS = 60
+
+
 def _stop(signal_number: int, frame: Any) -> None:
     if _Stopped.signal_number is not None:
         return  # already stopping: a second signal must not cut the clean-up short
     _Stopped.signal_number = signal_number
+    _exit_if_cleanup_hangs(signal_number)
     raise KeyboardInterrupt  # unwinds like Ctrl-C: writers abort, temporary pyramids are removed
+
+
+def _exit_if_cleanup_hangs(signal_number: int) -> None:
+    import threading
+
+    def expire() -> None:
+        import faulthandler
+        import os
+
+        _say("error", "bold red", f"clean-up after the stop signal took over {STOP_GRACE_SECONDS} s; exiting now")
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(128 + signal_number)
+
+    timer = threading.Timer(STOP_GRACE_SECONDS, expire)
+    timer.daemon = True  # a clean exit does not wait for it
+    timer.start()
 
 
 def main() -> None:

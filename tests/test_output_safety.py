@@ -301,3 +301,13 @@ def test_evaluate_refuses_an_unfinished_store(bundle_dir, tmp_path):
     for target in (out, out / "0"):
         refused = runner.invoke(app, ["evaluate", str(target), "--truth", str(truth), "--classes", "3", "--no-progress"])
         assert refused.exit_code == 2 and "unfinished" in refused.output, refused.output
+
+
+def test_a_stopped_run_whose_cleanup_hangs_still_exits_and_shows_where():
+    script = (
+        "import time\nimport magnet_cli.cli as cli\n"
+        "cli.STOP_GRACE_SECONDS = 0.5\ncli._exit_if_cleanup_hangs(15)\ntime.sleep(60)  # a clean-up that never ends\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 143
+    assert "exiting now" in done.stderr and "Thread" in done.stderr  # every thread's stack, to find the hang
