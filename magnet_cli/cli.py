@@ -448,8 +448,9 @@ class _Stopped:
 
 
 # A stopped run must end: SLURM follows SIGTERM with SIGKILL after its grace period, and a run stuck in
-# clean-up would be killed with its partial output in place. Once in CI (1 of ~10 runs), a SIGTERM'd run
-# did not exit within 120 s; this bounds the wait and prints every thread's stack to find out why.
+# clean-up would be killed with its partial output in place. A SIGTERM'd run once joined its writer
+# thread forever (fixed in io/background.py); should any other clean-up hang, this bounds the wait and
+# prints every thread's stack to show where.
 STOP_GRACE_SECONDS = 60
 
 

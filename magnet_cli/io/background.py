@@ -8,6 +8,10 @@ import threading
 from typing import Any, Callable
 
 _STOP = object()
+# The writer wakes this often to look at the queue itself. A Ctrl-C or SIGTERM raised in the producer
+# (main) thread inside Queue.put can leave the writer waiting for a notification that never comes; seen
+# as a SIGTERM'd run that joined its writer forever (py-spy: main in close() -> join, writer in get()).
+POLL_SECONDS = 0.1
 
 
 class BackgroundWriter:
@@ -18,6 +22,7 @@ class BackgroundWriter:
         self._initializer = initializer
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        self._closing = False
         self._thread = threading.Thread(target=self._loop, name="writer", daemon=True)
         self._thread.start()
 
@@ -25,7 +30,12 @@ class BackgroundWriter:
         if self._initializer is not None:
             self._initializer()
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                if self._closing:  # the stop item may have come without its wake-up
+                    return
+                continue
             if item is _STOP:
                 return
             if self._error is None:
@@ -40,6 +50,7 @@ class BackgroundWriter:
 
     def close(self) -> None:
         """Wait for every queued write; re-raise a write error."""
+        self._closing = True
         self._queue.put(_STOP)
         self._thread.join()
         self._raise_pending()
