@@ -252,14 +252,3 @@ def make_plan(
         input_width,
         tuple(make_level(h, w, crop_height, crop_width) for h, w in shapes),
     )
-
-
-def parse_levels(text: str | None) -> int | list[int] | None:
-    """`--levels` value: empty for automatic, an integer count, or comma-separated long sides."""
-    if text is None or not text.strip():
-        return None
-    try:
-        parts = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise UsageError(f"--levels {text}: expected a count (3) or sizes (256,512,1024)") from None
-    return parts[0] if len(parts) == 1 and "," not in text else parts

@@ -226,6 +226,15 @@ def test_library_callers_meet_the_same_checks(kind, values):
         kind(**values)
 
 
+@pytest.mark.parametrize(
+    "text, expected", [("3", 3), ("256,512,1024", (256, 512, 1024)), ("", None), ("auto", None), (None, None)]
+)
+def test_parse_levels(text, expected):
+    from magnet_cli.options import parse_levels
+
+    assert parse_levels(text) == expected
+
+
 def test_build_leaves_out_none_so_command_defaults_hold():
     assert build(RefinerTraining, epochs=None).epochs == 50
     assert build(SegmenterTraining, epochs=None).epochs == 20

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from magnet_cli.errors import UsageError
-from magnet_cli.pyramid import default_depth, make_plan, parse_levels, place_windows
+from magnet_cli.pyramid import default_depth, make_plan, place_windows
 
 
 def test_cityscapes_four_levels_have_85_windows():
@@ -72,11 +72,6 @@ def test_children_are_the_four_quadrants_when_sizes_are_multiples():
     child = plan.window(1, 1, 0)
     assert [(c.row, c.col) for c in plan.children(child)] == [(2, 0), (2, 1), (3, 0), (3, 1)]
     assert plan.parent(plan.window(2, 3, 1)) == child
-
-
-@pytest.mark.parametrize("text, expected", [("3", 3), ("256,512,1024", [256, 512, 1024]), ("", None), (None, None)])
-def test_parse_levels(text, expected):
-    assert parse_levels(text) == expected
 
 
 @pytest.mark.parametrize("levels", [[512, 256], [0, 10], [256, 256]])
