@@ -416,14 +416,11 @@ def evaluate(
     """Per-class IoU, mIoU, pixel accuracy, frequency-weighted IoU and boundary F of predicted masks
     against truth masks (files in order, or two folders matched by name), streamed tile by tile."""
     from magnet_cli.progress import counting_bar
-    from magnet_cli.settings import MAX_IGNORE_INDEX, RunSettings
+    from magnet_cli.settings import MAX_IGNORE_INDEX, RunSettings, check_whole_number
 
     run = run or RunSettings()
-    tolerance = boundary_tolerance
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or not 0 <= ignore_index <= MAX_IGNORE_INDEX:
-        raise UsageError(f"--ignore-index {ignore_index}: expected a whole number from 0 to {MAX_IGNORE_INDEX}")
-    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or not 0 <= tolerance <= MAX_BOUNDARY_TOLERANCE:
-        raise UsageError(f"--boundary-tolerance {tolerance}: expected a whole number from 0 to {MAX_BOUNDARY_TOLERANCE}")
+    check_whole_number(ignore_index, "--ignore-index", 0, MAX_IGNORE_INDEX)
+    tolerance = check_whole_number(boundary_tolerance, "--boundary-tolerance", 0, MAX_BOUNDARY_TOLERANCE)
     pairs = pair_masks(predicted, truth)
     class_list = resolve_classes(classes, model, pairs, ignore_index)
     result = EvaluationResult(Scores.empty(class_list, tolerance))

@@ -87,7 +87,8 @@ def _enum(kind: type[Enum], value: Any, option: str) -> Any:
         raise UsageError(f"{option} {value!r}: expected one of {choices}") from None
 
 
-def _integer(value: Any, option: str, low: int, high: int) -> int:
+def check_whole_number(value: Any, option: str, low: int, high: int) -> int:
+    """A whole number (not a bool) within [low, high], for every command's counts, seeds and indices."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise UsageError(f"{option} {value!r}: expected a whole number from {low} to {high}")
     return value
@@ -133,7 +134,7 @@ def check_points(value: Any, option: str = "--points") -> float | None:
 def check_smooth_kernel(value: Any, option: str = "--smooth-kernel") -> int | None:
     if value is None:
         return None
-    kernel = _integer(value, option, 1, MAX_SMOOTH_KERNEL)
+    kernel = check_whole_number(value, option, 1, MAX_SMOOTH_KERNEL)
     if kernel % 2 == 0:
         raise UsageError(f"{option} {kernel}: must be odd (the median needs a centre pixel)")
     return kernel
@@ -144,12 +145,12 @@ def check_levels(value: Any, option: str = "--levels") -> int | tuple[int, ...] 
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
-        return _integer(value, option, 1, MAX_LEVELS)
+        return check_whole_number(value, option, 1, MAX_LEVELS)
     sizes = tuple(value)
     if not sizes or len(sizes) > MAX_LEVELS:
         raise UsageError(f"{option}: expected 1 to {MAX_LEVELS} level sizes")
     for size in sizes:
-        _integer(size, option, 1, MAX_LEVEL_SIDE)
+        check_whole_number(size, option, 1, MAX_LEVEL_SIDE)
     if any(b <= a for a, b in zip(sizes, sizes[1:])):
         raise UsageError(f"{option} {','.join(map(str, sizes))}: level sizes must increase, coarsest first")
     return sizes
@@ -184,7 +185,7 @@ def check_bands(value: Any, option: str = "--bands") -> tuple[int, ...] | None:
     if not bands:
         raise UsageError(f"{option}: expected band numbers such as 3,2,1 (counted from 1)")
     for band in bands:
-        _integer(band, option, 1, 65535)
+        check_whole_number(band, option, 1, 65535)
     return bands
 
 
@@ -222,7 +223,7 @@ class ModelSettings:
             if not text:
                 raise UsageError("--classes: expected a class count or a class file")
             if text.isdigit():
-                _integer(int(text), "--classes", 2, MAX_CLASSES)
+                check_whole_number(int(text), "--classes", 2, MAX_CLASSES)
             _set(self, "classes", text)
 
 
@@ -248,12 +249,12 @@ class InferenceSettings:
         _set(self, "levels", check_levels(self.levels))
         _set(self, "points", check_points(self.points))
         _set(self, "smooth_kernel", check_smooth_kernel(self.smooth_kernel))
-        _integer(self.fast_patches, "--fast-patches", 1, 1_000_000)
-        _integer(self.batch_size, "--batch-size", 1, MAX_BATCH)
+        check_whole_number(self.fast_patches, "--fast-patches", 1, 1_000_000)
+        check_whole_number(self.batch_size, "--batch-size", 1, MAX_BATCH)
         _set(self, "device", check_device(self.device))
         _set(self, "bands", check_bands(self.bands))
         _set(self, "crop_size", check_size(self.crop_size, "crop size", 1, MAX_LEVEL_SIDE))
-        _integer(self.read_threads, "read threads", 1, 64)
+        check_whole_number(self.read_threads, "read threads", 1, 64)
 
     def record(self) -> dict:
         """Every setting that shapes the labels, for the output's run metadata."""
@@ -301,7 +302,7 @@ class RunSettings:
     def __post_init__(self) -> None:
         if self.overwrite and self.resume:
             raise UsageError("--overwrite and --resume contradict each other: give one")
-        _integer(self.max_pixels, "--max-pixels", 1, 10**15)
+        check_whole_number(self.max_pixels, "--max-pixels", 1, 10**15)
 
 
 @dataclass(frozen=True)
@@ -320,14 +321,14 @@ class TrainingSettings:
     name: str | None = None  # the bundle's name (default: the output folder's)
 
     def __post_init__(self) -> None:
-        _integer(self.epochs, "--epochs", 1, MAX_EPOCHS)
-        _integer(self.steps, "--steps", 1, MAX_STEPS)
-        _integer(self.batch_size, "--batch-size", 1, MAX_BATCH)
+        check_whole_number(self.epochs, "--epochs", 1, MAX_EPOCHS)
+        check_whole_number(self.steps, "--steps", 1, MAX_STEPS)
+        check_whole_number(self.batch_size, "--batch-size", 1, MAX_BATCH)
         _set(self, "lr", _finite(self.lr, "--lr", 0.0, 10.0, open_low=True))
         _set(self, "weight_decay", _finite(self.weight_decay, "weight decay", 0.0, 1.0))
-        _integer(self.seed, "--seed", 0, MAX_SEED)
+        check_whole_number(self.seed, "--seed", 0, MAX_SEED)
         _set(self, "device", check_device(self.device))
-        _integer(self.ignore_index, "--ignore-index", 0, MAX_IGNORE_INDEX)
+        check_whole_number(self.ignore_index, "--ignore-index", 0, MAX_IGNORE_INDEX)
         if self.val is not None and not str(self.val).strip():
             raise UsageError("--val: empty dataset path")
 
@@ -347,7 +348,7 @@ class SegmenterTraining(TrainingSettings):
         super().__post_init__()
         _set(self, "input_size", check_size(self.input_size, "--input-size"))
         _set(self, "optimizer", _enum(Optimizer, self.optimizer, "--optimizer"))
-        _integer(self.val_windows, "validation windows", 0, 100_000)
+        check_whole_number(self.val_windows, "validation windows", 0, 100_000)
 
 
 @dataclass(frozen=True)
@@ -371,15 +372,15 @@ class RefinerTraining(TrainingSettings):
         _set(self, "gamma", _finite(self.gamma, "gamma", 0.0, 1.0, open_low=True))
         _set(self, "coarse_from", _enum(CoarseFrom, self.coarse_from, "--coarse-from"))
         if self.milestones is not None:
-            marks = tuple(_integer(m, "--milestones", 1, self.epochs - 1) if self.epochs > 1 else m for m in self.milestones)
+            marks = tuple(check_whole_number(m, "--milestones", 1, self.epochs - 1) if self.epochs > 1 else m for m in self.milestones)
             if self.epochs <= 1 and marks:
                 raise UsageError("--milestones: one epoch has no room for an lr step")
             if list(marks) != sorted(set(marks)):
                 raise UsageError(f"--milestones {','.join(map(str, marks))}: expected increasing epochs")
             _set(self, "milestones", marks)
         if self.crop is not None:
-            _integer(self.crop, "--crop", MIN_INPUT_SIDE, MAX_CROP)
-        _integer(self.val_pairs, "validation pairs", 0, 100_000)
+            check_whole_number(self.crop, "--crop", MIN_INPUT_SIDE, MAX_CROP)
+        check_whole_number(self.val_pairs, "validation pairs", 0, 100_000)
 
 
 # --- helpers --------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ import numpy as np
 
 from magnet_cli.classes import ClassInfo, classes_to_records
 from magnet_cli.errors import OutputError, UsageError
-from magnet_cli.settings import MAX_SEED, RunSettings
+from magnet_cli.settings import MAX_SEED, RunSettings, check_whole_number
 
 SYNTH_CLASSES: list[ClassInfo] = [
     ClassInfo("meadow", (86, 150, 60)),
@@ -498,10 +498,8 @@ def synth(
     run = run or RunSettings()
     overwrite, progress, fmt = run.overwrite, run.progress, format
     height, width = (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
-    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
-        raise UsageError(f"--count {count}: expected a whole number from 1 to {MAX_COUNT}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - count:
-        raise UsageError(f"--seed {seed}: expected a whole number from 0 to {MAX_SEED - count}")
+    check_whole_number(count, "--count", 1, MAX_COUNT)
+    check_whole_number(seed, "--seed", 0, MAX_SEED - count)
     ext = _extension(fmt)
     _check_size(height, width, fmt)
     outdir = Path(outdir)
