@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import torch
 
-from magnet_cli.errors import MagnetError, OutputError, UsageError
+from magnet_cli.errors import MagnetError, UsageError
 from magnet_cli.evaluation import IGNORE_INDEX, Scores, evaluate_pair
 from magnet_cli.io.folders import make_output_folder
 from magnet_cli.settings import InferenceSettings, ModelSettings, RunSettings, with_values

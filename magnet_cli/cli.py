@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
 
 import typer
@@ -23,7 +22,10 @@ err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
 INTERRUPTED_OUTPUT = "interrupted; no output was completed"
-STOPPED_SEGMENT = "stopped; nothing was published for the image being segmented (its partial output was removed)"
+STOPPED_SEGMENT = (
+    "stopped; nothing was published for the image being segmented, and its finished work is kept: "
+    "re-run the same command with --resume to finish it"
+)
 # SIGTERM (SLURM's time limit, `kill`) and SIGHUP (a closed terminal) stop a run like Ctrl-C does, and
 # exit 128 + the signal number as shells report it.
 STOP_SIGNALS = ("SIGTERM", "SIGHUP")
@@ -53,10 +55,10 @@ class MagnetGroup(TyperGroup):
         except click_errors.ClickException as error:
             _say("error", "bold red", error.format_message())
             sys.exit(error.exit_code)
-        except click_errors.Abort:
+        except typer.Abort:
             _say("error", "bold red", "aborted")
             sys.exit(130)
-        except click_errors.Exit as error:
+        except typer.Exit as error:
             sys.exit(error.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
 
@@ -161,6 +163,8 @@ def segment_command(
     zarr_format: O.ZarrFormat = S.OutputSettings.zarr_format.value,
     max_pixels: O.MaxPixels = S.RunSettings.max_pixels,
     overwrite: O.Overwrite = False,
+    resume: O.Resume = False,
+    shard: O.Shard = None,
     no_progress: O.NoProgress = False,
     json_output: O.Json = False,
     version: O.Version = False,
@@ -184,7 +188,10 @@ def segment_command(
                 S.OutputSettings, write_probabilities=write_probabilities, write_uncertainty=write_uncertainty,
                 preview=preview, geotiff=geotiff, zarr_format=zarr_format,
             ),
-            run=S.RunSettings(progress=not no_progress, overwrite=overwrite, max_pixels=max_pixels),
+            run=S.build(
+                S.RunSettings, progress=not no_progress, overwrite=overwrite, resume=resume, max_pixels=max_pixels,
+                shard=shard,
+            ),
         )
 
     results = _run(action, interrupted=STOPPED_SEGMENT)

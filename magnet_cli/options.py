@@ -88,6 +88,18 @@ def parse_names(text: Optional[str]) -> Optional[list[str]]:
     return names
 
 
+def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
+    """`3/8` -> (3, 8): shard 3 (counted from 0) of 8."""
+    if text is None:
+        return None
+    parts = text.split("/")
+    try:
+        index, count = (int(p) for p in parts)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected INDEX/COUNT, e.g. 0/4 (INDEX counts from 0)") from None
+    return index, count
+
+
 def parse_path(text: Optional[str]) -> Optional[Path]:
     """A path; an empty text is refused (click would read it as `.`, the current folder)."""
     if text is None:
@@ -136,6 +148,15 @@ BatchSize = Annotated[
     ),
 ]
 
+Shard = Annotated[
+    Optional[str],
+    typer.Option(
+        "--shard",
+        help="Do shard INDEX of COUNT (INDEX from 0, e.g. $SLURM_ARRAY_TASK_ID/$N) of the work into the one "
+        "shared OUTPUT; the shard that finishes the last part publishes it.",
+        callback=_callback(parse_shard), metavar="INDEX/COUNT", show_default=False,
+    ),
+]
 MaxPixels = Annotated[
     int,
     typer.Option("--max-pixels", help="Refuse inputs that declare more pixels than this (forged or absurd headers)."),
@@ -260,7 +281,14 @@ LearningRate = Annotated[float, typer.Option("--lr", help="Initial learning rate
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (training: weights and sampling; synth: the first scene).")]
 Val = Annotated[Optional[str], typer.Option("--val", help="Validation dataset (folder or synth:SEED:COUNT:SIZE).", show_default=False)]
 IgnoreIndex = Annotated[int, typer.Option("--ignore-index", help="Mask value that is neither trained on nor scored.")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from OUTPUT/checkpoint.pt.")]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue an interrupted run: segment finishes its partial output (skipping finished images), "
+        "the trainers continue from OUTPUT/checkpoint.pt.",
+    ),
+]
 Architecture = Annotated[str, typer.Option("--architecture", help="Built-in segmenter architecture.")]
 OptimizerName = Annotated[S.Optimizer, typer.Option("--optimizer", help="adamw or sgd.")]
 Milestones = Annotated[

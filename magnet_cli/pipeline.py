@@ -15,7 +15,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,8 @@ from magnet_cli.pyramid import Level, ScalePlan, Window, default_depth, make_pla
 from magnet_cli.refine import crop_resize, most_uncertain_windows, points_for_level, refine, window_points
 from magnet_cli.runtime import keep_freed_memory_in_heap, one_intra_op_thread
 from magnet_cli.settings import InferenceSettings, Mode, check_points, check_smooth_kernel
-from magnet_cli.scheduler import TreeScheduler
+from magnet_cli.scheduler import Task, TreeScheduler
+from magnet_cli.units import Tree, Unit, split_units
 
 
 # (y0, x0, y1, x1) full-resolution region, class probabilities (C, y1 - y0, x1 - x0)
@@ -171,10 +172,44 @@ class Engine:
             torch.cuda.synchronize(self.device)
 
     # --- entry point --------------------------------------------------------------------------
-    def run(self, source: ImageSource, sink: Sink, progress: Progress | None = None) -> RunStats:
-        """Segment one image; every full-resolution pixel reaches `sink` exactly once."""
-        plan = plan_for(source.height, source.width, self.bundle, self.settings)
+    @property
+    def whole_levels(self) -> bool:
+        """Whether this mode needs whole-level maps (the level engine), which cannot be split in units."""
+        return self.settings.mode == Mode.fast or (self.settings.mode == Mode.magnet and self.settings.selection == "global")
+
+    def plan(self, height: int, width: int) -> ScalePlan:
+        """The plan this mode walks: all levels, or only the finest (patch) or the coarsest (downsample)."""
+        plan = plan_for(height, width, self.bundle, self.settings)
+        if self.settings.mode == Mode.patch:
+            return _single_level(plan, plan.levels[-1])
+        if self.settings.mode == Mode.downsample:
+            return _single_level(plan, plan.levels[0])
+        return plan
+
+    def units(self, plan: ScalePlan) -> list[Unit]:
+        """The units of work of an image (see units.py); the same list in every process."""
+        return split_units(plan, whole=self.whole_levels)
+
+    def windows_to_do(self, plan: ScalePlan, units: Sequence[Unit]) -> list[int]:
+        """Windows per level that running `units` computes (progress bars and reports)."""
+        if self.whole_levels:
+            return windows_per_level(plan, self.settings)
+        return Tree(plan).windows_per_level(units)
+
+    def run(
+        self,
+        source: ImageSource,
+        sink: Sink,
+        progress: Progress | None = None,
+        units: Sequence[Unit] | None = None,
+        unit_done: Callable[[Unit], None] | None = None,
+    ) -> RunStats:
+        """Segment `units` of one image (all of them by default); every full-resolution pixel they own
+        reaches `sink` exactly once, and `unit_done(unit)` follows the last pixel of each unit."""
+        plan = self.plan(source.height, source.width)
+        units = list(units) if units is not None else self.units(plan)
         stats = RunStats(device=str(self.device))
+        stats.windows_per_level = [0] * plan.depth
         start = time.perf_counter()
         h, w = self.input_size
 
@@ -184,40 +219,37 @@ class Engine:
         with ThreadPoolExecutor(
             max_workers=max(1, self.settings.read_threads), thread_name_prefix="read", initializer=one_intra_op_thread
         ) as pool:
-            mode = self.settings.mode
-            if mode == "fast" or (mode == "magnet" and self.settings.selection == "global"):
-                check_level_maps_fit(plan, self.bundle.num_classes)
-                self._run_levels(plan, read, pool, sink, progress or _ignore, stats)
+            if self.whole_levels:
+                if units:
+                    check_level_maps_fit(plan, self.bundle.num_classes)
+                    self._run_levels(plan, read, pool, sink, progress or _ignore, stats)
             else:
-                if mode == "patch":
-                    plan = _single_level(plan, plan.levels[-1])
-                elif mode == "downsample":
-                    plan = _single_level(plan, plan.levels[0])
-                self._run_tree(plan, read, pool, sink, progress or _ignore, stats)
+                tree = Tree(plan)
+                chain: dict[tuple[int, int, int], torch.Tensor] = {}  # refined maps of the current ancestors
+                for unit in units:
+                    self._run_unit(plan, tree, unit, chain, read, pool, sink, progress or _ignore, stats)
+                    if unit_done is not None:
+                        unit_done(unit)
+        if self.whole_levels and units and unit_done is not None:
+            unit_done(units[0])
         stats.total_seconds = time.perf_counter() - start
         return stats
 
     # --- streaming engine ---------------------------------------------------------------------
-    def _run_tree(self, plan: ScalePlan, read, pool, sink: Sink, progress: Progress, stats: RunStats) -> None:
-        scheduler = TreeScheduler(plan, self.settings.batch_size, read, pool)
-        stats.windows_per_level = [0] * plan.depth
-        h, w = self.input_size
+    def _run_unit(self, plan: ScalePlan, tree: Tree, unit: Unit, chain: dict, read, pool, sink: Sink,
+                  progress: Progress, stats: RunStats) -> None:
+        """One unit: its roots take their coarse maps from their ancestors, then its subtree streams."""
+        roots = []
+        for root in unit.roots(plan):
+            parent = plan.parent(root)
+            if parent is None:
+                roots.append(Task(root))
+            else:
+                roots.append(Task(root, parent, self._ancestor_map(plan, tree, parent, chain, read, pool, progress, stats)))
+        scheduler = TreeScheduler(plan, self.settings.batch_size, read, pool, roots=roots, tree=tree)
         last = plan.depth - 1
         for level, tasks in scheduler:
-            images = self._gather(tasks, stats)
-            fine = self.segment_windows(images, stats)
-            if level == 0 or self.refiner is None:
-                maps = fine
-            else:
-                boxes = torch.tensor(
-                    [_box_in_parent(t.window, t.parent, h, w) for t in tasks], dtype=torch.float64  # type: ignore[arg-type]
-                )
-                parents = torch.stack([t.parent_map for t in tasks])  # type: ignore[misc]
-                coarse = crop_resize(parents, boxes.to(parents.device), (h, w))
-                proposal = self.propose_refinement(coarse, fine, stats)
-                spec = plan.levels[level]
-                k = window_points(self.points, spec.pixel_count, h * w)
-                maps = refine(coarse, proposal, k, self.kernel)
+            maps = self._process(plan, level, tasks, stats)
             for task, window_map in zip(tasks, maps):
                 if level == last:
                     _emit(plan, task.window, window_map, sink)
@@ -225,7 +257,40 @@ class Engine:
                     scheduler.expand(task.window, window_map)
             stats.windows_per_level[level] += len(tasks)
             progress(level, len(tasks))
-        stats.peak_queued_windows = scheduler.peak_queued
+        stats.peak_queued_windows = max(stats.peak_queued_windows, scheduler.peak_queued)
+
+    def _ancestor_map(self, plan: ScalePlan, tree: Tree, window: Window, chain: dict, read, pool,
+                      progress: Progress, stats: RunStats) -> torch.Tensor:
+        """The refined map of a unit's ancestor, computed alone (a batch of 1) so that it is the same in
+        every process; kept while later units share it (units come in tree order)."""
+        if window.key in chain:
+            return chain[window.key]
+        path = {w.key for w in [*tree.ancestors(window), window]}
+        for key in [k for k in chain if k not in path]:  # a new branch: drop the old one's maps
+            del chain[key]
+        parent = plan.parent(window)
+        parent_map = None if parent is None else self._ancestor_map(plan, tree, parent, chain, read, pool, progress, stats)
+        task = Task(window, parent, parent_map, image=pool.submit(read, window))
+        chain[window.key] = self._process(plan, window.level, [task], stats)[0]
+        stats.windows_per_level[window.level] += 1
+        progress(window.level, 1)
+        return chain[window.key]
+
+    def _process(self, plan: ScalePlan, level: int, tasks: list[Task], stats: RunStats) -> torch.Tensor:
+        """Segment a batch of one level's windows and refine each with its parent's map: (N, C, h, w)."""
+        h, w = self.input_size
+        images = self._gather(tasks, stats)
+        fine = self.segment_windows(images, stats)
+        if level == 0 or self.refiner is None:
+            return fine
+        boxes = torch.tensor(
+            [_box_in_parent(t.window, t.parent, h, w) for t in tasks], dtype=torch.float64  # type: ignore[arg-type]
+        )
+        parents = torch.stack([t.parent_map for t in tasks])  # type: ignore[misc]
+        coarse = crop_resize(parents, boxes.to(parents.device), (h, w))
+        proposal = self.propose_refinement(coarse, fine, stats)
+        k = window_points(self.points, plan.levels[level].pixel_count, h * w)
+        return refine(coarse, proposal, k, self.kernel)
 
     def _gather(self, tasks: list, stats: RunStats) -> torch.Tensor:
         start = time.perf_counter()

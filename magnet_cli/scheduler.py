@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from magnet_cli.pyramid import ScalePlan, Window
+from magnet_cli.units import Tree
 
 
 @dataclass
@@ -29,7 +30,9 @@ class Task:
 
 
 class TreeScheduler:
-    """Yields (level, tasks) batches; the caller hands refined maps back through `expand`."""
+    """Yields (level, tasks) batches; the caller hands refined maps back through `expand`.
+
+    Roots are windows, or Tasks carrying their parent's map (the roots of a unit below level 0)."""
 
     def __init__(
         self,
@@ -37,16 +40,19 @@ class TreeScheduler:
         batch_size: int,
         read: Callable[[Window], torch.Tensor],
         pool: ThreadPoolExecutor,
-        roots: Iterable[Window] | None = None,
+        roots: Iterable[Window | Task] | None = None,
         depth: int | None = None,
+        tree: Tree | None = None,
     ) -> None:
         self.plan = plan
+        self._tree = tree or Tree(plan)
         self.batch_size = max(1, batch_size)
         self.depth = depth if depth is not None else plan.depth
         self._read = read
         self._pool = pool
         self._roots = iter(roots if roots is not None else plan.roots())
         self._roots_left = True
+        self._next_root: Task | None = None
         self._queues: list[deque[Task]] = [deque() for _ in range(self.depth)]
         self.peak_queued = 0  # the largest number of waiting windows seen (a test checks it stays bounded)
 
@@ -54,7 +60,7 @@ class TreeScheduler:
         """Queue the children of a processed window; they will crop their coarse map from `refined_map`."""
         if window.level + 1 >= self.depth:
             return
-        for child in self.plan.children(window):
+        for child in self._tree.children(window):
             self._queues[child.level].append(Task(child, window, refined_map))
 
     def __iter__(self) -> Iterator[tuple[int, list[Task]]]:
@@ -71,12 +77,20 @@ class TreeScheduler:
             yield level, batch
 
     def _top_up_roots(self) -> None:
-        queue = self._queues[0]
-        while self._roots_left and len(queue) < self.batch_size:
-            try:
-                queue.append(Task(next(self._roots)))
-            except StopIteration:
-                self._roots_left = False
+        """Pull roots (lazily) until their level's queue holds a batch."""
+        while self._roots_left:
+            if self._next_root is None:
+                try:
+                    root = next(self._roots)
+                except StopIteration:
+                    self._roots_left = False
+                    return
+                self._next_root = root if isinstance(root, Task) else Task(root)
+            queue = self._queues[self._next_root.window.level]
+            if len(queue) >= self.batch_size:
+                return
+            queue.append(self._next_root)
+            self._next_root = None
 
     def _next_level(self) -> int | None:
         for level in reversed(range(self.depth)):

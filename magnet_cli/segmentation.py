@@ -21,19 +21,38 @@ from magnet_cli.io.background import BackgroundWriter
 from magnet_cli.io.folders import check_off_inputs, make_output_folder
 from magnet_cli.io.base import Box, ImageSource, PixelNormalization
 from magnet_cli.io.geotiff import is_magnet_geotiff, write_geotiff
-from magnet_cli.io.labels import LabelWriter, check_finished, foreign_entries, leftovers_of, remove_output
+from magnet_cli.io.labels import (
+    PARTIAL_INFIX,
+    LabelWriter,
+    check_finished,
+    foreign_entries,
+    leftovers_of,
+    magnet_marker,
+    remove_output,
+)
+from magnet_cli.io.partial_store import (
+    PYRAMID,
+    STORE_ENTRIES,
+    PartialStore,
+    fingerprint,
+    input_identity,
+    is_in_use,
+    partial_name,
+)
 from magnet_cli.io.open import list_images, open_image
 from magnet_cli.io.preview import is_magnet_preview, write_preview
 from magnet_cli.io.pyramid_cache import ensure_pyramid
 from magnet_cli.io.zarr_source import is_zarr_dir
 from magnet_cli.models.bundle import ModelBundle, bundle_from_parts, load_bundle, pairing_warning
 from magnet_cli.models.default import default_model_dir
-from magnet_cli.pipeline import Engine, RunStats, plan_for, windows_per_level
+from magnet_cli.pipeline import Engine, RunStats, plan_for
 from magnet_cli.pyramid import ScalePlan
 from magnet_cli.progress import LevelProgress, progress_enabled
 from magnet_cli.refine import class_labels, uncertainty as uncertainty_of
 from magnet_cli.runtime import one_intra_op_thread
 from magnet_cli.settings import InferenceSettings, ModelSettings, OutputSettings, RunSettings
+from magnet_cli.units import BLOCK_SIDE, SUBTREE_LEVELS, Unit
+from magnet_cli.units import shard as shard_units
 
 OUTPUT_SUFFIX = ".zarr"
 PREVIEW_SUFFIXES = (".png",)
@@ -68,9 +87,21 @@ class SegmentResult:
     peak_gpu_mb: float | None = None  # torch's max allocated memory on a CUDA device during this image
     status: str = "ok"  # "ok" | "failed" | "skipped"
     error: str | None = None
+    units: int = 0  # units of work this run did (the rest were finished before, or are other shards')
+    units_total: int = 0
+    published: bool = False  # whether this run published OUTPUT (with --shard, the one that finished last)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def skipped(cls, input: Path, output: Path, device: str) -> SegmentResult:
+        """--resume found the output finished by an earlier run."""
+        return cls(
+            input=str(input), output=str(output), height=0, width=0, mode="", levels=0, windows=0,
+            windows_per_level=[], seconds=0.0, segmenter_seconds=0.0, refiner_seconds=0.0,
+            read_wait_seconds=0.0, device=device, status="skipped",
+        )
 
     @classmethod
     def failed(cls, input: Path, output: Path, error: str, seconds: float, device: str) -> SegmentResult:
@@ -191,14 +222,12 @@ def segment(
     inference = inference or InferenceSettings()
     outputs = outputs or OutputSettings()
     run = run or RunSettings()
-    if run.resume:
-        raise UsageError("segment has no --resume yet: re-run with --overwrite")
     paths = expand_inputs(inputs)
     multiple = len(paths) > 1 or any(is_list_input(i) or (Path(i).is_dir() and not is_zarr_dir(Path(i))) for i in inputs)
     targets = output_paths(paths, Path(output), multiple)
     previews = _side_paths(targets, outputs.preview, multiple, PREVIEW_SUFFIXES, "--preview")
     geotiffs = _side_paths(targets, outputs.geotiff, multiple, GEOTIFF_SUFFIXES, "--geotiff")
-    check_outputs(paths, targets, previews, geotiffs, run.overwrite)  # before any work
+    check_outputs(paths, targets, previews, geotiffs, run)  # before any work
     bundle = model if isinstance(model, ModelBundle) else resolve_model(model)
     warning = pairing_warning(bundle)
     if warning:
@@ -208,9 +237,6 @@ def segment(
     for path, option in [*((p, "--preview") for p in previews), *((g, "--geotiff") for g in geotiffs)]:
         if path is not None:
             make_output_folder(path.parent, option)
-    if run.overwrite:  # an interrupted run's leftovers, checked to be magnet-cli's by check_outputs
-        for leftover in [p for out in targets for p in leftovers_of(out)]:
-            remove_output(leftover)
     results = []
     for path, out, side in zip(paths, targets, zip(previews, geotiffs)):
         if not multiple:  # one image: its error is the run's error
@@ -230,10 +256,11 @@ def check_outputs(
     targets: list[Path],
     previews: list[Path | None],
     geotiffs: list[Path | None],
-    overwrite: bool,
+    run: RunSettings,
 ) -> None:
     """Refuse, before any work, every output that would replace an input, something magnet-cli did not
-    write, or (without --overwrite) anything at all, including an interrupted run's leftovers."""
+    write, or (without --overwrite or --resume) anything at all, including an interrupted run's leftovers."""
+    overwrite = run.overwrite
     places = [
         *((out, "-o", foreign_entries) for out in targets),
         *((p, "--preview", _foreign_file(is_magnet_preview)) for p in previews if p is not None),
@@ -242,9 +269,12 @@ def check_outputs(
     for path, option, _ in places:
         check_off_inputs(path, option, inputs)
     existing = [path for path, _, _ in places if os.path.lexists(path)]
-    if existing and not overwrite:
+    if existing and not (overwrite or run.resume):
         more = f" (and {len(existing) - 1} more output(s))" if len(existing) > 1 else ""
-        raise OutputError(f"{existing[0]}: already exists{more}; use --overwrite to replace magnet-cli's outputs")
+        raise OutputError(
+            f"{existing[0]}: already exists{more}; use --overwrite to replace magnet-cli's outputs "
+            "(or --resume to keep finished ones)"
+        )
     for path, option, foreign in places:
         extra = foreign(path) if os.path.lexists(path) else None
         if extra:
@@ -254,14 +284,14 @@ def check_outputs(
             )
     for out in targets:
         for leftover in leftovers_of(out):
-            if not overwrite:
-                raise OutputError(
-                    f"{leftover}: an interrupted run's partial output (or a run still writing {out.name}); "
-                    "remove it, or re-run with --overwrite to remove it"
-                )
             extra = foreign_entries(leftover)
             if extra:
                 raise OutputError(f"{leftover}: not written by magnet-cli (holds {', '.join(extra[:3])}); move it away")
+            if not (overwrite or run.resume or run.shard is not None):
+                raise OutputError(
+                    f"{leftover}: an interrupted run's partial output (or a run still writing {out.name}); "
+                    "re-run with --resume to finish it, or with --overwrite to start over"
+                )
 
 
 def _foreign_file(is_ours) -> Any:  # noqa: ANN001
@@ -292,47 +322,60 @@ def _segment_one(
     run: RunSettings,
 ) -> SegmentResult:
     start = time.perf_counter()
+    if run.resume and _is_finished_output(output):
+        return SegmentResult.skipped(path, output, str(engine.device))
     if engine.device.type == "cuda":  # each image's peak, not the process's
         torch.cuda.reset_peak_memory_stats(engine.device)
     bundle = engine.bundle
     preview, geotiff = side_outputs
-    # An input without a stored pyramid gets a temporary one, deleted when the source closes.
-    with ensure_pyramid(open_image(path, max_pixels=run.max_pixels), min_size=max(bundle.input_size)) as source:
-        plan = plan_for(source.height, source.width, bundle, engine.settings)
-        attributes = {"magnet": run_record(engine, path, plan, source.georeference)}
-        # The writer finalises (renames into place) only if the block ends cleanly; else it aborts. Side
-        # outputs are written from the sealed store before that, so a failing one publishes nothing.
-        staged: list[tuple[Path, Path]] = []
-        try:
-            with LabelWriter(
-                output,
-                source.height,
-                source.width,
-                bundle.classes,
-                zarr_format=int(outputs.zarr_format),
-                write_probabilities=outputs.write_probabilities,
-                write_uncertainty=outputs.write_uncertainty,
-                attributes=attributes,
-                overwrite=run.overwrite,
-            ) as writer:
-                bars = LevelProgress(path.name, windows_per_level(plan, engine.settings), progress_enabled(run.progress))
-                stats, histogram = _stream_into(
-                    engine, source, writer, bars, outputs.write_probabilities, outputs.write_uncertainty
-                )
-                levels = writer.seal()
-                if preview is not None:
-                    staged.append((_staging_name(preview), preview))
-                    thumbnail = _thumbnail(source, engine.normalization)
-                    write_preview(levels, staged[-1][0], bundle.classes, thumbnail=thumbnail)
-                if geotiff is not None:
-                    staged.append((_staging_name(geotiff), geotiff))
-                    write_geotiff(levels, staged[-1][0], source.georeference)
-            for temporary, final in staged:
-                _publish(temporary, final)
-        finally:
-            for temporary, _ in staged:
-                with contextlib.suppress(OSError):
-                    temporary.unlink()
+    raw = open_image(path, max_pixels=run.max_pixels)
+    try:
+        plan = engine.plan(raw.height, raw.width)
+        attributes = {"magnet": run_record(engine, path, plan_for(raw.height, raw.width, bundle, engine.settings), raw.georeference)}
+        digest = run_fingerprint(attributes["magnet"], path, outputs, side_outputs)
+        attributes["magnet"]["fingerprint"] = digest
+        shared = run.shard is not None
+        _clear_leftovers(output, partial_name(output, digest), run)
+        writer_options = dict(
+            zarr_format=int(outputs.zarr_format), write_probabilities=outputs.write_probabilities,
+            write_uncertainty=outputs.write_uncertainty, attributes=attributes, overwrite=run.overwrite,
+            store_entries=STORE_ENTRIES,
+        )
+
+        def lay_out(folder: Path) -> None:
+            LabelWriter(output, raw.height, raw.width, bundle.classes, partial=folder, **writer_options).abort()
+
+        store = PartialStore.open(output, digest, lay_out, shared=shared)
+    except BaseException:
+        raw.close()
+        raise
+    try:
+        # An input without a stored pyramid gets one in the partial store, reused when the run resumes.
+        with ensure_pyramid(raw, min_size=max(bundle.input_size), keep_in=store.path / PYRAMID) as source:
+            writer = LabelWriter(output, source.height, source.width, bundle.classes, partial=store.path, **writer_options)
+            units = engine.units(plan)
+            mine = shard_units(units, *run.shard) if run.shard is not None else units
+            finished = store.finished()
+            todo = [unit for unit in mine if unit.name not in finished]
+            bars = LevelProgress(path.name, engine.windows_to_do(plan, todo), progress_enabled(run.progress))
+            stats = _stream_into(engine, source, writer, store, todo, bars, outputs)
+            finished = store.finished()
+            published = all(unit.name in finished for unit in units) and store.claim_publication()
+            if published:
+                _publish_output(writer, store, source, engine, side_outputs)
+            else:
+                writer.abort()
+    except KeyboardInterrupt:  # finished units stay in the partial store for --resume
+        store.release()
+        raise
+    except BaseException:
+        if shared:
+            store.release()  # other shards hold it too
+        else:
+            store.remove()
+        raise
+    store.release()
+    histogram = np.sum([entry.get("class_pixels", [0] * bundle.num_classes) for entry in finished.values()], axis=0)
     return SegmentResult(
         input=str(path),
         output=str(output),
@@ -347,11 +390,88 @@ def _segment_one(
         refiner_seconds=round(stats.refiner_seconds, 3),
         read_wait_seconds=round(stats.read_wait_seconds, 3),
         device=stats.device,
-        preview=str(preview) if preview else None,
-        geotiff=str(geotiff) if geotiff else None,
-        class_pixels={c.name: int(n) for c, n in zip(bundle.classes, histogram)},
+        preview=str(preview) if preview and published else None,
+        geotiff=str(geotiff) if geotiff and published else None,
+        class_pixels={c.name: int(n) for c, n in zip(bundle.classes, histogram)} if published else {},
         peak_gpu_mb=_peak_gpu_mb(stats.device),
+        units=len(todo),
+        units_total=len(units),
+        published=published,
     )
+
+
+def _publish_output(
+    writer: LabelWriter, store: PartialStore, source: ImageSource, engine: Engine, side_outputs: tuple[Path | None, Path | None]
+) -> None:
+    """Seal the label store, write the side outputs from it, then move everything into place. Side
+    outputs go to hidden staging names first, so a failing one publishes nothing."""
+    preview, geotiff = side_outputs
+    staged: list[tuple[Path, Path]] = []
+    try:
+        levels = writer.seal()
+        if preview is not None:
+            staged.append((_staging_name(preview), preview))
+            thumbnail = _thumbnail(source, engine.normalization)
+            write_preview(levels, staged[-1][0], engine.bundle.classes, thumbnail=thumbnail)
+        if geotiff is not None:
+            staged.append((_staging_name(geotiff), geotiff))
+            write_geotiff(levels, staged[-1][0], source.georeference)
+        store.strip()
+        writer.finalize()
+        for temporary, final in staged:
+            _publish(temporary, final)
+    finally:
+        for temporary, _ in staged:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+
+
+def _is_finished_output(output: Path) -> bool:
+    marker = magnet_marker(output)
+    return marker is not None and marker.get("state") == "complete"
+
+
+def run_fingerprint(record: dict, path: Path, outputs: OutputSettings, side_outputs: tuple[Path | None, Path | None]) -> str:
+    """What a partial output must share with a run to be resumed or joined by it: the input file as it
+    is now, the model and every setting that shapes the labels, the outputs, and how work is split."""
+    record = {k: v for k, v in record.items() if k not in ("source", "device")}
+    return fingerprint(
+        {
+            "record": record,
+            "device_type": str(record.get("device", "")).split(":")[0],
+            "input": input_identity(path),
+            "outputs": {
+                "probabilities": outputs.write_probabilities,
+                "uncertainty": outputs.write_uncertainty,
+                "zarr_format": int(outputs.zarr_format),
+                "side": [str(p.resolve()) if p is not None else None for p in side_outputs],
+            },
+            "units": [SUBTREE_LEVELS, BLOCK_SIDE],
+        }
+    )
+
+
+def _clear_leftovers(output: Path, mine: Path, run: RunSettings) -> None:
+    """Deal with partial outputs beside `output` before this image's run joins or creates `mine`."""
+    for leftover in leftovers_of(output):
+        if leftover == mine and (run.resume or run.shard is not None):
+            continue  # resumed or joined
+        if run.overwrite and not (leftover == mine and run.shard is not None):
+            if is_in_use(leftover):
+                raise OutputError(f"{leftover}: a run is writing it now; --overwrite will not remove it under that run")
+            remove_output(leftover)
+            continue
+        if leftover == mine:
+            raise OutputError(
+                f"{leftover}: an interrupted run's partial output; re-run with --resume to finish it, "
+                "or with --overwrite to start over"
+            )
+        if leftover.name.startswith(f"{output.name}{PARTIAL_INFIX}") and (run.resume or run.shard is not None):
+            raise OutputError(
+                f"{leftover}: a partial output of another input or other settings; --resume continues only "
+                "the same command: remove it, or start over with --overwrite"
+            )
+        raise OutputError(f"{leftover}: an interrupted run's leftovers; remove it, or re-run with --overwrite")
 
 
 def _staging_name(path: Path) -> Path:
@@ -404,34 +524,44 @@ def _stream_into(
     engine: Engine,
     source: ImageSource,
     writer: LabelWriter,
+    store: PartialStore,
+    units: list[Unit],
     bars: LevelProgress,
-    write_probabilities: bool,
-    write_uncertainty: bool,
-) -> tuple[RunStats, np.ndarray]:
-    """Run the engine with a sink that turns probabilities into labels and writes them on a thread."""
+    outputs: OutputSettings,
+) -> RunStats:
+    """Run the engine over `units` with a sink that turns probabilities into labels and writes them on a
+    thread; after each unit's last window the same thread stores the unit and records it in the ledger."""
     num_classes = engine.bundle.num_classes
     label_dtype = np.uint16 if num_classes > 255 else np.uint8
-    histogram = np.zeros(num_classes, dtype=np.int64)
+    histogram = np.zeros(num_classes, dtype=np.int64)  # of the unit being written
 
     def write_window(y0: int, x0: int, probabilities: torch.Tensor) -> None:
         # On the writer thread: the argmax and the histogram overlap the main thread's model calls.
         labels = class_labels(probabilities).numpy().astype(label_dtype)
         histogram[:] += np.bincount(labels.ravel(), minlength=num_classes)
-        probs = probabilities.numpy() if write_probabilities else None
-        unc = uncertainty_of(probabilities[None])[0, 0].numpy() if write_uncertainty else None
+        probs = probabilities.numpy() if outputs.write_probabilities else None
+        unc = uncertainty_of(probabilities[None])[0, 0].numpy() if outputs.write_uncertainty else None
         writer.write(y0, x0, labels, probs, unc)
 
-    background = BackgroundWriter(write_window, initializer=one_intra_op_thread)
+    def finish_unit(unit: Unit) -> None:
+        writer.end_unit(unit.name)
+        store.record(unit.name, {"class_pixels": histogram.tolist()})
+        histogram[:] = 0
+
+    def write(kind: str, *args: Any) -> None:
+        (write_window if kind == "window" else finish_unit)(*args)
+
+    background = BackgroundWriter(write, initializer=one_intra_op_thread)
 
     def sink(region: tuple[int, int, int, int], probabilities: torch.Tensor) -> None:
-        background.submit(region[0], region[1], probabilities.float().cpu())
+        background.submit("window", region[0], region[1], probabilities.float().cpu())
 
     try:
         with bars:
-            stats = engine.run(source, sink, bars.advance)
+            stats = engine.run(source, sink, bars.advance, units=units, unit_done=lambda unit: background.submit("unit", unit))
     finally:
         background.close()  # drains queued writes; re-raises a write error
-    return stats, histogram
+    return stats
 
 
 def _thumbnail(source: ImageSource, normalization: PixelNormalization, max_size: int = 1024) -> np.ndarray:

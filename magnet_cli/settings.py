@@ -298,11 +298,18 @@ class RunSettings:
     overwrite: bool = False
     resume: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    shard: tuple[int, int] | None = None  # (index from 0, count): this process's share of the units
 
     def __post_init__(self) -> None:
         if self.overwrite and self.resume:
             raise UsageError("--overwrite and --resume contradict each other: give one")
         check_whole_number(self.max_pixels, "--max-pixels", 1, 10**15)
+        if self.shard is not None:
+            index, count = self.shard
+            check_whole_number(count, "--shard COUNT", 1, 10**6)
+            check_whole_number(index, "--shard INDEX", 0, 10**6)
+            if index >= count:
+                raise UsageError(f"--shard {index}/{count}: INDEX counts from 0 to COUNT - 1 ({count - 1})")
 
 
 @dataclass(frozen=True)

@@ -236,23 +236,35 @@ def test_unwritable_output_path(bundle_dir, png, tmp_path):
     assert_clean_failure(segment(bundle_dir, png, "-o", blocker / "o.zarr"), str(blocker), "a file is in the way")
 
 
-def test_interrupt_leaves_no_output_that_looks_complete(bundle_dir, png, tmp_path, monkeypatch):
+def test_interrupt_keeps_a_partial_output_that_resume_finishes(bundle_dir, png, tmp_path, monkeypatch):
     from magnet_cli import pipeline
+    from magnet_cli.io.labels import magnet_marker, read_labels
 
     original = pipeline.Engine.run
 
-    def interrupted(self, source, sink, progress=None):
+    def interrupted(self, source, sink, progress=None, **kwargs):
         def sink_then_interrupt(region, probabilities):
             sink(region, probabilities)
             raise KeyboardInterrupt
 
-        return original(self, source, sink_then_interrupt, progress)
+        return original(self, source, sink_then_interrupt, progress, **kwargs)
 
     monkeypatch.setattr(pipeline.Engine, "run", interrupted)
     out = tmp_path / "o.zarr"
     result = segment(bundle_dir, png, "-o", out)
-    assert result.exit_code == 130
-    assert not out.exists() and not list(tmp_path.glob("o.zarr*"))
+    assert result.exit_code == 130 and "--resume" in result.output
+    assert not out.exists()
+    leftovers = list(tmp_path.glob("o.zarr.partial-*"))
+    assert len(leftovers) == 1 and magnet_marker(leftovers[0])["state"] == "partial"
+
+    monkeypatch.setattr(pipeline.Engine, "run", original)
+    again = segment(bundle_dir, png, "-o", out)
+    assert again.exit_code == 2 and "--resume" in again.output and not out.exists()
+    assert segment(bundle_dir, png, "-o", out, "--resume").exit_code == 0
+    assert not list(tmp_path.glob("o.zarr.*"))
+    fresh = tmp_path / "fresh.zarr"
+    assert segment(bundle_dir, png, "-o", fresh).exit_code == 0
+    assert np.array_equal(read_labels(out), read_labels(fresh))
 
 
 def test_bad_option_values(bundle_dir, png, tmp_path):

@@ -19,6 +19,8 @@ import tifffile
 import zarr
 from skimage import io as skio
 
+from magnet_cli.io.labels import magnet_marker
+from magnet_cli.io.partial_store import is_in_use
 from tests.conftest import random_rgb
 from tests.test_cli import assert_clean_failure, assert_label_image, segment
 
@@ -236,7 +238,7 @@ def test_a_failing_side_output_publishes_nothing(bundle_dir, png, tmp_path, monk
 
 # --- 4. SIGTERM / SIGHUP -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
-def test_sigterm_and_sighup_stop_like_ctrl_c(bundle_dir, tmp_path, signum, code):
+def test_sigterm_and_sighup_stop_like_ctrl_c_and_resume(bundle_dir, tmp_path, signum, code):
     source = tmp_path / "big.tif"  # striped, no pyramid: a temporary pyramid is built in TMPDIR too
     tifffile.imwrite(source, random_rgb(1536, 1536, seed=3), photometric="rgb", rowsperstrip=64)
     scratch = tmp_path / "scratch"
@@ -247,15 +249,21 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(bundle_dir, tmp_path, signum, code)
                str(bundle_dir), "--device", "cpu", "--no-progress", "--mode", "patch"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not list(tmp_path.glob("o.zarr.partial-*")) and process.poll() is None and time.monotonic() < deadline:
+    while not any(map(is_in_use, tmp_path.glob("o.zarr.partial-*"))) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert process.poll() is None, "the run finished before it could be stopped: give it a larger input"
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == code, stderr
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and "stopped" in lines[0] and "nothing was published" in lines[0], stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "scratch"], [str(p) for p in tmp_path.rglob("*")]
+    assert len(lines) == 1 and "stopped" in lines[0] and "--resume" in lines[0], stderr
+    # The finished work (and the input's pyramid) stay in one partial store, nothing in TMPDIR, no output.
+    (partial,) = [p for p in tmp_path.iterdir() if p.name not in ("big.tif", "scratch")]
+    assert partial.name.startswith("o.zarr.partial-") and magnet_marker(partial)["state"] == "partial"
+    assert list(scratch.iterdir()) == []
+    resumed = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "o.zarr", "scratch"]
     assert list(scratch.iterdir()) == []
 
 

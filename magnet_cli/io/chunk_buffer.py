@@ -52,6 +52,18 @@ class ChunkAssembler:
                 buffer = np.where(written, buffer, existing)
             self._store(key, buffer)
 
+    def take_open(self) -> list[tuple[tuple[int, ...], np.ndarray, np.ndarray]]:
+        """Hand over every partly written chunk as (key, data, written mask) and forget all chunks: a unit
+        of work ends, and its share of chunks that other units complete is stored elsewhere (pieces)."""
+        taken = [(key, buffer, written) for key, (buffer, written) in self._open.items()]
+        self._open.clear()
+        self._stored.clear()
+        return taken
+
+    def region(self, key: tuple[int, ...]) -> tuple[slice, ...]:
+        """The array region chunk `key` covers (clipped at the array's edge)."""
+        return self._region(key)
+
     def _new_buffer(self, key: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         shape = tuple(r.stop - r.start for r in self._region(key))
         entry = (np.zeros(shape, dtype=self.array.dtype), np.zeros(shape, dtype=bool))

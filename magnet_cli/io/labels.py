@@ -8,9 +8,14 @@ Layout of `<name>.zarr` (DESIGN section 4):
       uncertainty/0          optional (y, x) uint8, round(u * 255); its own one-level multiscales
 
 Every pyramid level is written straight from each window (no second pass), and the whole store is
-built in a sibling `<name>.partial-<uuid4>` directory renamed into place by `finalize()`, so nothing
-half-written ever sits at the output path, and no other run (same PID in another container included)
-can share that directory.
+built in a sibling `<name>.partial-<...>` directory renamed into place by `finalize()`, so nothing
+half-written ever sits at the output path. Standalone, the writer names it with a uuid4 (no other run,
+same PID in another container included, can share it); `segment` hands it a resumable partial store
+(io/partial_store.py) instead, shared by the shards of one run and kept across interruptions.
+
+Units of work (units.py) end with `end_unit()`: the chunks a unit completed are stored, and its share
+of chunks that other units complete too goes to `pieces/<array>/<chunk>/<unit>.npz`, merged by
+`seal()`. So no chunk is ever written by two units, whichever processes run them.
 
 Ownership: the root's `magnet` attributes carry `format: magnet-cli-labels`, `state` ("partial" until
 finalised, then "complete") and `written` (the entries the writer made). `--overwrite` replaces only a
@@ -47,6 +52,7 @@ QUANTIZATION = {"dtype": "uint8", "scale": 1 / 255, "offset": 0.0}  # stored = r
 LABELS_FORMAT = "magnet-cli-labels"  # the ownership marker in attributes["magnet"]["format"]
 PARTIAL_INFIX = ".partial-"
 METADATA_FILES = {"zarr.json", ".zgroup", ".zattrs", ".zmetadata"}
+PIECES = "pieces"  # border-chunk shares of finished units, merged at seal()
 
 
 def level_shapes(height: int, width: int, min_level_size: int) -> list[tuple[int, int]]:
@@ -113,8 +119,9 @@ def foreign_entries(path: Path) -> list[str] | None:
     marker = magnet_marker(path)
     if marker is None:
         return entries or None  # an empty folder holds nothing to lose
-    allowed = METADATA_FILES | set(marker.get("written") or [])
-    extra = [name for name in entries if name not in allowed]
+    written = [str(name) for name in marker.get("written") or []]
+    allowed = METADATA_FILES | set(written)
+    extra = [name for name in entries if name not in allowed and not name.startswith(tuple(f"{w}." for w in written))]
     return extra or None
 
 
@@ -204,7 +211,11 @@ class LabelWriter:
         attributes: dict | None = None,
         overwrite: bool = False,
         min_level_size: int = 256,
+        partial: Path | None = None,
+        store_entries: tuple[str, ...] = (),
     ) -> None:
+        """`partial`: build in this directory (created by the caller, who also owns removing it), opening
+        the store already in it if there is one; `store_entries`: the caller's own entries in it."""
         if zarr_format not in NGFF_VERSION:
             raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format}")
         if height < 1 or width < 1 or chunk_size < 1:
@@ -223,13 +234,19 @@ class LabelWriter:
         self.dtype = label_dtype(len(classes))
         self.shapes = level_shapes(height, width, min_level_size)
         self._check_destination()
-        self.partial = partial_path(self.path)
+        self._owns_partial = partial is None
+        self.partial = partial_path(self.path) if partial is None else Path(partial)
+        self._store_entries = tuple(store_entries)
         self._state = "open"  # before mkdir: an interrupt anywhere below still removes the partial store
         self._release_arrays()
         try:
             with uninterruptible():
-                self.partial.mkdir()
-                self._create_store(write_probabilities, write_uncertainty, attributes or {})
+                if self._owns_partial:
+                    self.partial.mkdir()
+                if magnet_marker(self.partial) is None:
+                    self._create_store(write_probabilities, write_uncertainty, attributes or {})
+                else:
+                    self._open_store(write_probabilities, write_uncertainty)
         except BaseException as error:
             self.abort()
             if isinstance(error, OSError):
@@ -299,6 +316,48 @@ class LabelWriter:
         if self._uncertainty is not None:
             self._uncertainty.write((y0, x0), quantize(uncertainty))
 
+    def end_unit(self, name: str) -> None:
+        """A unit of work is done: store its share of the chunks it did not complete as pieces (each a
+        file renamed into place), so that the unit's output is all on disk when this returns."""
+        try:
+            for array_path, assembler in self._named_assemblers():
+                for key, buffer, written in assembler.take_open():
+                    rows, cols = np.nonzero(written.reshape(-1, *written.shape[-2:]).any(axis=0))
+                    box = (slice(None),) * (written.ndim - 2) + (
+                        slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
+                    )
+                    folder = self.partial / PIECES / array_path.replace("/", "_") / ".".join(map(str, key))
+                    folder.mkdir(parents=True, exist_ok=True)
+                    temporary = folder / f".{name}.{uuid.uuid4().hex}.npz"
+                    origin = np.array([b.start or 0 for b in box], dtype=np.int64)
+                    with open(temporary, "wb") as handle:
+                        np.savez_compressed(handle, origin=origin, data=buffer[box], mask=written[box])
+                    os.replace(temporary, folder / f"{name}.npz")
+        except OSError as error:
+            raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None
+
+    def _merge_pieces(self) -> None:
+        """Write every chunk shared by several units from their pieces (all units are done)."""
+        root = self.partial / PIECES
+        if not root.is_dir():
+            return
+        for array_path, assembler in self._named_assemblers():
+            folder = root / array_path.replace("/", "_")
+            if not folder.is_dir():
+                continue
+            for chunk in sorted(folder.iterdir()):
+                key = tuple(int(k) for k in chunk.name.split("."))
+                region = assembler.region(key)
+                buffer = np.asarray(assembler.array[region])
+                for piece in sorted(chunk.glob("*.npz")):
+                    with np.load(piece) as saved:
+                        origin, data, mask = saved["origin"], saved["data"], saved["mask"]
+                    where = tuple(slice(int(o), int(o) + n) for o, n in zip(origin, data.shape))
+                    buffer[where] = np.where(mask, data, buffer[where])
+                with uninterruptible():
+                    assembler.array[region] = buffer
+        shutil.rmtree(root, ignore_errors=True)
+
     def finalize(self) -> Path:
         """Make the output complete and visible at `path` (replacing an old one only with overwrite)."""
         if self._state == "finalized":
@@ -342,9 +401,11 @@ class LabelWriter:
             raise RuntimeError(f"LabelWriter for {self.path} is {self._state}; seal() needs an open writer")
         if not self._sealed:
             try:
+                self._merge_pieces()
                 for assembler in self._assemblers():
                     assembler.flush()
-                marker = {**self._marker, "state": "complete"}
+                written = [name for name in self._marker["written"] if name not in (PIECES, *self._store_entries)]
+                marker = {**self._marker, "state": "complete", "written": written}
                 with uninterruptible():
                     self._root.attrs.update({**self._ngff, "magnet": marker})
             except OSError as error:
@@ -358,7 +419,8 @@ class LabelWriter:
             return
         self._state = "aborted"
         self._release_arrays()
-        shutil.rmtree(self.partial, ignore_errors=True)
+        if self._owns_partial:  # else the partial store's owner decides (an interrupted run keeps it)
+            shutil.rmtree(self.partial, ignore_errors=True)
 
     def __enter__(self) -> LabelWriter:
         return self
@@ -398,26 +460,10 @@ class LabelWriter:
             ChunkAssembler(self._create_array(root, str(level), shape, self.dtype, ["y", "x"]))
             for level, shape in enumerate(self.shapes)
         ]
-        datasets = [
-            {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [float(1 << level)] * 2}]}
-            for level in range(len(self.shapes))
-        ]
-        multiscale = {
-            "name": self.path.name,
-            "axes": AXES_YX,
-            "datasets": datasets,
-            "type": "nearest",
-            "metadata": {"description": "level k holds every 2^k-th pixel of level 0 in y and x (no filtering)"},
-        }
-        image_label = {
-            "colors": [{"label-value": i, "rgba": [*map(int, c.color), 255]} for i, c in enumerate(self.classes)],
-            "properties": [{"label-value": i, "class": c.name} for i, c in enumerate(self.classes)],
-            "source": {},  # the input is usually not an OME-Zarr image, so there is no path to give
-        }
-        # Until seal(), the root says "partial" and carries no NGFF metadata: a leftover never looks done.
-        self._ngff = _ome_attributes(fmt, [multiscale], {"image-label": image_label})
+        self._ngff = self._ngff_metadata()
         written = [str(level) for level in range(len(self.shapes))]
         written += [name for name, wanted in (("probabilities", write_probabilities), ("uncertainty", write_uncertainty)) if wanted]
+        written += [PIECES, *self._store_entries]
         self._marker = {**(attributes.get("magnet") or {}), "format": LABELS_FORMAT, "state": "partial", "written": written}
         root.attrs.update({**attributes, "magnet": self._marker})
 
@@ -435,6 +481,44 @@ class LabelWriter:
             shape = (self.height, self.width)
             self._uncertainty = ChunkAssembler(self._create_array(group, "0", shape, np.dtype(np.uint8), ["y", "x"]))
             group.attrs.update(_side_attributes(fmt, "uncertainty", AXES_YX, {"measure": "1 - (top1 - top2)"}))
+
+    def _ngff_metadata(self) -> dict:
+        """The OME attributes written at seal(); until then the root says "partial" and carries none, so
+        a leftover never looks done."""
+        fmt = self.zarr_format
+        datasets = [
+            {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [float(1 << level)] * 2}]}
+            for level in range(len(self.shapes))
+        ]
+        multiscale = {
+            "name": self.path.name,
+            "axes": AXES_YX,
+            "datasets": datasets,
+            "type": "nearest",
+            "metadata": {"description": "level k holds every 2^k-th pixel of level 0 in y and x (no filtering)"},
+        }
+        image_label = {
+            "colors": [{"label-value": i, "rgba": [*map(int, c.color), 255]} for i, c in enumerate(self.classes)],
+            "properties": [{"label-value": i, "class": c.name} for i, c in enumerate(self.classes)],
+            "source": {},  # the input is usually not an OME-Zarr image, so there is no path to give
+        }
+        # Until seal(), the root says "partial" and carries no NGFF metadata: a leftover never looks done.
+        return _ome_attributes(fmt, [multiscale], {"image-label": image_label})
+
+    def _open_store(self, write_probabilities: bool, write_uncertainty: bool) -> None:
+        """Open the store an earlier (or a parallel) process of the same run created in `partial`."""
+        root = zarr.open_group(self.partial, mode="r+")
+        self._root, self._sealed = root, False
+        self._marker = dict(root.attrs["magnet"])
+        self._ngff = self._ngff_metadata()
+        self._levels = [ChunkAssembler(root[str(level)]) for level in range(len(self.shapes))]
+        self._probabilities = ChunkAssembler(root["probabilities/0"]) if write_probabilities else None
+        self._uncertainty = ChunkAssembler(root["uncertainty/0"]) if write_uncertainty else None
+
+    def _named_assemblers(self) -> list[tuple[str, ChunkAssembler]]:
+        named = [(str(level), a) for level, a in enumerate(self._levels)]
+        named += [(name, a) for name, a in (("probabilities/0", self._probabilities), ("uncertainty/0", self._uncertainty)) if a is not None]
+        return named
 
     def _create_array(
         self, group: zarr.Group, name: str, shape: tuple[int, ...], dtype: np.dtype, dims: list[str]

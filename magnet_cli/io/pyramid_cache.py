@@ -11,8 +11,10 @@ Integer samples are rounded to the nearest value; bool samples become float32 me
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +44,16 @@ def pyramid_shapes(height: int, width: int, min_size: int) -> list[tuple[int, in
         k += 1
 
 
-def ensure_pyramid(source: ImageSource, tmp_dir: Path | None = None, min_size: int = 512) -> ImageSource:
+def ensure_pyramid(
+    source: ImageSource, tmp_dir: Path | None = None, min_size: int = 512, keep_in: Path | None = None
+) -> ImageSource:
     """`source` itself when it has a stored pyramid or is small, else a source with a temporary pyramid.
 
     The temporary pyramid lives in a fresh folder under `tmp_dir` (the system temp folder when None) and
-    is deleted by the returned source's close(), which also closes `source`. If building fails, `source`
-    is closed too (the caller would have no other handle to close it with).
+    is deleted by the returned source's close(), which also closes `source`. With `keep_in`, it lives in
+    that folder instead and outlives the source: a pyramid already complete there is reused (a resumed
+    run, another shard), one is built there otherwise (under a lock, so shards build it once). If
+    building fails, `source` is closed too (the caller would have no other handle to close it with).
     """
     coarsest = source.levels[-1]
     if max(coarsest.height, coarsest.width) <= 2 * min_size:
@@ -55,10 +61,14 @@ def ensure_pyramid(source: ImageSource, tmp_dir: Path | None = None, min_size: i
     # No pyramid, or a stored one that stops short (a 2-level TIFF of a huge image): build the missing
     # coarser levels from the coarsest stored level, so coarse windows never read huge regions.
     try:
-        return CachedPyramidSource(source, tmp_dir, min_size)
+        return CachedPyramidSource(source, tmp_dir, min_size, keep_in)
     except BaseException:
         source.close()
         raise
+
+
+def _no_room_beside(folder: Path, error: OSError) -> str:
+    return f"cannot write the input's temporary pyramid in {folder.parent}: {error.strerror or error}"
 
 
 def _no_room(directory: Path | None, error: OSError) -> str:
@@ -73,23 +83,26 @@ class CachedPyramidSource(ImageSource):
     """The stored levels from the original source, coarser ones from a temporary Zarr store it deletes
     on close."""
 
-    def __init__(self, source: ImageSource, tmp_dir: Path | None, min_size: int) -> None:
+    def __init__(self, source: ImageSource, tmp_dir: Path | None, min_size: int, keep_in: Path | None = None) -> None:
         base = source.levels[-1]
         shapes = pyramid_shapes(base.height, base.width, min_size)
         self._source = source
         self._stored = len(source.levels)
         self._dir: Path | None = None
-        try:
-            with uninterruptible():  # the folder exists only once self._dir names it
-                self._dir = Path(tempfile.mkdtemp(prefix="magnet-pyramid-", dir=tmp_dir))
-            self._arrays = build_levels(source, shapes, self._dir, base_level=self._stored - 1)
-        except BaseException as error:  # SIGTERM and Ctrl-C included: nothing stays in TMPDIR
-            directory, self._dir = self._dir, None
-            if directory is not None:
-                shutil.rmtree(directory, ignore_errors=True)
-            if isinstance(error, OSError):  # disk full in TMPDIR: one line naming the folder
-                raise OutputError(_no_room(directory or tmp_dir, error)) from None
-            raise
+        if keep_in is not None:
+            self._arrays = _kept_levels(source, shapes, Path(keep_in), self._stored - 1)
+        else:
+            try:
+                with uninterruptible():  # the folder exists only once self._dir names it
+                    self._dir = Path(tempfile.mkdtemp(prefix="magnet-pyramid-", dir=tmp_dir))
+                self._arrays = build_levels(source, shapes, self._dir, base_level=self._stored - 1)
+            except BaseException as error:  # SIGTERM and Ctrl-C included: nothing stays in TMPDIR
+                directory, self._dir = self._dir, None
+                if directory is not None:
+                    shutil.rmtree(directory, ignore_errors=True)
+                if isinstance(error, OSError):  # disk full in TMPDIR: one line naming the folder
+                    raise OutputError(_no_room(directory or tmp_dir, error)) from None
+                raise
         levels = list(source.levels) + [
             PyramidLevel(h, w, base.downsample_y * 2**k, base.downsample_x * 2**k)
             for k, (h, w) in enumerate(shapes, start=1)
@@ -104,7 +117,7 @@ class CachedPyramidSource(ImageSource):
             chunks=source.chunks,
             format_name=source.format_name,
             georeference=source.georeference,
-            extra={**source.extra, "temporary_pyramid": str(self._dir)},
+            extra={**source.extra, "temporary_pyramid": str(self._dir if self._dir is not None else keep_in)},
         )
 
     def read_level(self, level: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
@@ -119,6 +132,38 @@ class CachedPyramidSource(ImageSource):
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
         self._source.close()
+
+
+COMPLETE = "complete"  # written last into a kept pyramid's folder
+
+
+def _kept_levels(source: ImageSource, shapes: list[tuple[int, int]], folder: Path, base_level: int) -> list[zarr.Array]:
+    """The levels in `folder`: opened when a complete pyramid is there, else built beside it and renamed
+    in. An exclusive lock on `folder`.lock makes parallel shards wait for one build instead of racing."""
+    import fcntl
+
+    try:
+        lock = os.open(folder.with_name(folder.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise OutputError(_no_room_beside(folder, error)) from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / COMPLETE).is_file():
+            building = folder.with_name(f"{folder.name}.building-{uuid.uuid4().hex}")
+            try:
+                building.mkdir()
+                build_levels(source, shapes, building, base_level=base_level)
+                (building / COMPLETE).write_text("")
+                shutil.rmtree(folder, ignore_errors=True)  # an incomplete one cannot be there, but be sure
+                os.rename(building, folder)
+            except BaseException as error:
+                shutil.rmtree(building, ignore_errors=True)
+                if isinstance(error, OSError):
+                    raise OutputError(_no_room_beside(folder, error)) from None
+                raise
+        return [zarr.open_array(str(folder / f"level{k}.zarr"), mode="r") for k in range(1, len(shapes) + 1)]
+    finally:
+        os.close(lock)
 
 
 # --------------------------------------------------------------------------------------------------

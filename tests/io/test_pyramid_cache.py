@@ -167,3 +167,34 @@ def test_disk_full_or_an_interrupt_while_building_leaves_nothing_in_tmpdir(tmp_p
         assert str(tmp_path) in str(error.value) and "No space left on device" in str(error.value)
         assert "TMPDIR" in str(error.value)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_kept_pyramid_is_built_once_and_reused(tmp_path, monkeypatch):
+    from magnet_cli.io import pyramid_cache
+
+    image = np.random.default_rng(1).integers(0, 256, (700, 500, 3), dtype=np.uint8)
+    builds = []
+    original = pyramid_cache.build_levels
+    monkeypatch.setattr(pyramid_cache, "build_levels", lambda *a, **k: builds.append(1) or original(*a, **k))
+    folder = tmp_path / "pyramid"
+    reads = []
+    for _ in range(2):  # a run, then its resumption
+        with ensure_pyramid(ArraySource(image), min_size=64, keep_in=folder) as source:
+            reads.append(source.read_level(len(source.levels) - 1, 0, 0, 8, 8))
+    assert builds == [1]
+    assert np.array_equal(reads[0], reads[1])
+    assert (folder / "complete").is_file()  # closing the source keeps it (the partial store removes it)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pyramid", "pyramid.lock"]
+
+
+def test_an_interrupted_kept_pyramid_build_leaves_nothing_to_reuse(tmp_path, monkeypatch):
+    from magnet_cli.io import pyramid_cache
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pyramid_cache, "build_levels", interrupted)
+    image = np.zeros((700, 500, 3), np.uint8)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_pyramid(ArraySource(image), min_size=64, keep_in=tmp_path / "pyramid")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pyramid.lock"]
