@@ -165,6 +165,7 @@ def segment_command(
     overwrite: O.Overwrite = False,
     resume: O.Resume = False,
     shard: O.Shard = None,
+    cluster: O.Cluster = None,
     no_progress: O.NoProgress = False,
     json_output: O.Json = False,
     version: O.Version = False,
@@ -190,7 +191,7 @@ def segment_command(
             ),
             run=S.build(
                 S.RunSettings, progress=not no_progress, overwrite=overwrite, resume=resume, max_pixels=max_pixels,
-                shard=shard,
+                shard=shard, cluster=cluster,
             ),
         )
 

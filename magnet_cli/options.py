@@ -157,6 +157,15 @@ Shard = Annotated[
         callback=_callback(parse_shard), metavar="INDEX/COUNT", show_default=False,
     ),
 ]
+Cluster = Annotated[
+    Optional[str],
+    typer.Option(
+        "--cluster",
+        help="Run the work as Dask distributed tasks: tcp://HOST:PORT (a running `dask scheduler`) or local:N "
+        "(N worker processes here). Needs magnet-cli[dask].",
+        metavar="ADDRESS", show_default=False,
+    ),
+]
 MaxPixels = Annotated[
     int,
     typer.Option("--max-pixels", help="Refuse inputs that declare more pixels than this (forged or absurd headers)."),

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from magnet_cli.classes import parse_classes
+from magnet_cli.classes import ClassInfo, parse_classes
 from magnet_cli.errors import InputError, MagnetError, MagnetWarning, ModelError, OutputError, UsageError
 from magnet_cli.io.background import BackgroundWriter
 from magnet_cli.io.folders import check_off_inputs, make_output_folder
@@ -31,6 +31,7 @@ from magnet_cli.io.labels import (
     remove_output,
 )
 from magnet_cli.io.partial_store import (
+    CREATING,
     PYRAMID,
     STORE_ENTRIES,
     PartialStore,
@@ -237,18 +238,50 @@ def segment(
     for path, option in [*((p, "--preview") for p in previews), *((g, "--geotiff") for g in geotiffs)]:
         if path is not None:
             make_output_folder(path.parent, option)
-    results = []
-    for path, out, side in zip(paths, targets, zip(previews, geotiffs)):
-        if not multiple:  # one image: its error is the run's error
-            results.append(_segment_one(engine, path, out, side, outputs, run))
-            continue
-        start = time.perf_counter()
-        try:
-            results.append(_segment_one(engine, path, out, side, outputs, run))
-        except Exception as error:  # one bad image never stops a batch; KeyboardInterrupt still does
-            reason = str(error) if isinstance(error, MagnetError) else f"{path}: {type(error).__name__}: {error}"
-            results.append(SegmentResult.failed(path, out, reason, time.perf_counter() - start, str(engine.device)))
+    settings = None if isinstance(model, ModelBundle) else (model or ModelSettings())
+    client = _cluster_client(run.cluster, settings)
+    try:
+        results = []
+        for path, out, side in zip(paths, targets, zip(previews, geotiffs)):
+            start = time.perf_counter()
+            try:
+                results.append(_segment_image(engine, path, out, side, settings, outputs, run, client))
+            except Exception as error:  # one bad image never stops a batch; KeyboardInterrupt still does
+                if not multiple:  # one image: its error is the run's error
+                    raise
+                reason = str(error) if isinstance(error, MagnetError) else f"{path}: {type(error).__name__}: {error}"
+                results.append(SegmentResult.failed(path, out, reason, time.perf_counter() - start, str(engine.device)))
+    finally:
+        if client is not None:
+            client.close()
     return results
+
+
+def _segment_image(
+    engine: Engine,
+    path: Path,
+    output: Path,
+    side_outputs: tuple[Path | None, Path | None],
+    model: ModelSettings | None,
+    outputs: OutputSettings,
+    run: RunSettings,
+    client: Any,
+) -> SegmentResult:
+    if run.resume and _is_finished_output(output):
+        return SegmentResult.skipped(path, output, str(engine.device))
+    job = image_job(engine, path, output, side_outputs, model, outputs, run)
+    return _segment_one(engine, job, run, client)
+
+
+def _cluster_client(address: str | None, model: ModelSettings | None) -> Any:
+    """A Dask client for --cluster (None without it)."""
+    if address is None:
+        return None
+    if model is None:
+        raise UsageError("--cluster runs the model on workers: give model settings (a path), not a loaded bundle")
+    from magnet_cli.distributed import client_for
+
+    return client_for(address)
 
 
 def check_outputs(
@@ -284,10 +317,13 @@ def check_outputs(
             )
     for out in targets:
         for leftover in leftovers_of(out):
+            joining = run.resume or run.shard is not None or run.cluster is not None
+            if joining and leftover.name.startswith(f"{out.name}{PARTIAL_INFIX}{CREATING}"):
+                continue  # being laid out by another shard right now
             extra = foreign_entries(leftover)
             if extra:
                 raise OutputError(f"{leftover}: not written by magnet-cli (holds {', '.join(extra[:3])}); move it away")
-            if not (overwrite or run.resume or run.shard is not None):
+            if not (overwrite or run.resume or run.shard is not None or run.cluster is not None):
                 raise OutputError(
                     f"{leftover}: an interrupted run's partial output (or a run still writing {out.name}); "
                     "re-run with --resume to finish it, or with --overwrite to start over"
@@ -313,74 +349,69 @@ def _side_paths(
     return [given / (out.name[: -len(OUTPUT_SUFFIX)] + suffixes[0]) for out in outputs]
 
 
+@dataclass(frozen=True)
+class ImageJob:
+    """One image's run as every process taking part sees it: the driver, shards, Dask workers (it is
+    picklable and small: names and settings, no pixels)."""
+
+    input: Path
+    output: Path
+    model: ModelSettings | None  # None when segment() was handed a loaded bundle (no workers then)
+    inference: InferenceSettings
+    outputs: OutputSettings
+    max_pixels: int
+    side_outputs: tuple[Path | None, Path | None]
+    fingerprint: str
+    attributes: dict  # the label store's attributes (the run record)
+    height: int
+    width: int
+
+
 def _segment_one(
     engine: Engine,
-    path: Path,
-    output: Path,
-    side_outputs: tuple[Path | None, Path | None],
-    outputs: OutputSettings,
+    job: ImageJob,
     run: RunSettings,
+    client: Any = None,
 ) -> SegmentResult:
     start = time.perf_counter()
-    if run.resume and _is_finished_output(output):
-        return SegmentResult.skipped(path, output, str(engine.device))
     if engine.device.type == "cuda":  # each image's peak, not the process's
         torch.cuda.reset_peak_memory_stats(engine.device)
     bundle = engine.bundle
-    preview, geotiff = side_outputs
-    raw = open_image(path, max_pixels=run.max_pixels)
+    shared = run.shard is not None or client is not None
+    _clear_leftovers(job.output, partial_name(job.output, job.fingerprint), run)
+    store = open_store(job, bundle.classes, shared=shared)
     try:
-        plan = engine.plan(raw.height, raw.width)
-        attributes = {"magnet": run_record(engine, path, plan_for(raw.height, raw.width, bundle, engine.settings), raw.georeference)}
-        digest = run_fingerprint(attributes["magnet"], path, outputs, side_outputs)
-        attributes["magnet"]["fingerprint"] = digest
-        shared = run.shard is not None
-        _clear_leftovers(output, partial_name(output, digest), run)
-        writer_options = dict(
-            zarr_format=int(outputs.zarr_format), write_probabilities=outputs.write_probabilities,
-            write_uncertainty=outputs.write_uncertainty, attributes=attributes, overwrite=run.overwrite,
-            store_entries=STORE_ENTRIES,
-        )
-
-        def lay_out(folder: Path) -> None:
-            LabelWriter(output, raw.height, raw.width, bundle.classes, partial=folder, **writer_options).abort()
-
-        store = PartialStore.open(output, digest, lay_out, shared=shared)
-    except BaseException:
-        raw.close()
-        raise
-    try:
-        # An input without a stored pyramid gets one in the partial store, reused when the run resumes.
-        with ensure_pyramid(raw, min_size=max(bundle.input_size), keep_in=store.path / PYRAMID) as source:
-            writer = LabelWriter(output, source.height, source.width, bundle.classes, partial=store.path, **writer_options)
-            units = engine.units(plan)
-            mine = shard_units(units, *run.shard) if run.shard is not None else units
-            finished = store.finished()
-            todo = [unit for unit in mine if unit.name not in finished]
-            bars = LevelProgress(path.name, engine.windows_to_do(plan, todo), progress_enabled(run.progress))
-            stats = _stream_into(engine, source, writer, store, todo, bars, outputs)
+        plan = engine.plan(job.height, job.width)
+        units = engine.units(plan)
+        mine = shard_units(units, *run.shard) if run.shard is not None else units
+        todo = [unit for unit in mine if unit.name not in store.finished()]
+        bars = LevelProgress(job.input.name, engine.windows_to_do(plan, todo), progress_enabled(run.progress))
+        with _job_source(job, store, bundle) as source:  # builds the input's pyramid once, for every worker
+            if client is None:
+                stats = _work(engine, job, store, source, todo, bars)
+            else:
+                stats = _work_on_cluster(client, engine, job, plan, todo, bars)
             finished = store.finished()
             published = all(unit.name in finished for unit in units) and store.claim_publication()
             if published:
-                _publish_output(writer, store, source, engine, side_outputs)
-            else:
-                writer.abort()
+                _publish_output(job, store, source, engine, run.overwrite)
     except KeyboardInterrupt:  # finished units stay in the partial store for --resume
         store.release()
         raise
     except BaseException:
         if shared:
-            store.release()  # other shards hold it too
+            store.release()  # other shards or workers hold it too
         else:
             store.remove()
         raise
     store.release()
     histogram = np.sum([entry.get("class_pixels", [0] * bundle.num_classes) for entry in finished.values()], axis=0)
+    preview, geotiff = job.side_outputs
     return SegmentResult(
-        input=str(path),
-        output=str(output),
-        height=source.height,
-        width=source.width,
+        input=str(job.input),
+        output=str(job.output),
+        height=job.height,
+        width=job.width,
         mode=engine.settings.mode.value,
         levels=plan.depth,
         windows=stats.windows,
@@ -400,12 +431,97 @@ def _segment_one(
     )
 
 
-def _publish_output(
-    writer: LabelWriter, store: PartialStore, source: ImageSource, engine: Engine, side_outputs: tuple[Path | None, Path | None]
-) -> None:
+def image_job(
+    engine: Engine,
+    path: Path,
+    output: Path,
+    side_outputs: tuple[Path | None, Path | None],
+    model: ModelSettings | None,
+    outputs: OutputSettings,
+    run: RunSettings,
+) -> ImageJob:
+    """Open the input once to plan its run: size, run record and the fingerprint that names its store."""
+    with open_image(path, max_pixels=run.max_pixels) as raw:
+        height, width, georeference = raw.height, raw.width, raw.georeference
+    record = run_record(engine, path, plan_for(height, width, engine.bundle, engine.settings), georeference)
+    digest = run_fingerprint(record, path, outputs, side_outputs)
+    record["fingerprint"] = digest
+    return ImageJob(
+        input=path, output=output, model=model, inference=engine.settings, outputs=outputs,
+        max_pixels=run.max_pixels, side_outputs=side_outputs, fingerprint=digest,
+        attributes={"magnet": record}, height=height, width=width,
+    )
+
+
+def _writer_options(job: ImageJob) -> dict:
+    return dict(
+        zarr_format=int(job.outputs.zarr_format), write_probabilities=job.outputs.write_probabilities,
+        write_uncertainty=job.outputs.write_uncertainty, attributes=job.attributes, store_entries=STORE_ENTRIES,
+    )
+
+
+def open_store(job: ImageJob, classes: list[ClassInfo], shared: bool) -> PartialStore:
+    """Join the image's partial store, or lay it out (an empty label store) and join it."""
+
+    def lay_out(folder: Path) -> None:
+        LabelWriter(job.output, job.height, job.width, classes, partial=folder, overwrite=True, **_writer_options(job)).abort()
+
+    return PartialStore.open(job.output, job.fingerprint, lay_out, shared=shared)
+
+
+def _job_source(job: ImageJob, store: PartialStore, bundle: ModelBundle) -> ImageSource:
+    """The input, with its temporary pyramid (when it has none) kept in the partial store."""
+    return ensure_pyramid(open_image(job.input, max_pixels=job.max_pixels), min_size=max(bundle.input_size), keep_in=store.path / PYRAMID)
+
+
+def _work(engine: Engine, job: ImageJob, store: PartialStore, source: ImageSource, units: list[Unit], bars: LevelProgress) -> RunStats:
+    """Do `units` of the image in this process, into the partial store."""
+    writer = LabelWriter(job.output, job.height, job.width, engine.bundle.classes, partial=store.path, overwrite=True, **_writer_options(job))
+    try:
+        return _stream_into(engine, source, writer, store, units, bars, job.outputs)
+    finally:
+        writer.abort()  # releases the arrays; the store keeps what was written
+
+
+def do_units(engine: Engine, job: ImageJob, names: Sequence[str]) -> dict:
+    """Do the named units of an image (those not finished yet) into its shared partial store: what a Dask
+    worker runs. Returns the work's statistics as plain values."""
+    store = open_store(job, engine.bundle.classes, shared=True)
+    try:
+        plan = engine.plan(job.height, job.width)
+        finished = store.finished()
+        wanted = set(names)
+        units = [unit for unit in engine.units(plan) if unit.name in wanted and unit.name not in finished]
+        with _job_source(job, store, engine.bundle) as source:
+            stats = _work(engine, job, store, source, units, LevelProgress(job.input.name, [0] * plan.depth, False))
+    finally:
+        store.release()
+    return asdict(stats)
+
+
+def _work_on_cluster(client: Any, engine: Engine, job: ImageJob, plan: ScalePlan, units: list[Unit], bars: LevelProgress) -> RunStats:
+    """Do `units` as Dask tasks; progress advances as each unit's task returns."""
+    from magnet_cli.distributed import run_units, threads_for
+
+    total = RunStats(device=str(engine.device), windows_per_level=[0] * plan.depth)
+
+    def done(unit: str, stats: dict) -> None:
+        for level, count in enumerate(stats["windows_per_level"]):
+            total.windows_per_level[level] += count
+            bars.advance(level, count)
+        for name in ("segmenter_seconds", "refiner_seconds", "read_wait_seconds", "total_seconds"):
+            setattr(total, name, getattr(total, name) + stats[name])
+
+    with bars:
+        run_units(client, job, [unit.name for unit in units], threads_for(client), done)
+    return total
+
+
+def _publish_output(job: ImageJob, store: PartialStore, source: ImageSource, engine: Engine, overwrite: bool) -> None:
     """Seal the label store, write the side outputs from it, then move everything into place. Side
     outputs go to hidden staging names first, so a failing one publishes nothing."""
-    preview, geotiff = side_outputs
+    preview, geotiff = job.side_outputs
+    writer = LabelWriter(job.output, job.height, job.width, engine.bundle.classes, partial=store.path, overwrite=overwrite, **_writer_options(job))
     staged: list[tuple[Path, Path]] = []
     try:
         levels = writer.seal()
@@ -421,6 +537,7 @@ def _publish_output(
         for temporary, final in staged:
             _publish(temporary, final)
     finally:
+        writer.abort()
         for temporary, _ in staged:
             with contextlib.suppress(OSError):
                 temporary.unlink()
@@ -453,9 +570,12 @@ def run_fingerprint(record: dict, path: Path, outputs: OutputSettings, side_outp
 
 def _clear_leftovers(output: Path, mine: Path, run: RunSettings) -> None:
     """Deal with partial outputs beside `output` before this image's run joins or creates `mine`."""
+    joining = run.resume or run.shard is not None or run.cluster is not None
     for leftover in leftovers_of(output):
-        if leftover == mine and (run.resume or run.shard is not None):
+        if leftover == mine and joining:
             continue  # resumed or joined
+        if joining and leftover.name.startswith(f"{output.name}{PARTIAL_INFIX}{CREATING}"):
+            continue  # a store another shard is laying out right now (or a few empty folders a kill left)
         if run.overwrite and not (leftover == mine and run.shard is not None):
             if is_in_use(leftover):
                 raise OutputError(f"{leftover}: a run is writing it now; --overwrite will not remove it under that run")

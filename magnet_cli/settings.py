@@ -299,6 +299,7 @@ class RunSettings:
     resume: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     shard: tuple[int, int] | None = None  # (index from 0, count): this process's share of the units
+    cluster: str | None = None  # a Dask scheduler address (tcp://HOST:PORT) or local:N
 
     def __post_init__(self) -> None:
         if self.overwrite and self.resume:
@@ -310,6 +311,12 @@ class RunSettings:
             check_whole_number(index, "--shard INDEX", 0, 10**6)
             if index >= count:
                 raise UsageError(f"--shard {index}/{count}: INDEX counts from 0 to COUNT - 1 ({count - 1})")
+        if self.cluster is not None:
+            if self.shard is not None:
+                raise UsageError("--cluster and --shard split the work two ways: give one")
+            from magnet_cli.distributed import parse_cluster
+
+            parse_cluster(self.cluster)
 
 
 @dataclass(frozen=True)

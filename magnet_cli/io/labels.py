@@ -328,7 +328,7 @@ class LabelWriter:
                     )
                     folder = self.partial / PIECES / array_path.replace("/", "_") / ".".join(map(str, key))
                     folder.mkdir(parents=True, exist_ok=True)
-                    temporary = folder / f".{name}.{uuid.uuid4().hex}.npz"
+                    temporary = folder / f".{name}.{uuid.uuid4().hex}.tmp"  # a killed writer's is never merged
                     origin = np.array([b.start or 0 for b in box], dtype=np.int64)
                     with open(temporary, "wb") as handle:
                         np.savez_compressed(handle, origin=origin, data=buffer[box], mask=written[box])
@@ -349,7 +349,7 @@ class LabelWriter:
                 key = tuple(int(k) for k in chunk.name.split("."))
                 region = assembler.region(key)
                 buffer = np.asarray(assembler.array[region])
-                for piece in sorted(chunk.glob("*.npz")):
+                for piece in sorted(chunk.glob("[!.]*.npz")):
                     with np.load(piece) as saved:
                         origin, data, mask = saved["origin"], saved["data"], saved["mask"]
                     where = tuple(slice(int(o), int(o) + n) for o, n in zip(origin, data.shape))
