@@ -93,12 +93,16 @@ def make_engine(bundle: ModelBundle, inference: InferenceSettings) -> Any:
     return Engine(bundle, inference)
 
 
-def segment_image(image: Path, output: Path, model: ModelSettings | ModelBundle, inference: InferenceSettings) -> dict:
+def segment_image(
+    image: Path, output: Path, model: ModelSettings | ModelBundle, inference: InferenceSettings, cluster: str | None = None
+) -> dict:
     """One image through the library's `segment`, quietly, replacing `output`; its result as a dict.
-    `model` is settings (a child process loads the model itself) or an already loaded bundle."""
+    `model` is settings (a child process loads the model itself) or an already loaded bundle; `cluster`
+    runs its units on Dask workers (`--cluster`)."""
     from magnet_cli.segmentation import segment
 
-    (result,) = segment([image], output, model=model, inference=inference, run=RunSettings(progress=False, overwrite=True))
+    run = RunSettings(progress=False, overwrite=True, cluster=cluster)
+    (result,) = segment([image], output, model=model, inference=inference, run=run)
     return result.to_dict()
 
 
@@ -179,9 +183,12 @@ def _death(exitcode: int | None) -> str:
     return f"the process exited with code {exitcode} without a result"
 
 
-def run_segment(image: Path, output: Path, model: ModelSettings, inference: InferenceSettings, label: str) -> dict:
-    """One measured `segment` run in its own process: the image's result plus wall time and peak RSS."""
-    run = run_measured(f"segment {image.name} ({label})", segment_image, image, output, model, inference)
+def run_segment(
+    image: Path, output: Path, model: ModelSettings, inference: InferenceSettings, label: str, cluster: str | None = None
+) -> dict:
+    """One measured `segment` run in its own process: the image's result plus wall time and peak RSS (of
+    that process: Dask workers are other processes)."""
+    run = run_measured(f"segment {image.name} ({label})", segment_image, image, output, model, inference, cluster)
     return {**run.value, "wall_seconds": run.wall_seconds, "peak_rss_mb": run.peak_rss_mb}
 
 
@@ -391,7 +398,8 @@ def benchmark(
     `data` None: the preset's synth scenes. `modes` None: every variant; empty: no modes table, and then
     the dataset is not read at all (nor the limit and peer, which run on it). `sizes` None: the preset's.
     `inference` gives what every variant shares (batch size, device, ...). `run.progress` shows bars
-    while scenes render; overwrite and resume do not apply (the benchmark always replaces its own report
+    while scenes render; `run.cluster` runs the scaling series on Dask workers (throughput against
+    workers: run it with local:1, local:2, ...); overwrite and resume do not apply (the benchmark always replaces its own report
     and scratch masks, and reuses scenes already rendered).
     """
     from magnet_cli.devices import resolve_device
@@ -403,6 +411,7 @@ def benchmark(
     inference = check_inference(inference or InferenceSettings())
     model = model or ModelSettings()
     progress = (run or RunSettings()).progress
+    cluster = (run or RunSettings()).cluster
     device = resolve_device(inference.device)  # a missing CUDA device is named before any work
     bundle = load_model(model)
     output = make_output_folder(Path(output), "--output")
@@ -434,9 +443,10 @@ def benchmark(
     magnet = VARIANTS["magnet"].run_with(inference)
     for size in sizes:
         (image, _), = render_scenes(scratch / f"scaling_{size}", SCALING_SEED, 1, size, progress)
-        one = run_segment(image, scratch / "scaling" / f"{size}.zarr", model, magnet, "magnet")
+        one = run_segment(image, scratch / "scaling" / f"{size}.zarr", model, magnet, "magnet", cluster)
         report.scaling.append({
             "size": size,
+            "cluster": cluster,
             "megapixels": round(size * size / 1e6, 2),
             "windows": one["windows"],
             "seconds": one["seconds"],
@@ -522,7 +532,8 @@ def markdown(report: BenchmarkReport) -> str:
     if report.selection_difference is not None:
         lines += ["", f"Whole-level minus per-window point selection: {100 * report.selection_difference:+.2f} mIoU points."]
     if report.scaling:
-        lines += ["", "Scaling (MagNet, one synthetic scene at growing sizes):", "",
+        where = f" on Dask workers (--cluster {report.scaling[0]['cluster']}; peak RSS is the driver's)" if report.scaling[0].get("cluster") else ""
+        lines += ["", f"Scaling (MagNet, one synthetic scene at growing sizes){where}:", "",
                   "| size | megapixels | windows | seconds | µs / pixel | peak RSS (MB) |", "|---|---|---|---|---|---|"]
         for r in report.scaling:
             lines.append(f"| {r['size']}² | {r['megapixels']} | {r['windows']} | {r['seconds']} | {r['us_per_pixel']} | {r['peak_rss_mb']} |")

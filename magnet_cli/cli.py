@@ -425,6 +425,7 @@ def benchmark_command(
     no_peer: O.NoPeer = False,
     no_limit: O.NoLimit = False,
     workdir: O.Workdir = None,
+    cluster: O.Cluster = None,
     no_progress: O.NoProgress = False,
     json_output: O.Json = False,
     version: O.Version = False,
@@ -437,7 +438,7 @@ def benchmark_command(
         return benchmark(
             data, output, model=S.build(S.ModelSettings, model=model, trust_model=trust_model), modes=modes, sizes=sizes,
             inference=S.build(S.InferenceSettings, batch_size=batch_size, device=device), quick=quick,
-            peer=not no_peer, limit=not no_limit, workdir=workdir, run=S.RunSettings(progress=not no_progress),
+            peer=not no_peer, limit=not no_limit, workdir=workdir, run=S.RunSettings(progress=not no_progress, cluster=cluster),
             log=(lambda message: None) if json_output else (lambda message: err.print(Text(message))),
         )
 

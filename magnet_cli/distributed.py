@@ -67,26 +67,42 @@ def threads_for(client: Any) -> int | None:
     return max(1, (os.cpu_count() or 1) // max(1, len(cluster.workers)))
 
 
-def run_units(
+def run_tasks(
     client: Any,
-    job: ImageJob,
-    units: Sequence[str],
+    work: dict[int, tuple[ImageJob, Sequence[str]]],
     threads: int | None,
-    on_done: Callable[[str, dict], None],
-) -> list[dict]:
-    """Run the named units as tasks (one each), calling `on_done(unit, stats)` as they finish."""
+    on_done: Callable[[int, dict], None],
+    on_error: Callable[[int, BaseException], None],
+) -> None:
+    """Run every named unit of every image as one task, all submitted at once. `on_done(image, stats)`
+    follows each finished unit; the first failing unit of an image fails the image (`on_error`) and its
+    other tasks are cancelled, while the other images go on."""
     from distributed import as_completed
 
-    futures = {
-        client.submit(unit_task, job, name, threads, key=f"magnet-{job.fingerprint[:12]}-{name}", pure=False): name
-        for name in units
-    }
-    results = []
-    for future in as_completed(futures):
-        stats = future.result()
-        results.append(stats)
-        on_done(futures[future], stats)
-    return results
+    futures = {}
+    for index, (job, units) in work.items():
+        for name in units:
+            future = client.submit(unit_task, job, name, threads, key=f"magnet-{job.fingerprint[:12]}-{name}", pure=False)
+            futures[future] = index
+    failed: set[int] = set()
+    try:
+        for future in as_completed(futures):
+            index = futures[future]
+            if index in failed or future.cancelled():
+                continue
+            try:
+                stats = future.result()
+            except Exception as error:  # a bad image (or a worker error): that image fails, the rest go on
+                failed.add(index)
+                on_error(index, error)
+                for other, owner in futures.items():
+                    if owner == index:
+                        other.cancel()
+                continue
+            on_done(index, stats)
+    except BaseException:
+        client.cancel(list(futures))
+        raise
 
 
 def unit_task(job: ImageJob, unit: str, threads: int | None) -> dict:

@@ -10,7 +10,7 @@ import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -146,24 +146,34 @@ def resolve_model(settings: ModelSettings | None = None) -> ModelBundle:
     return bundle
 
 
-def expand_inputs(inputs: Sequence[Path | str]) -> list[Path]:
-    """Files as given; a folder stands for every image in it; `-` and `@FILE` for the paths they list."""
+def expand_inputs(inputs: Sequence[Path | str], problems: dict[Path, str] | None = None) -> list[Path]:
+    """Files as given; a folder stands for every image in it; `-` and `@FILE` for the paths they list.
+
+    An entry that cannot be an input (missing, an empty folder, an unfinished output) is an InputError;
+    with `problems` given, it is kept in the list and its reason recorded there instead, so that a batch
+    can report it as a failed image and go on with the others."""
     if not inputs:
         raise UsageError("no input given")
     paths: list[Path] = []
     for item in [entry for given in inputs for entry in _listed(given)]:
         path = Path(item)
-        if path.is_dir() and not is_zarr_dir(path):
-            found = list_images(path)
-            if not found:
-                raise InputError(f"{path}: folder holds no supported image")
-            paths.extend(found)
-        elif path.exists():
-            if is_zarr_dir(path):
-                check_finished(path)  # an interrupted run's partial store is not an image
+        try:
+            if path.is_dir() and not is_zarr_dir(path):
+                found = list_images(path)
+                if not found:
+                    raise InputError(f"{path}: folder holds no supported image")
+                paths.extend(found)
+            elif path.exists():
+                if is_zarr_dir(path):
+                    check_finished(path)  # an interrupted run's partial store is not an image
+                paths.append(path)
+            else:
+                raise InputError(f"{path}: no such file")
+        except InputError as error:
+            if problems is None:
+                raise
+            problems[path] = str(error)
             paths.append(path)
-        else:
-            raise InputError(f"{path}: no such file")
     return paths
 
 
@@ -223,8 +233,11 @@ def segment(
     inference = inference or InferenceSettings()
     outputs = outputs or OutputSettings()
     run = run or RunSettings()
-    paths = expand_inputs(inputs)
+    problems: dict[Path, str] = {}  # inputs a batch reports as failed instead of stopping for
+    paths = expand_inputs(inputs, problems)
     multiple = len(paths) > 1 or any(is_list_input(i) or (Path(i).is_dir() and not is_zarr_dir(Path(i))) for i in inputs)
+    if problems and not multiple:
+        raise InputError(next(iter(problems.values())))
     targets = output_paths(paths, Path(output), multiple)
     previews = _side_paths(targets, outputs.preview, multiple, PREVIEW_SUFFIXES, "--preview")
     geotiffs = _side_paths(targets, outputs.geotiff, multiple, GEOTIFF_SUFFIXES, "--geotiff")
@@ -240,37 +253,40 @@ def segment(
             make_output_folder(path.parent, option)
     settings = None if isinstance(model, ModelBundle) else (model or ModelSettings())
     client = _cluster_client(run.cluster, settings)
+    items = list(zip(paths, targets, zip(previews, geotiffs)))
+
+    def failed(index: int, error: BaseException) -> SegmentResult:
+        path, out, _ = items[index]
+        reason = str(error) if isinstance(error, MagnetError) else f"{path}: {type(error).__name__}: {error}"
+        return SegmentResult.failed(path, out, reason, 0.0, str(engine.device))
+
+    results: dict[int, SegmentResult] = {}
+    jobs: dict[int, ImageJob] = {}
     try:
-        results = []
-        for path, out, side in zip(paths, targets, zip(previews, geotiffs)):
+        for index, (path, out, side) in enumerate(items):
             start = time.perf_counter()
+            if path in problems:
+                results[index] = failed(index, InputError(problems[path]))
+                continue
             try:
-                results.append(_segment_image(engine, path, out, side, settings, outputs, run, client))
+                if run.resume and _is_finished_output(out):
+                    results[index] = SegmentResult.skipped(path, out, str(engine.device))
+                    continue
+                jobs[index] = image_job(engine, path, out, side, settings, outputs, run)
+                if client is None:
+                    results[index] = _segment_one(engine, jobs[index], run)
             except Exception as error:  # one bad image never stops a batch; KeyboardInterrupt still does
                 if not multiple:  # one image: its error is the run's error
                     raise
-                reason = str(error) if isinstance(error, MagnetError) else f"{path}: {type(error).__name__}: {error}"
-                results.append(SegmentResult.failed(path, out, reason, time.perf_counter() - start, str(engine.device)))
+                results[index] = failed(index, error)
+                results[index].seconds = round(time.perf_counter() - start, 3)
+        if client is not None:
+            pending = {index: job for index, job in jobs.items() if index not in results}
+            results.update(_segment_on_cluster(engine, client, pending, run, multiple, failed))
     finally:
         if client is not None:
             client.close()
-    return results
-
-
-def _segment_image(
-    engine: Engine,
-    path: Path,
-    output: Path,
-    side_outputs: tuple[Path | None, Path | None],
-    model: ModelSettings | None,
-    outputs: OutputSettings,
-    run: RunSettings,
-    client: Any,
-) -> SegmentResult:
-    if run.resume and _is_finished_output(output):
-        return SegmentResult.skipped(path, output, str(engine.device))
-    job = image_job(engine, path, output, side_outputs, model, outputs, run)
-    return _segment_one(engine, job, run, client)
+    return [results[index] for index in range(len(items))]
 
 
 def _cluster_client(address: str | None, model: ModelSettings | None) -> Any:
@@ -367,43 +383,70 @@ class ImageJob:
     width: int
 
 
-def _segment_one(
-    engine: Engine,
-    job: ImageJob,
-    run: RunSettings,
-    client: Any = None,
-) -> SegmentResult:
+@dataclass
+class _Started:
+    """An image's run once this process holds its partial store: the units, and those left to do here."""
+
+    job: ImageJob
+    store: PartialStore
+    plan: ScalePlan
+    units: list[Unit]
+    todo: list[Unit]
+    shared: bool  # whether other processes (shards, workers) hold the store too
+    start: float
+
+
+def _start(engine: Engine, job: ImageJob, run: RunSettings, shared: bool) -> _Started:
+    """Hold the image's partial store (laying it out if new) and build the input's pyramid in it once,
+    before any worker needs it."""
     start = time.perf_counter()
+    _clear_leftovers(job.output, partial_name(job.output, job.fingerprint), run)
+    store = open_store(job, engine.bundle.classes, shared=shared)
+    started = _Started(job, store, engine.plan(job.height, job.width), [], [], shared, start)
+    try:
+        started.units = engine.units(started.plan)
+        mine = shard_units(started.units, *run.shard) if run.shard is not None else started.units
+        finished = store.finished()
+        started.todo = [unit for unit in mine if unit.name not in finished]
+        with _job_source(job, store, engine.bundle):
+            pass
+    except BaseException as error:
+        _abandon(started, error)
+        raise
+    return started
+
+
+def _abandon(started: _Started, error: BaseException) -> None:
+    """After an interruption keep the store for --resume; after a failure remove it unless it is shared."""
+    if isinstance(error, KeyboardInterrupt) or started.shared:
+        started.store.release()
+    else:
+        started.store.remove()
+
+
+def _segment_one(engine: Engine, job: ImageJob, run: RunSettings) -> SegmentResult:
+    """One image in this process (all of it, or its --shard share)."""
     if engine.device.type == "cuda":  # each image's peak, not the process's
         torch.cuda.reset_peak_memory_stats(engine.device)
-    bundle = engine.bundle
-    shared = run.shard is not None or client is not None
-    _clear_leftovers(job.output, partial_name(job.output, job.fingerprint), run)
-    store = open_store(job, bundle.classes, shared=shared)
+    started = _start(engine, job, run, shared=run.shard is not None)
     try:
-        plan = engine.plan(job.height, job.width)
-        units = engine.units(plan)
-        mine = shard_units(units, *run.shard) if run.shard is not None else units
-        todo = [unit for unit in mine if unit.name not in store.finished()]
-        bars = LevelProgress(job.input.name, engine.windows_to_do(plan, todo), progress_enabled(run.progress))
-        with _job_source(job, store, bundle) as source:  # builds the input's pyramid once, for every worker
-            if client is None:
-                stats = _work(engine, job, store, source, todo, bars)
-            else:
-                stats = _work_on_cluster(client, engine, job, plan, todo, bars)
-            finished = store.finished()
-            published = all(unit.name in finished for unit in units) and store.claim_publication()
-            if published:
-                _publish_output(job, store, source, engine, run.overwrite)
-    except KeyboardInterrupt:  # finished units stay in the partial store for --resume
-        store.release()
+        bars = LevelProgress(job.input.name, engine.windows_to_do(started.plan, started.todo), progress_enabled(run.progress))
+        with _job_source(job, started.store, engine.bundle) as source:
+            stats = _work(engine, job, started.store, source, started.todo, bars)
+        return _finish(engine, started, stats, run)
+    except BaseException as error:
+        _abandon(started, error)
         raise
-    except BaseException:
-        if shared:
-            store.release()  # other shards or workers hold it too
-        else:
-            store.remove()
-        raise
+
+
+def _finish(engine: Engine, started: _Started, stats: RunStats, run: RunSettings) -> SegmentResult:
+    """Publish the output if every unit is done and no other process is publishing it; the result."""
+    job, store, bundle = started.job, started.store, engine.bundle
+    finished = store.finished()
+    published = all(unit.name in finished for unit in started.units) and store.claim_publication()
+    if published:
+        with _job_source(job, store, bundle) as source:
+            _publish_output(job, store, source, engine, run.overwrite)
     store.release()
     histogram = np.sum([entry.get("class_pixels", [0] * bundle.num_classes) for entry in finished.values()], axis=0)
     preview, geotiff = job.side_outputs
@@ -413,10 +456,10 @@ def _segment_one(
         height=job.height,
         width=job.width,
         mode=engine.settings.mode.value,
-        levels=plan.depth,
+        levels=started.plan.depth,
         windows=stats.windows,
         windows_per_level=stats.windows_per_level,
-        seconds=round(time.perf_counter() - start, 3),
+        seconds=round(time.perf_counter() - started.start, 3),
         segmenter_seconds=round(stats.segmenter_seconds, 3),
         refiner_seconds=round(stats.refiner_seconds, 3),
         read_wait_seconds=round(stats.read_wait_seconds, 3),
@@ -425,10 +468,70 @@ def _segment_one(
         geotiff=str(geotiff) if geotiff and published else None,
         class_pixels={c.name: int(n) for c, n in zip(bundle.classes, histogram)} if published else {},
         peak_gpu_mb=_peak_gpu_mb(stats.device),
-        units=len(todo),
-        units_total=len(units),
+        units=len(started.todo),
+        units_total=len(started.units),
         published=published,
     )
+
+
+def _segment_on_cluster(
+    engine: Engine, client: Any, jobs: dict[int, ImageJob], run: RunSettings, multiple: bool, failed: Callable
+) -> dict[int, SegmentResult]:
+    """Every unit of every image as one Dask task, all submitted at once (a folder of small images spreads
+    over the workers too); each image is published when its tasks are done. `failed(index, error)` makes
+    an image's failure record."""
+    from magnet_cli.distributed import run_tasks, threads_for
+
+    results: dict[int, SegmentResult] = {}
+    started: dict[int, _Started] = {}
+    for index, job in jobs.items():
+        try:
+            started[index] = _start(engine, job, run, shared=True)
+        except Exception as error:
+            if not multiple:
+                raise
+            results[index] = failed(index, error)
+    totals = {index: RunStats(device=str(engine.device), windows_per_level=[0] * s.plan.depth) for index, s in started.items()}
+    errors: dict[int, BaseException] = {}
+    depth = max((s.plan.depth for s in started.values()), default=1)
+    planned = [0] * depth
+    for s in started.values():
+        for level, count in enumerate(engine.windows_to_do(s.plan, s.todo)):
+            planned[level] += count
+    title = started[next(iter(started))].job.input.name if len(started) == 1 else f"{len(started)} images"
+    bars = LevelProgress(title, planned, progress_enabled(run.progress))
+
+    def done(index: int, stats: dict) -> None:
+        total = totals[index]
+        for level, count in enumerate(stats["windows_per_level"]):
+            total.windows_per_level[level] += count
+            bars.advance(level, count)
+        for name in ("segmenter_seconds", "refiner_seconds", "read_wait_seconds", "total_seconds"):
+            setattr(total, name, getattr(total, name) + stats[name])
+
+    try:
+        with bars:
+            work = {index: (s.job, [unit.name for unit in s.todo]) for index, s in started.items()}
+            run_tasks(client, work, threads_for(client), done, errors.__setitem__)
+        for index, s in started.items():
+            if index in errors:
+                _abandon(s, errors[index])
+                if not multiple:
+                    raise errors[index]
+                results[index] = failed(index, errors[index])
+                continue
+            try:
+                results[index] = _finish(engine, s, totals[index], run)
+            except Exception as error:
+                _abandon(s, error)
+                if not multiple:
+                    raise
+                results[index] = failed(index, error)
+    except KeyboardInterrupt:
+        for s in started.values():
+            s.store.release()
+        raise
+    return results
 
 
 def image_job(
@@ -497,24 +600,6 @@ def do_units(engine: Engine, job: ImageJob, names: Sequence[str]) -> dict:
     finally:
         store.release()
     return asdict(stats)
-
-
-def _work_on_cluster(client: Any, engine: Engine, job: ImageJob, plan: ScalePlan, units: list[Unit], bars: LevelProgress) -> RunStats:
-    """Do `units` as Dask tasks; progress advances as each unit's task returns."""
-    from magnet_cli.distributed import run_units, threads_for
-
-    total = RunStats(device=str(engine.device), windows_per_level=[0] * plan.depth)
-
-    def done(unit: str, stats: dict) -> None:
-        for level, count in enumerate(stats["windows_per_level"]):
-            total.windows_per_level[level] += count
-            bars.advance(level, count)
-        for name in ("segmenter_seconds", "refiner_seconds", "read_wait_seconds", "total_seconds"):
-            setattr(total, name, getattr(total, name) + stats[name])
-
-    with bars:
-        run_units(client, job, [unit.name for unit in units], threads_for(client), done)
-    return total
 
 
 def _publish_output(job: ImageJob, store: PartialStore, source: ImageSource, engine: Engine, overwrite: bool) -> None:

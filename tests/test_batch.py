@@ -71,6 +71,23 @@ def test_inputs_from_a_list_file(bundle_dir, tmp_path):
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["tile0.zarr", "tile1.zarr"]
 
 
+def test_a_missing_path_in_a_list_is_a_failed_image_not_a_stopped_batch(bundle_dir, tmp_path):
+    paths = images(tmp_path / "in", good=2, bad=0)
+    listing = tmp_path / "list.txt"
+    gone = tmp_path / "in" / "deleted.png"
+    listing.write_text(f"{paths[0]}\n{gone}\n{paths[1]}\n")
+    result = segment(bundle_dir, f"@{listing}", "-o", tmp_path / "masks", "--mode", "downsample", "--json")
+    assert result.exit_code == 1, result.output
+    found = records(result)
+    assert [r["status"] for r in found] == ["ok", "failed", "ok"]
+    assert "no such file" in found[1]["error"] and str(gone) in found[1]["error"]
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["tile0.zarr", "tile1.zarr"]
+
+
+def test_one_missing_input_is_a_usage_error(bundle_dir, tmp_path):
+    assert_clean_failure(segment(bundle_dir, tmp_path / "nope.png", "-o", tmp_path / "o.zarr"), "no such file")
+
+
 def test_inputs_from_stdin_make_a_batch_even_of_one(bundle_dir, tmp_path):
     from typer.testing import CliRunner
 

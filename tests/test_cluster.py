@@ -105,3 +105,32 @@ def test_cluster_without_dask_names_the_extra(monkeypatch, bundle_dir, scene, tm
 def test_bad_cluster_addresses_are_usage_errors(bundle_dir, scene, tmp_path, address):
     done = subprocess.run(command(bundle_dir, [scene], tmp_path / "o.zarr", "--cluster", address), capture_output=True, text=True)
     assert done.returncode == 2 and "--cluster" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_folder_on_a_cluster_spreads_its_images_and_reports_each(bundle_dir, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(3):
+        tifffile.imwrite(folder / f"s{index}.tif", random_rgb(200 + 40 * index, 240, seed=index), photometric="rgb")
+    (folder / "s9.tif").write_bytes(b"II*\x00 not a tiff")  # one bad image: a failed record, the rest go on
+    reference, out = tmp_path / "reference", tmp_path / "masks"
+    single = subprocess.run(command(bundle_dir, [folder], reference), capture_output=True, text=True, timeout=300)
+    assert single.returncode == 1, single.stderr
+    done = subprocess.run(command(bundle_dir, [folder], out, "--cluster", "local:2"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    statuses = {Path(r["input"]).name: r["status"] for r in json.loads(done.stdout)}
+    assert statuses == {"s0.tif": "ok", "s1.tif": "ok", "s2.tif": "ok", "s9.tif": "failed"}
+    for index in range(3):
+        assert_same_store(reference / f"s{index}.zarr", out / f"s{index}.zarr")
+    assert sorted(p.name for p in out.iterdir()) == ["s0.zarr", "s1.zarr", "s2.zarr"]
+
+
+def test_benchmark_runs_its_scaling_series_on_a_cluster(bundle_dir, tmp_path):
+    from magnet_cli.bench import benchmark
+    from magnet_cli.settings import ModelSettings, RunSettings
+
+    report = benchmark(None, tmp_path / "out", model=ModelSettings(model=bundle_dir), modes=[], sizes=[300],
+                       peer=False, limit=False, run=RunSettings(progress=False, cluster="local:2"))
+    (row,) = report.scaling
+    assert row["cluster"] == "local:2" and row["windows"] > 0
+    assert "--cluster local:2" in (tmp_path / "out" / "benchmark.md").read_text()

@@ -334,3 +334,28 @@ def test_write_rejects_windows_that_are_bugs(tmp_path):
             writer.write(0, 0, ones, uncertainty=np.zeros((5, 10)))
         with pytest.raises(ValueError, match=r"\(h, w\)"):
             writer.write(0, 0, ones[None])
+
+
+def test_units_sharing_chunks_are_merged_from_pieces_at_seal(tmp_path):
+    """Two units split every chunk between them; each stores its share as pieces, seal() merges them,
+    and a killed writer's half-written temporary piece is never merged."""
+    from magnet_cli.classes import default_classes
+
+    rng = np.random.default_rng(3)
+    expected = rng.integers(0, 3, (100, 90), dtype=np.uint8)
+    partial = tmp_path / "o.zarr.partial-test"
+    partial.mkdir()
+    writer = LabelWriter(tmp_path / "o.zarr", 100, 90, default_classes(3), chunk_size=32, partial=partial, min_level_size=16)
+    writer.write(0, 0, expected[:, :45])  # unit A: the left half
+    writer.end_unit("A")
+    writer.write(0, 45, expected[:, 45:])  # unit B: the right half
+    writer.end_unit("B")
+    pieces = sorted((partial / "pieces").rglob("*.npz"))
+    assert pieces and {p.stem for p in pieces} == {"A", "B"}
+    (pieces[0].parent / ".A.deadbeef.tmp").write_bytes(b"PK\x03\x04 truncated")  # as kill -9 leaves it
+    levels = writer.seal()
+    assert np.array_equal(levels[0][...], expected)
+    assert np.array_equal(levels[1][...], expected[::2, ::2])
+    assert not (partial / "pieces").exists()
+    writer.finalize()
+    assert np.array_equal(read_labels(tmp_path / "o.zarr"), expected)
