@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -27,9 +28,12 @@ MAGNET = [sys.executable, "-m", "magnet_cli.cli"]
 
 
 def run(commands: list[list[str]]) -> tuple[float, float, list[dict]]:
-    """Run commands at the same time; wall seconds, the largest process's peak RSS (MB), their JSON."""
+    """Run commands at the same time; wall seconds, the largest process's peak RSS (MB), their JSON.
+    Concurrent commands share the cores (OMP_NUM_THREADS), as shards on one node should."""
     start = time.perf_counter()
-    processes = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
+    threads = max(1, (os.cpu_count() or 1) // len(commands))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if len(commands) > 1 else None
+    processes = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for c in commands]
     peak: dict[int, int] = {}
     while any(p.poll() is None for p in processes):
         for p in processes:
@@ -65,19 +69,22 @@ def main() -> None:
     parser.add_argument("--folder-size", type=int, default=2048)
     parser.add_argument("--folder-count", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", choices=["image", "folder"], help="run one of the two inputs")
     args = parser.parse_args()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     big, folder = work / "big", work / "folder"
     if not big.exists():
-        subprocess.run([*MAGNET, "synth", str(big), "--size", str(args.size), "--seed", "500", "--no-progress"], check=True)
+        subprocess.run([*MAGNET, "synth", str(big), "--size", str(args.size), "--seed", "500", "--no-progress"], check=True, stdout=subprocess.DEVNULL)
     if not folder.exists():
         subprocess.run([*MAGNET, "synth", str(folder), "--size", str(args.folder_size), "--seed", "600",
-                        "--count", str(args.folder_count), "--no-progress"], check=True)
+                        "--count", str(args.folder_count), "--no-progress"], check=True, stdout=subprocess.DEVNULL)
     cases = [
         (f"one {args.size}^2 image", next((big / "images").iterdir())),
         (f"{args.folder_count} images of {args.folder_size}^2", folder / "images"),
     ]
+    if args.only:
+        cases = [cases[0] if args.only == "image" else cases[1]]
     n = args.workers
     print("| input | how | wall s | speed-up vs 1 process | model s (summed) | peak RSS of one process, MB | labels |")
     print("|---|---|---|---|---|---|---|")

@@ -58,6 +58,14 @@ def client_for(address: str):  # noqa: ANN201 (distributed.Client, an optional d
         raise UsageError(f"--cluster {address}: cannot reach the Dask scheduler ({error})") from None
 
 
+def close_client(client: Any) -> None:
+    """Disconnect; a LocalCluster this process started (`local:N`) is shut down with its workers."""
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
 def threads_for(client: Any) -> int | None:
     """Intra-op threads per task: this host's cores shared by a local cluster's workers; None (torch's
     default, or OMP_NUM_THREADS) for workers on other hosts, whose cores we cannot see from here."""

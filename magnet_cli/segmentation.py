@@ -86,7 +86,7 @@ class SegmentResult:
     geotiff: str | None = None
     class_pixels: dict[str, int] = field(default_factory=dict)
     peak_gpu_mb: float | None = None  # torch's max allocated memory on a CUDA device during this image
-    status: str = "ok"  # "ok" | "failed" | "skipped"
+    status: str = "ok"  # "ok" | "failed" | "skipped" (finished before, with --resume; or not in this --shard)
     error: str | None = None
     units: int = 0  # units of work this run did (the rest were finished before, or are other shards')
     units_total: int = 0
@@ -262,31 +262,66 @@ def segment(
 
     results: dict[int, SegmentResult] = {}
     jobs: dict[int, ImageJob] = {}
+
+    def guarded(index: int, action: Callable[[], SegmentResult | ImageJob]) -> SegmentResult | ImageJob | None:
+        """One image's step; in a batch its failure becomes its record (KeyboardInterrupt still stops)."""
+        start = time.perf_counter()
+        try:
+            return action()
+        except Exception as error:
+            if not multiple:  # one image: its error is the run's error
+                raise
+            results[index] = failed(index, error)
+            results[index].seconds = round(time.perf_counter() - start, 3)
+            return None
+
     try:
         for index, (path, out, side) in enumerate(items):
-            start = time.perf_counter()
             if path in problems:
                 results[index] = failed(index, InputError(problems[path]))
-                continue
-            try:
-                if run.resume and _is_finished_output(out):
-                    results[index] = SegmentResult.skipped(path, out, str(engine.device))
-                    continue
-                jobs[index] = image_job(engine, path, out, side, settings, outputs, run)
-                if client is None:
-                    results[index] = _segment_one(engine, jobs[index], run)
-            except Exception as error:  # one bad image never stops a batch; KeyboardInterrupt still does
-                if not multiple:  # one image: its error is the run's error
-                    raise
-                results[index] = failed(index, error)
-                results[index].seconds = round(time.perf_counter() - start, 3)
+            elif run.resume and _is_finished_output(out):
+                results[index] = SegmentResult.skipped(path, out, str(engine.device))
+            else:
+                job = guarded(index, lambda: image_job(engine, path, out, side, settings, outputs, run))
+                if job is not None:
+                    jobs[index] = job  # type: ignore[assignment]
         if client is not None:
-            pending = {index: job for index, job in jobs.items() if index not in results}
-            results.update(_segment_on_cluster(engine, client, pending, run, multiple, failed))
+            results.update(_segment_on_cluster(engine, client, jobs, run, multiple, failed))
+        else:
+            shares = _shard_shares(engine, jobs, run.shard) if run.shard is not None else {}
+            for index, job in jobs.items():
+                share = shares.get(index)
+                if share is not None and not share:  # none of this image's units fall to this shard
+                    results[index] = SegmentResult.skipped(job.input, job.output, str(engine.device))
+                    continue
+                if share is not None and os.path.lexists(job.output) and not run.overwrite:
+                    # Another shard may have published the images it finished; this one's are its own.
+                    results[index] = failed(index, OutputError(f"{job.output}: already exists; use --overwrite to replace it"))
+                    if not multiple:
+                        raise OutputError(results[index].error)
+                    continue
+                result = guarded(index, lambda: _segment_one(engine, job, run, share))
+                if result is not None:
+                    results[index] = result  # type: ignore[assignment]
     finally:
         if client is not None:
-            client.close()
+            from magnet_cli.distributed import close_client
+
+            close_client(client)
     return [results[index] for index in range(len(items))]
+
+
+def _shard_shares(engine: Engine, jobs: dict[int, ImageJob], shard: tuple[int, int]) -> dict[int, set[str]]:
+    """This shard's units of every image: the units of all images in order, dealt out in contiguous runs,
+    so a folder splits by image and a big image by subtree, the same way in every shard. An existing
+    output matters to a shard only if it has a share of that image (others publish the rest)."""
+    everything = [
+        (index, unit.name) for index, job in jobs.items() for unit in engine.units(engine.plan(job.height, job.width))
+    ]
+    shares: dict[int, set[str]] = {index: set() for index in jobs}
+    for index, name in shard_units(everything, *shard):
+        shares[index].add(name)
+    return shares
 
 
 def _cluster_client(address: str | None, model: ModelSettings | None) -> Any:
@@ -318,7 +353,7 @@ def check_outputs(
     for path, option, _ in places:
         check_off_inputs(path, option, inputs)
     existing = [path for path, _, _ in places if os.path.lexists(path)]
-    if existing and not (overwrite or run.resume):
+    if existing and not (overwrite or run.resume or run.shard is not None):  # shards: see _shard_shares
         more = f" (and {len(existing) - 1} more output(s))" if len(existing) > 1 else ""
         raise OutputError(
             f"{existing[0]}: already exists{more}; use --overwrite to replace magnet-cli's outputs "
@@ -396,16 +431,16 @@ class _Started:
     start: float
 
 
-def _start(engine: Engine, job: ImageJob, run: RunSettings, shared: bool) -> _Started:
+def _start(engine: Engine, job: ImageJob, run: RunSettings, shared: bool, share: set[str] | None = None) -> _Started:
     """Hold the image's partial store (laying it out if new) and build the input's pyramid in it once,
-    before any worker needs it."""
+    before any worker needs it. `share`: the units this process does (all when None)."""
     start = time.perf_counter()
     _clear_leftovers(job.output, partial_name(job.output, job.fingerprint), run)
     store = open_store(job, engine.bundle.classes, shared=shared)
     started = _Started(job, store, engine.plan(job.height, job.width), [], [], shared, start)
     try:
         started.units = engine.units(started.plan)
-        mine = shard_units(started.units, *run.shard) if run.shard is not None else started.units
+        mine = [unit for unit in started.units if share is None or unit.name in share]
         finished = store.finished()
         started.todo = [unit for unit in mine if unit.name not in finished]
         with _job_source(job, store, engine.bundle):
@@ -424,11 +459,11 @@ def _abandon(started: _Started, error: BaseException) -> None:
         started.store.remove()
 
 
-def _segment_one(engine: Engine, job: ImageJob, run: RunSettings) -> SegmentResult:
-    """One image in this process (all of it, or its --shard share)."""
+def _segment_one(engine: Engine, job: ImageJob, run: RunSettings, share: set[str] | None = None) -> SegmentResult:
+    """One image in this process: all of it, or the units in `share` (its --shard share)."""
     if engine.device.type == "cuda":  # each image's peak, not the process's
         torch.cuda.reset_peak_memory_stats(engine.device)
-    started = _start(engine, job, run, shared=run.shard is not None)
+    started = _start(engine, job, run, shared=run.shard is not None, share=share)
     try:
         bars = LevelProgress(job.input.name, engine.windows_to_do(started.plan, started.todo), progress_enabled(run.progress))
         with _job_source(job, started.store, engine.bundle) as source:
@@ -642,6 +677,7 @@ def run_fingerprint(record: dict, path: Path, outputs: OutputSettings, side_outp
             "record": record,
             "device_type": str(record.get("device", "")).split(":")[0],
             "input": input_identity(path),
+            "model_files": _model_files(record.get("model_path")),
             "outputs": {
                 "probabilities": outputs.write_probabilities,
                 "uncertainty": outputs.write_uncertainty,
@@ -651,6 +687,16 @@ def run_fingerprint(record: dict, path: Path, outputs: OutputSettings, side_outp
             "units": [SUBTREE_LEVELS, BLOCK_SIDE],
         }
     )
+
+
+def _model_files(model_path: str | None) -> list:
+    """Name, size and modification time of each file of the model, so that a model retrained in place
+    never resumes a partial output of the old one."""
+    if not model_path:
+        return []
+    folder = Path(model_path)
+    files = sorted(folder.iterdir()) if folder.is_dir() else [folder]
+    return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
 
 
 def _clear_leftovers(output: Path, mine: Path, run: RunSettings) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, TypeVar
 
 from magnet_cli.pyramid import ScalePlan, Window
 
@@ -28,6 +28,7 @@ from magnet_cli.pyramid import ScalePlan, Window
 SUBTREE_LEVELS = 4
 # Plans of a single level (patch and downsample modes) have no tree: blocks of 8 x 8 windows.
 BLOCK_SIDE = 8
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def split_units(plan: ScalePlan, whole: bool = False) -> list[Unit]:
     return [Unit(level, w.row, w.row + 1, w.col, w.col + 1) for w in sorted(plan.windows(level), key=tree.path)]
 
 
-def shard(units: Sequence[Unit], index: int, count: int) -> list[Unit]:
+def shard(units: Sequence[T], index: int, count: int) -> list[T]:
     """Shard `index` of `count` (from 0): a contiguous run of units, so its ancestors are shared."""
     if not 0 <= index < count:
         raise ValueError(f"shard {index} of {count} does not exist")

@@ -169,6 +169,22 @@ def test_shards_in_reverse_order_with_a_killed_one_resumed(bundle_dir, striped, 
     assert_same_store(reference, out)
 
 
+def test_shards_split_a_folder_by_image(bundle_dir, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(3):  # one unit each
+        tifffile.imwrite(images / f"s{index}.tif", random_rgb(256, 200 + 32 * index, seed=index), photometric="rgb")
+    reference, out = tmp_path / "reference", tmp_path / "masks"
+    finish(command(bundle_dir, [images], reference))
+    first = json.loads(finish(command(bundle_dir, [images], out, "--shard", "0/2")).stdout)
+    second = json.loads(finish(command(bundle_dir, [images], out, "--shard", "1/2")).stdout)
+    done = [r["units"] for r in first], [r["units"] for r in second]
+    assert done == ([0, 1, 0], [1, 0, 1]) or done == ([1, 0, 0], [0, 1, 1]), done  # each image in one shard
+    assert [a["status"] == "skipped" for a in first] == [u == 0 for u in done[0]]
+    for name in ("s0.zarr", "s1.zarr", "s2.zarr"):
+        assert_same_store(reference / name, out / name)
+
+
 def test_a_store_a_live_run_holds_is_neither_joined_nor_removed(bundle_dir, striped, tmp_path):
     import fcntl
 
