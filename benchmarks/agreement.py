@@ -7,7 +7,8 @@ CPUs and GPUs run other kernels, which round differently. With no other hardware
 measures two stand-ins on the same image with the default model:
 - convolutions through ATen's own kernels instead of oneDNN (`torch.backends.mkldnn`), as another CPU
   would pick other kernels;
-- a batch size of 1 instead of 4, which changes the kernels' blocking.
+- a batch size of 1 instead of 4, which changes the kernels' blocking;
+- 1 intra-op thread instead of torch's default (2 here), which units and workers may differ in.
 It prints, for each, the share of labels that match the default run and the largest probability
 difference of the finest-level output.
 """
@@ -29,6 +30,16 @@ from magnet_cli.pipeline import Engine
 from magnet_cli.segmentation import resolve_model
 from magnet_cli.settings import InferenceSettings, ModelSettings
 from magnet_cli.synthetic import synth
+
+
+@contextlib.contextmanager
+def intra_op_threads(count: int):  # noqa: ANN201
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def probabilities(image: Path, settings: InferenceSettings, kernels: contextlib.AbstractContextManager) -> np.ndarray:
@@ -56,6 +67,7 @@ def main() -> None:
         cases = {
             "ATen convolutions instead of oneDNN": (InferenceSettings(device="cpu"), torch.backends.mkldnn.flags(enabled=False)),
             "batch size 1 instead of 4": (InferenceSettings(device="cpu", batch_size=1), contextlib.nullcontext()),
+            "1 intra-op thread instead of the default": (InferenceSettings(device="cpu"), intra_op_threads(1)),
         }
         labels = base.argmax(0)
         print(f"| {args.size}^2 scene, seed {args.seed}, default model, magnet | labels equal | pixels that differ | max probability difference |")

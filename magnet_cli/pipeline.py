@@ -73,18 +73,6 @@ def plan_for(source_height: int, source_width: int, bundle: ModelBundle, setting
     return make_plan(source_height, source_width, bundle.input_size, levels, settings.crop_size)
 
 
-def windows_per_level(plan: ScalePlan, settings: InferenceSettings) -> list[int]:
-    """How many windows each level will process in this mode (for progress bars and reports)."""
-    counts = [level.window_count for level in plan.levels]
-    if settings.mode == "patch":
-        return [counts[-1]]
-    if settings.mode == "downsample":
-        return [counts[0]]
-    if settings.mode == "fast":
-        return [counts[0]] + [min(settings.fast_patches, c) for c in counts[1:]]
-    return counts
-
-
 # The level engine holds about this many float32 copies of the finest level map at once
 # (cumulative map, its upsampling, the proposal sum, the score, the result).
 LEVEL_MAP_COPIES = 5
@@ -192,9 +180,14 @@ class Engine:
 
     def windows_to_do(self, plan: ScalePlan, units: Sequence[Unit]) -> list[int]:
         """Windows per level that running `units` computes (progress bars and reports)."""
-        if self.whole_levels:
-            return windows_per_level(plan, self.settings)
-        return Tree(plan).windows_per_level(units)
+        if not self.whole_levels:
+            return Tree(plan).windows_per_level(units)
+        if not units:
+            return [0] * plan.depth
+        counts = [level.window_count for level in plan.levels]
+        if self.settings.mode == Mode.fast:  # after the first level, only the most uncertain windows
+            return [counts[0]] + [min(self.settings.fast_patches, c) for c in counts[1:]]
+        return counts
 
     def run(
         self,

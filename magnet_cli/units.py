@@ -10,8 +10,8 @@ make a unit's result independent of where and when it runs, so that any split gi
 - the split depends on the scale plan only (image size, model input size and settings), so every shard
   and worker computes the same list.
 
-Intra-op threads do not enter: the default models give identical outputs with 1 and 2 threads at a
-fixed batch size (measured; see README "Determinism").
+Intra-op threads do not enter: 1 and 2 threads give bit-identical probabilities at a fixed batch size
+(benchmarks/agreement.py; README "Determinism").
 """
 
 from __future__ import annotations

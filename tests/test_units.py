@@ -86,3 +86,14 @@ def test_any_split_of_the_units_gives_identical_maps(bundle, mode, size):
     assert together.keys() == alone.keys()
     for region in together:
         assert torch.equal(together[region], alone[region]), region
+
+
+@pytest.mark.parametrize("options", [{"mode": "fast", "fast_patches": 2}, {"selection": "global"}, {"mode": "patch"}])
+def test_planned_window_counts_match_the_run_in_every_engine(bundle, options):
+    image = random_rgb(700, 600, seed=6)
+    engine = Engine(bundle, InferenceSettings(device="cpu", **options))
+    plan = engine.plan(*image.shape[:2])
+    units = engine.units(plan)
+    stats = engine.run(ArraySource(image), lambda region, p: None, units=units)
+    assert engine.windows_to_do(plan, units) == stats.windows_per_level
+    assert engine.windows_to_do(plan, []) == [0] * plan.depth
