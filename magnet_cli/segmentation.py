@@ -368,13 +368,12 @@ def check_outputs(
             )
     for out in targets:
         for leftover in leftovers_of(out):
-            joining = run.resume or run.shard is not None or run.cluster is not None
-            if joining and leftover.name.startswith(f"{out.name}{PARTIAL_INFIX}{CREATING}"):
+            if run.joins_partial and leftover.name.startswith(f"{out.name}{PARTIAL_INFIX}{CREATING}"):
                 continue  # being laid out by another shard right now
             extra = foreign_entries(leftover)
             if extra:
                 raise OutputError(f"{leftover}: not written by magnet-cli (holds {', '.join(extra[:3])}); move it away")
-            if not (overwrite or run.resume or run.shard is not None or run.cluster is not None):
+            if not (overwrite or run.joins_partial):
                 raise OutputError(
                     f"{leftover}: an interrupted run's partial output (or a run still writing {out.name}); "
                     "re-run with --resume to finish it, or with --overwrite to start over"
@@ -701,11 +700,10 @@ def _model_files(model_path: str | None) -> list:
 
 def _clear_leftovers(output: Path, mine: Path, run: RunSettings) -> None:
     """Deal with partial outputs beside `output` before this image's run joins or creates `mine`."""
-    joining = run.resume or run.shard is not None or run.cluster is not None
     for leftover in leftovers_of(output):
-        if leftover == mine and joining:
+        if leftover == mine and run.joins_partial:
             continue  # resumed or joined
-        if joining and leftover.name.startswith(f"{output.name}{PARTIAL_INFIX}{CREATING}"):
+        if run.joins_partial and leftover.name.startswith(f"{output.name}{PARTIAL_INFIX}{CREATING}"):
             continue  # a store another shard is laying out right now (or a few empty folders a kill left)
         if run.overwrite and not (leftover == mine and run.shard is not None):
             if is_in_use(leftover):

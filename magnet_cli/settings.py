@@ -301,6 +301,12 @@ class RunSettings:
     shard: tuple[int, int] | None = None  # (index from 0, count): this process's share of the units
     cluster: str | None = None  # a Dask scheduler address (tcp://HOST:PORT) or local:N
 
+    @property
+    def joins_partial(self) -> bool:
+        """Whether this run may join an existing partial output of the same run (resuming it, or sharing
+        it with other shards or workers) instead of refusing it."""
+        return self.resume or self.shard is not None or self.cluster is not None
+
     def __post_init__(self) -> None:
         if self.overwrite and self.resume:
             raise UsageError("--overwrite and --resume contradict each other: give one")
