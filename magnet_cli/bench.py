@@ -337,7 +337,7 @@ def monai_segment(image: Path, output: Path, model: ModelSettings, inference: In
     with torch.inference_mode():
         probabilities = sliding_window_inference(
             whole, roi_size=bundle.input_size, sw_batch_size=inference.batch_size, overlap=0.0,
-            predictor=lambda x: torch.softmax(segmenter(x.to(torch_device)), 1).cpu(),
+            predictor=lambda x: segmenter.probabilities(x.to(torch_device)).cpu(),
         )
     labels = probabilities[0].argmax(0).to(torch.uint8).numpy()
     tifffile.imwrite(output, labels, tile=(512, 512), compression="zlib")

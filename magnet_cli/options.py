@@ -186,7 +186,8 @@ Segmenter = Annotated[
     Optional[str],
     typer.Option(
         "--segmenter",
-        help="A segmenter instead of a bundle: TorchScript file, or package.module:factory.",
+        help="A segmenter instead of a bundle, chosen by its suffix: .onnx (onnxruntime), .pt2 (torch.export), "
+        ".ts (TorchScript), or package.module:factory.",
         show_default=False,
     ),
 ]
@@ -198,7 +199,8 @@ InputSize = Annotated[
     Optional[str],
     typer.Option(
         "--input-size",
-        help="Model input size HxW, e.g. 256 or 512x256 (default: the bundle's; train-segmenter: 256).",
+        help="Model input size HxW, e.g. 256 or 512x256 (default: the bundle's, or a fixed-size ONNX/.pt2 model's; "
+        "train-segmenter: 256).",
         callback=_callback(parse_size),
         show_default=False,
         metavar="HxW",
@@ -229,7 +231,8 @@ RefinerInputOrder = Annotated[
 
 TrustModel = Annotated[
     bool,
-    typer.Option("--trust-model", help="Allow a model to run Python code (a module:factory segmenter). Model files are data otherwise."),
+    typer.Option("--trust-model", help="Allow a model to run Python code (a module:factory segmenter, a .pt2 archive torch unpickles). "
+        "Model files are data otherwise."),
 ]
 
 # --- inference (InferenceSettings) -----------------------------------------------------------------------

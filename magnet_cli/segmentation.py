@@ -119,8 +119,6 @@ def resolve_model(settings: ModelSettings | None = None) -> ModelBundle:
     class_list = parse_classes(settings.classes) if settings.classes is not None else None
     order = settings.refiner_input_order.value if settings.refiner_input_order is not None else None
     if settings.segmenter is not None:
-        if settings.input_size is None:
-            raise UsageError("--segmenter needs --input-size HxW (the size the model was trained at)")
         return bundle_from_parts(
             settings.segmenter, class_list, settings.input_size, settings.refiner,
             mean=settings.mean, std=settings.std, refiner_input_order=order,  # type: ignore[arg-type]

@@ -195,7 +195,7 @@ class ModelSettings:
     """Which model: a bundle folder (default: the bundled one), or a segmenter file with its contract."""
 
     model: Path | None = None
-    segmenter: str | None = None  # a TorchScript file, or module:factory
+    segmenter: str | None = None  # a segmenter file (.onnx, .pt2, .ts: models/sources/), or module:factory
     classes: str | None = None  # a class count or a class file
     input_size: tuple[int, int] | None = None
     mean: tuple[float, ...] | None = None

@@ -7,7 +7,6 @@ writer or ignored by one reader. docs/bundle.md documents every key.
 
 from __future__ import annotations
 
-import hashlib
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -20,8 +19,9 @@ from magnet_cli.classes import ClassInfo, default_classes
 from magnet_cli.errors import MagnetError, ModelError, UsageError
 from magnet_cli.models.builtin import build_architecture
 from magnet_cli.models.refiner import INPUT_ORDERS, Refiner, load_refiner, save_refiner
-from magnet_cli.models.segmenter import Segmenter, load_factory, load_torchscript
-from magnet_cli.models.weights import first_non_finite, read_weights_file
+from magnet_cli.models.segmenter import OUTPUTS, Segmenter
+from magnet_cli.models.sources import KINDS, SOURCES, Contract, source_for
+from magnet_cli.models.weights import first_non_finite, read_state, segmenter_digest, state_digest
 from magnet_cli.settings import MAX_LEVELS, check_channel_stats, check_levels, check_points, check_size, check_smooth_kernel
 from magnet_cli.toml_writer import dumps
 
@@ -29,21 +29,25 @@ MODEL_FILE = "model.toml"
 SEGMENTER_WEIGHTS = "segmenter.pt"
 SEGMENTER_EXPORT = "segmenter.ts"
 REFINER_WEIGHTS = "refiner.pt"
-SEGMENTER_KINDS = ("architecture", "torchscript", "factory")
+SEGMENTER_KINDS = KINDS  # one per module of models/sources/
 
 
 # --- the spec -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SegmenterSpec:
-    """[segmenter]: exactly one source (a built-in architecture, a TorchScript file or a module:factory)."""
+    """[segmenter]: exactly one source (models/sources/: a built-in architecture, a TorchScript file, a
+    torch.export archive, an ONNX file or a module:factory)."""
 
     architecture: str | None = None
-    torchscript: str | None = None  # file, relative to the bundle folder
+    torchscript: str | None = None  # file, relative to the bundle folder (deprecated upstream)
+    export: str | None = None  # a torch.export archive (.pt2), relative to the bundle folder
+    onnx: str | None = None  # an ONNX file, relative to the bundle folder
     factory: str | None = None  # "package.module:function", called with the class count
     options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the architecture
     weights: str | None = None  # state dict of an architecture or factory module
     torchscript_export: str | None = None  # a TorchScript copy for other tools; never read by us
-    sha256: str | None = None  # content digest of the weights (`segmenter_digest`)
+    outputs: str | None = None  # "logits" or "probabilities"; None: what the model says (ONNX, .pt2) or logits
+    sha256: str | None = None  # content digest of the weights (`segmenter_digest`, or the file's for ONNX / .pt2)
 
     @property
     def kind(self) -> str:
@@ -52,7 +56,9 @@ class SegmenterSpec:
     @property
     def file(self) -> str:
         """The file the segmenter is loaded from."""
-        return self.torchscript if self.torchscript is not None else self.weights or SEGMENTER_WEIGHTS
+        if SOURCES[self.kind].holds_weights:
+            return getattr(self, self.kind)
+        return self.weights or SEGMENTER_WEIGHTS
 
 
 @dataclass(frozen=True)
@@ -156,7 +162,8 @@ class BundleSpec:
 
     def files(self) -> dict[str, str]:
         """Every file model.toml names, by key (`segmenter.weights`: "segmenter.pt")."""
-        named = {f"segmenter.{key}": getattr(self.segmenter, key) for key in ("torchscript", "weights", "torchscript_export")}
+        keys = [kind for kind, source in SOURCES.items() if source.holds_weights] + ["weights", "torchscript_export"]
+        named = {f"segmenter.{key}": getattr(self.segmenter, key) for key in keys}
         if self.refiner is not None:
             named["refiner.weights"] = self.refiner.weights
         return {key: value for key, value in named.items() if value is not None}
@@ -306,14 +313,17 @@ class _Checker:
             found = ", ".join(sources) or "none"
             raise self.fail(f"[segmenter] needs exactly one of {', '.join(SEGMENTER_KINDS)} (found {found})")
         options = self.typed(table, "options", dict, {}, section="segmenter")
-        if values["torchscript"] is not None:
+        kind = sources[0]
+        if SOURCES[kind].holds_weights:
             for key in ("weights", "torchscript_export"):
                 if values[key] is not None:
-                    raise self.fail(f"segmenter.{key} does not go with segmenter.torchscript (the file holds the weights)")
+                    raise self.fail(f"segmenter.{key} does not go with segmenter.{kind} (the file holds the weights)")
         else:
             values["weights"] = values["weights"] or SEGMENTER_WEIGHTS
         if options and values["architecture"] is None:
             raise self.fail("segmenter.options go with segmenter.architecture only")
+        if values["outputs"] is not None and values["outputs"] not in OUTPUTS:
+            raise self.fail(f"segmenter.outputs must be one of {', '.join(OUTPUTS)}, got {values['outputs']!r}")
         return SegmenterSpec(options=options, **values)
 
     def refiner(self, table: dict) -> RefinerSpec:
@@ -330,7 +340,7 @@ class _Checker:
 
 _TOP_LEVEL = {f.name for f in fields(BundleSpec)}
 _SEGMENTER_KEYS = {f.name for f in fields(SegmenterSpec)} - {"weights"}
-_SEGMENTER_TEXT = ("architecture", "torchscript", "factory", "weights", "torchscript_export", "sha256")
+_SEGMENTER_TEXT = (*SEGMENTER_KINDS, "weights", "torchscript_export", "outputs", "sha256")
 
 
 def _article(noun: str) -> str:
@@ -338,28 +348,12 @@ def _article(noun: str) -> str:
 
 
 # --- digests: which segmenter a refiner was trained over -------------------------------------------------
-def segmenter_digest(module: nn.Module) -> str:
-    """sha256 over a module's state dict (sorted names, dtype, shape, bytes): the same for a built-in net,
-    its TorchScript export and a factory module holding the same weights, on any device."""
-    return state_digest(module.state_dict())
-
-
-def state_digest(state: dict[str, torch.Tensor]) -> str:
-    """`segmenter_digest` of a state dict (as read from a weights file, without building the module)."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def pairing_warning(bundle: "ModelBundle") -> str | None:
     """One sentence when the refiner was trained over another segmenter than the bundle's; None when they
     match or when the refiner records nothing (a reference checkpoint, an older file)."""
     refiner = bundle.refiner
     trained_with = getattr(refiner, "segmenter_sha256", None) if refiner is not None else None
-    return _pairing_message(trained_with, segmenter_digest(bundle.segmenter.module))
+    return _pairing_message(trained_with, bundle.segmenter.digest())
 
 
 def _pairing_message(trained_with: str | None, current: str) -> str | None:
@@ -400,12 +394,11 @@ class ModelBundle:
 
 
 def load_bundle(directory: Path | str, *, trust_model: bool = False) -> ModelBundle:
-    """Read a bundle folder strictly; every problem is a ModelError naming the file. A segmenter factory
-    (Python code) is refused unless `trust_model` (--trust-model)."""
+    """Read a bundle folder strictly; every problem is a ModelError naming the file. A segmenter that can
+    run code (a module:factory, a torch.export archive) is refused unless `trust_model` (--trust-model)."""
     directory = Path(directory)
     spec = BundleSpec.read(directory)
-    module = load_segmenter_module(directory, spec, trust_model=trust_model)
-    segmenter = Segmenter(module, len(spec.classes), spec.input_size, spec.mean, spec.std)  # type: ignore[arg-type]
+    segmenter = load_segmenter(directory, spec, trust_model=trust_model)
     refiner = None
     if spec.refiner is not None:
         refiner = load_refiner(directory / spec.refiner.weights, spec.refiner.input_order, len(spec.classes))  # type: ignore[arg-type]
@@ -421,56 +414,37 @@ def _bundle(spec: BundleSpec, segmenter: Segmenter, refiner: Refiner | None, pat
     )
 
 
-def load_segmenter_module(directory: Path, spec: BundleSpec, *, trust_model: bool = False) -> nn.Module:
-    """The segmenter module a spec names, in eval mode on the CPU. TorchScript loads without
-    `trust_model`: torch.jit.load imports no Python (see README, "Model files are data")."""
-    source = spec.segmenter
-    if source.torchscript is not None:
-        return load_torchscript(directory / source.torchscript)
-    num_classes = len(spec.classes)
-    if source.factory is not None:
-        module = load_factory(source.factory, num_classes, trust_model=trust_model, named_by=str(directory / MODEL_FILE))
-    else:
-        module = build_architecture(source.architecture, num_classes, **source.options)  # type: ignore[arg-type]
-    weights = directory / source.file
-    try:
-        module.load_state_dict(read_weights(weights))
-    except ModelError:
-        raise
-    except Exception as error:
-        raise ModelError(f"{weights}: cannot load segmenter weights ({str(error).splitlines()[0]})") from None
-    return module.eval()
+def load_segmenter(directory: Path, spec: BundleSpec, *, trust_model: bool = False) -> Segmenter:
+    """The segmenter a bundle's spec names, through its source (models/sources/), in eval mode on the CPU."""
+    contract = Contract(len(spec.classes), spec.input_size, spec.mean, spec.std)
+    source = SOURCES[spec.segmenter.kind]
+    return source.load(spec.segmenter, directory, contract, trust_model=trust_model, named_by=str(directory / MODEL_FILE))
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A segmenter state dict, read as data only (no pickled code runs)."""
-    state = read_weights_file(path, "segmenter weights file")
-    if not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"{path}: not a state dict of tensors")
-    return state
+read_weights = read_state  # a segmenter state dict, read as data only (models/weights.py)
 
 
 # --- writing ------------------------------------------------------------------------------------------
-def write_bundle(directory: Path | str, spec: BundleSpec, segmenter: nn.Module, refiner: Refiner | None = None) -> BundleSpec:
-    """Write the weights the spec names, then model.toml with the digests filled in; return that spec.
-
-    The refiner's `segmenter_sha256` (set by the trainer) says which segmenter it was trained over.
+def write_bundle(directory: Path | str, spec: BundleSpec, segmenter: Segmenter | nn.Module, refiner: Refiner | None = None) -> BundleSpec:
+    """Write the segmenter in the form the spec names (its source's `save`: weights, TorchScript, a copy of
+    the ONNX or .pt2 file it came from), the refiner, then model.toml with the digests filled in; return
+    that spec. The refiner's `segmenter_sha256` (set by the trainer) says which segmenter it was trained over.
     """
     directory = Path(directory)
-    for part, module in (("segmenter", segmenter), ("refiner", refiner)):
+    if isinstance(segmenter, nn.Module):
+        segmenter = Segmenter(segmenter, len(spec.classes), spec.input_size)
+    for part, module in (("segmenter", segmenter.module), ("refiner", refiner)):
         bad = first_non_finite(module.state_dict()) if module is not None else None
         if bad is not None:  # a diverged or damaged model segments nothing: never ship it as a bundle
             raise ModelError(f"{directory}: the {part}'s weight {bad!r} is not finite (NaN or inf); no bundle written")
     directory.mkdir(parents=True, exist_ok=True)
     source = spec.segmenter
-    module = segmenter.cpu().eval()
-    if source.torchscript is not None:
-        _script(module).save(str(directory / source.torchscript))
-    else:
-        torch.save(module.state_dict(), directory / source.file)
-        if source.torchscript_export is not None:
-            _script(module).save(str(directory / source.torchscript_export))
-    spec = replace(spec, segmenter=replace(source, sha256=segmenter_digest(module)))
+    if segmenter.module is not None:
+        segmenter.module.cpu()
+    SOURCES[source.kind].save(segmenter, directory, source)
+    written = directory / source.file
+    digest = SOURCES[source.kind].digest_file(written) if SOURCES[source.kind].digests_file else segmenter.digest()
+    spec = replace(spec, segmenter=replace(source, sha256=digest))
     if refiner is not None:
         refiner_spec = spec.refiner or RefinerSpec()
         trained_with = getattr(refiner, "segmenter_sha256", None)
@@ -480,15 +454,6 @@ def write_bundle(directory: Path | str, spec: BundleSpec, segmenter: nn.Module, 
         raise ValueError("a spec with [refiner] needs the refiner to write")
     spec.write(directory)
     return spec
-
-
-def _script(module: nn.Module) -> torch.jit.ScriptModule:
-    if isinstance(module, torch.jit.ScriptModule):
-        return module
-    try:
-        return torch.jit.script(module)
-    except Exception as error:  # TorchScript raises many types for code it cannot compile
-        raise ModelError(f"cannot export the segmenter to TorchScript ({str(error).splitlines()[0]})") from None
 
 
 def save_bundle(
@@ -536,15 +501,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def is_factory(source: str) -> bool:
-    """`package.module:function` rather than a file (a Windows drive letter is not a factory)."""
-    return ":" in source and not Path(source).exists() and source[1:3] != ":\\"
-
-
 def bundle_from_parts(
     segmenter_path: Path | str,
     classes: list[ClassInfo] | None,
-    input_size: tuple[int, int],
+    input_size: tuple[int, int] | None,
     refiner_path: Path | str | None,
     *,
     mean: tuple[float, ...] | None = None,
@@ -552,38 +512,32 @@ def bundle_from_parts(
     refiner_input_order: str | None = None,
     trust_model: bool = False,
 ) -> ModelBundle:
-    """A bundle for bring-your-own models: a TorchScript file (or module:factory, which runs only with
-    `trust_model`) plus an optional refiner."""
-    from magnet_cli.models.segmenter import infer_num_classes
-
-    source = str(segmenter_path)
-    if is_factory(source):
-        if classes is None:
-            raise ModelError(f"segmenter factory {source!r} needs --classes (it is called with the class count)")
-        module = load_factory(source, len(classes), trust_model=trust_model)
-        segmenter_spec = SegmenterSpec(factory=source, weights=SEGMENTER_WEIGHTS)
-    else:
-        module = load_torchscript(segmenter_path)
-        segmenter_spec = SegmenterSpec(torchscript=source)
-    try:
-        num_classes = infer_num_classes(module, input_size)
-    except MagnetError:
-        raise
-    except Exception as error:  # a user's model failing on a blank image is the user's to fix, not a bug
-        raise ModelError(f"{source}: the segmenter fails on a {input_size[0]}x{input_size[1]} input ({str(error).splitlines()[0]})") from None
+    """A bundle for bring-your-own models: a segmenter file (ONNX, .pt2, TorchScript: chosen by its suffix)
+    or a module:factory, plus an optional refiner. Code-running sources load only with `trust_model`.
+    `input_size` None: the model's own fixed size (an error for a model that takes any size)."""
+    reference = str(segmenter_path)
+    source = source_for(reference)
+    if input_size is None and not source.reads_size:
+        raise UsageError("--segmenter needs --input-size HxW (the size the model was trained at)")
+    if source.kind == "factory" and classes is None:
+        raise UsageError(f"--segmenter {reference}: a factory needs --classes (it is called with the class count)")
+    spec_values = {source.kind: reference}
+    if source.kind == "factory":
+        spec_values["weights"] = SEGMENTER_WEIGHTS
+    segmenter_spec = SegmenterSpec(**spec_values)
+    contract = Contract(len(classes) if classes is not None else None, tuple(input_size) if input_size else None, mean, std)  # type: ignore[arg-type]
+    segmenter = source.load(segmenter_spec, None, contract, trust_model=trust_model)
+    num_classes = segmenter.num_classes
     if classes is None:
         classes = default_classes(num_classes)
-    if len(classes) != num_classes:
-        raise ModelError(f"{source}: segmenter outputs {num_classes} classes but --classes gives {len(classes)}")
     refiner = (
         load_refiner(refiner_path, refiner_input_order, num_classes) if refiner_path is not None else None  # type: ignore[arg-type]
     )
     spec = BundleSpec(
-        name=Path(source).stem, input_size=tuple(input_size), classes=tuple(classes), segmenter=segmenter_spec,  # type: ignore[arg-type]
+        name=Path(reference).stem, input_size=segmenter.input_size, classes=tuple(classes), segmenter=segmenter_spec,
         mean=tuple(mean) if mean else None, std=tuple(std) if std else None,
         refiner=RefinerSpec(str(refiner_path), refiner_input_order, refiner.segmenter_sha256) if refiner else None,
     )
-    segmenter = Segmenter(module, num_classes, tuple(input_size), spec.mean, spec.std)  # type: ignore[arg-type]
     return _bundle(spec, segmenter, refiner, None)
 
 
@@ -592,16 +546,18 @@ def describe_bundle(directory: Path | str) -> dict[str, Any]:
     """What `magnet info --model DIR` shows: the bundle read strictly, as plain JSON-serialisable data.
 
     Describing runs no model code: a factory segmenter is described from its spec and its weights file
-    (parameters unknown without calling it), never imported.
+    (parameters unknown without calling it), never imported; an ONNX or .pt2 file by its file digest.
     """
     directory = Path(directory)
     spec = BundleSpec.read(directory)
     source = spec.segmenter
     if source.factory is not None:
         digest, parameters = state_digest(read_weights(directory / source.file)), None
+    elif SOURCES[source.kind].digests_file:
+        digest, parameters = SOURCES[source.kind].digest_file(directory / source.file), None
     else:
-        module = load_segmenter_module(directory, spec)
-        digest, parameters = segmenter_digest(module), sum(p.numel() for p in module.parameters())
+        module = load_segmenter(directory, spec).module
+        digest, parameters = segmenter_digest(module), sum(p.numel() for p in module.parameters())  # type: ignore[union-attr]
     refiner = None
     if spec.refiner is not None:
         loaded = load_refiner(directory / spec.refiner.weights, spec.refiner.input_order, len(spec.classes))  # type: ignore[arg-type]

@@ -1,8 +1,13 @@
-"""Segmenter adapters: any backbone becomes `Segmenter`, float RGB in [0, 1] -> class logits."""
+"""The segmenter interface every source (models/sources/) gives: a batch of windows in, per-class maps out.
+
+The engine, both trainers and `benchmark` see only this: `num_classes`, `input_channels`, `input_size`,
+`outputs` (what the model returns: "logits" or "probabilities"), `to(device)`, `__call__(images)` (the
+model's own output) and `probabilities(images)`. `module` is the torch module where one exists (None for
+an ONNX model), which is what training, digests and TorchScript exports need.
+"""
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,80 +15,93 @@ import torch
 from torch import nn
 
 from magnet_cli.errors import ModelError
+from magnet_cli.models.weights import segmenter_digest
+
+LOGITS = "logits"
+PROBABILITIES = "probabilities"
+OUTPUTS = (LOGITS, PROBABILITIES)
 
 
 @dataclass
 class Segmenter:
-    """A backbone plus its input contract: (N, 3, h, w) floats in [0, 1] -> logits (N, C, h, w)."""
+    """A model plus its input contract: (N, input_channels, h, w) floats in [0, 1] -> (N, C, h, w) logits
+    or probabilities (`outputs`). This base runs a torch module (built-in, TorchScript, torch.export,
+    factory); sources/onnx.py runs an ONNX graph behind the same calls."""
 
-    module: nn.Module
+    module: nn.Module | None
     num_classes: int
     input_size: tuple[int, int]  # (h, w)
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    input_channels: int = 3
+    outputs: str = LOGITS
+    # A model made for a fixed batch (an export with batch 1, say) gets windows in groups of that many,
+    # the last group padded with blank windows; None: any batch.
+    fixed_batch: int | None = None
+    path: Path | None = None  # the file it was read from, where a bundle saved over it copies it from
 
-    def to(self, device: torch.device) -> "Segmenter":
-        self.module = self.module.to(device).eval()
+    @property
+    def trainable(self) -> bool:
+        """Whether there is a torch module to train or export (not for an ONNX graph)."""
+        return self.module is not None
+
+    def to(self, device: torch.device | str, *, channels_last: bool = False) -> "Segmenter":
+        """Move to `device` in eval mode; `channels_last`: oneDNN convolutions run about 3x faster in it
+        on CPU (measured on the refiner), and modules that refuse it still run."""
+        module = self.module.to(device)  # type: ignore[union-attr]
+        _eval(module)
+        if channels_last:
+            try:
+                module = module.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
+            except (RuntimeError, TypeError):  # some TorchScript modules refuse; they still run
+                pass
+        self.module = module
         return self
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's output (`outputs` says which) for normalised `images`, checked for shape."""
         if self.mean is not None and self.std is not None:
-            mean = torch.tensor(self.mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-            std = torch.tensor(self.std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+            mean = torch.tensor(self.mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
             images = (images - mean) / std
-        logits = self.module(images)
-        if isinstance(logits, (tuple, list)):  # some backbones return (main, auxiliary)
-            logits = logits[0]
-        if logits.ndim != 4 or logits.shape[1] != self.num_classes:
-            raise ModelError(
-                f"segmenter returned shape {tuple(logits.shape)}; expected (N, {self.num_classes}, h, w)"
-            )
-        return logits
+        out = self._in_fixed_batches(images) if self.fixed_batch not in (None, images.shape[0]) else self.run(images)
+        if out.ndim != 4 or out.shape[1] != self.num_classes:
+            raise ModelError(f"segmenter returned shape {tuple(out.shape)}; expected (N, {self.num_classes}, h, w)")
+        return out
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N, C, h, w) in float32: softmax of logits, a probability model's own output as is."""
+        out = self(images).float()
+        return torch.softmax(out, dim=1) if self.outputs == LOGITS else out
+
+    def run(self, images: torch.Tensor) -> torch.Tensor:
+        """The model on a batch it accepts, no normalisation or checks: what a source overrides."""
+        out = self.module(images)  # type: ignore[misc]
+        if isinstance(out, (tuple, list)):  # some backbones return (main, auxiliary)
+            out = out[0]
+        if not isinstance(out, torch.Tensor):
+            raise ModelError(f"segmenter returned {type(out).__name__}; expected a tensor (N, C, h, w)")
+        return out
+
+    def digest(self) -> str:
+        """Content digest of the weights: which segmenter a refiner was trained over (models.bundle)."""
+        return segmenter_digest(self.module)  # type: ignore[arg-type]
+
+    def _in_fixed_batches(self, images: torch.Tensor) -> torch.Tensor:
+        step = int(self.fixed_batch)  # type: ignore[arg-type]
+        parts = []
+        for first in range(0, images.shape[0], step):
+            group = images[first : first + step]
+            if group.shape[0] < step:
+                blank = group.new_zeros((step - group.shape[0], *group.shape[1:]))
+                group = torch.cat([group, blank])
+            parts.append(self.run(group))
+        return torch.cat(parts)[: images.shape[0]]
 
 
-def load_torchscript(path: Path | str) -> nn.Module:
-    """A TorchScript segmenter file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such segmenter file")
+def _eval(module: nn.Module) -> None:
+    """Eval mode, where a module allows it: a torch.export module was traced in its mode and refuses both."""
     try:
-        return torch.jit.load(str(path), map_location="cpu").eval()
-    except Exception as error:  # TorchScript raises RuntimeError and friends for foreign files
-        raise ModelError(f"{path}: not a TorchScript model ({type(error).__name__})") from None
-
-
-def load_factory(spec: str, num_classes: int, *, trust_model: bool = False, named_by: str | None = None) -> nn.Module:
-    """A user model given as 'package.module:factory'; the factory takes num_classes.
-
-    Importing a module and calling a function run arbitrary Python (`os:_exit` ends the process), and a
-    model is data a user may have downloaded: so this runs only with `trust_model` (--trust-model).
-    `named_by` is the model.toml that names the factory, for the error; None: --segmenter named it.
-    """
-    if not trust_model:
-        where = f"{named_by}: segmenter.factory {spec!r}" if named_by is not None else f"--segmenter {spec}"
-        raise ModelError(f"{where} is Python code that magnet-cli would import and run; give --trust-model if you trust it")
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise ModelError(f"segmenter factory {spec!r} must look like 'package.module:function'")
-    try:
-        factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
-        raise ModelError(f"cannot import segmenter factory {spec!r}: {error}") from None
-    try:
-        module = factory(num_classes)
-    except Exception as error:  # the user's code failing is the user's to fix: one line, not a traceback
-        raise ModelError(f"segmenter factory {spec!r} failed: {type(error).__name__}: {error}") from None
-    if not isinstance(module, nn.Module):
-        raise ModelError(f"segmenter factory {spec!r} returned {type(module).__name__}, not a torch.nn.Module")
-    return module.eval()
-
-
-def infer_num_classes(module: nn.Module, input_size: tuple[int, int]) -> int:
-    """Run one blank image through a model to learn its class count."""
-    with torch.no_grad():
-        out = module(torch.zeros(1, 3, *input_size))
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if not isinstance(out, torch.Tensor) or out.ndim != 4:
-        raise ModelError("segmenter must return logits shaped (N, C, h, w)")
-    return int(out.shape[1])
+        module.eval()
+    except NotImplementedError:
+        pass

@@ -20,12 +20,11 @@ from magnet_cli.models.bundle import (
     RefinerSpec,
     SegmenterSpec,
     bundle_from_parts,
-    is_factory,
     load_bundle,
-    segmenter_digest,
     write_bundle,
 )
 from magnet_cli.models.refiner import Refiner
+from magnet_cli.models.sources import SOURCES
 from magnet_cli.models.segmenter import Segmenter
 from magnet_cli.settings import ModelSettings, RefinerTraining, RunSettings
 from magnet_cli.train.common import eval_mode, plain, seeded_init, without_none
@@ -109,12 +108,7 @@ def frozen_model(model: ModelSettings | ModelBundle | Segmenter | None) -> tuple
     if model.model is not None:
         bundle = load_bundle(model.model, trust_model=model.trust_model)
     else:
-        source = str(model.segmenter)
-        if model.input_size is None:
-            raise UsageError("--segmenter needs --input-size HxW (the size the model was trained at)")
-        if is_factory(source) and classes is None:
-            raise UsageError(f"--segmenter {source}: a factory needs --classes (it is called with the class count)")
-        bundle = bundle_from_parts(source, classes, model.input_size, None, trust_model=model.trust_model)
+        bundle = bundle_from_parts(str(model.segmenter), classes, model.input_size, None, trust_model=model.trust_model)
     if classes is not None:
         if len(classes) != bundle.num_classes:
             raise ModelError(f"--classes gives {len(classes)} classes but the segmenter has {bundle.num_classes}")
@@ -131,11 +125,12 @@ def output_spec(bundle: ModelBundle, name: str, classes: list, record: dict[str,
     the segmenter's current normalisation and classes; held-out scores of the old pairing are dropped."""
     segmenter = bundle.segmenter
     base = bundle.spec
-    if base is None:  # a bare module: it travels as TorchScript
-        base = BundleSpec(name, segmenter.input_size, tuple(classes), SegmenterSpec(torchscript="segmenter.ts"))
+    if base is None:  # a bare module travels as TorchScript, a bare ONNX graph as ONNX
+        bare = SegmenterSpec(torchscript="segmenter.ts") if segmenter.trainable else SegmenterSpec(onnx="segmenter.onnx")
+        base = BundleSpec(name, segmenter.input_size, tuple(classes), bare)
     source = base.segmenter
-    if source.torchscript is not None:
-        source = replace(source, torchscript=Path(source.torchscript).name)  # beside model.toml, as it must be
+    if SOURCES[source.kind].holds_weights:  # the file is copied beside model.toml, as it must be
+        source = replace(source, **{source.kind: Path(source.file).name})
     elif source.factory is not None:
         source = replace(source, weights=Path(source.weights or SEGMENTER_WEIGHTS).name)
     previous = base.training.get("segmenter")
@@ -178,7 +173,7 @@ class RefinerTask(Task):
         )
         if training.crop is not None and training.crop > min(segmenter.input_size):
             raise UsageError(f"--crop {training.crop}: must be at most the model input size {segmenter.input_size}")
-        self.segmenter_sha256 = segmenter_digest(segmenter.module)
+        self.segmenter_sha256 = segmenter.digest()
         self.milestones = scaled_milestones(training.epochs) if training.milestones is None else list(training.milestones)
 
     def settings(self) -> dict[str, Any]:
@@ -196,7 +191,7 @@ class RefinerTask(Task):
         t = self.training
         self.device = device
         segmenter = self.bundle.segmenter.to(device)
-        for parameter in segmenter.module.parameters():
+        for parameter in segmenter.module.parameters() if segmenter.trainable else ():  # type: ignore[union-attr]
             parameter.requires_grad_(False)
         refiner = seeded_init(t.seed, lambda: Refiner(self.num_classes, "coarse_fine")).to(device)
         self.refiner = refiner.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
@@ -210,7 +205,7 @@ class RefinerTask(Task):
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return torch.softmax(self.bundle.segmenter(images.to(self.device)), 1)
+            return self.bundle.segmenter.probabilities(images.to(self.device))
 
     def lr(self, epoch: int) -> float:
         """The paper's step schedule: lr x gamma at the end of each milestone epoch."""
@@ -237,7 +232,7 @@ class RefinerTask(Task):
         refiner = self.refiner.cpu().eval()
         refiner.segmenter_sha256 = self.segmenter_sha256
         spec = output_spec(self.bundle, self.training.name or output.name, self.dataset.classes, record)
-        write_bundle(output, spec, self.bundle.segmenter.module, refiner)
+        write_bundle(output, spec, self.bundle.segmenter, refiner)
 
     def close(self) -> None:
         self.dataset.close()

@@ -157,7 +157,7 @@ def test_keys_left_out_mean_their_defaults(tmp_path):
         (lambda t: "mean = [0.5, 0.5, 0.5]\n" + t, r"mean and std go together"),
         (lambda t: "name = 3\n" + t, r"name must be a string, got 3"),
         (lambda t: t.replace('architecture = "small_unet"', 'torchscript = "a.ts"\narchitecture = "small_unet"'),
-         r"exactly one of architecture, torchscript, factory \(found architecture, torchscript\)"),
+         r"exactly one of architecture, torchscript, export, onnx, factory \(found architecture, torchscript\)"),
         (lambda t: t.replace("[segmenter]", "[refiner]\ninput_order = \"sideways\"\n[segmenter]"), r"refiner.input_order must be"),
         (lambda t: t.replace('name = "b"', 'name = "b"\ncolor = [0, 0, 300]'), r"classes.color of 'b'"),
     ],

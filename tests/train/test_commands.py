@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from magnet_cli.cli import app
 from magnet_cli.models.bundle import load_bundle
 
 from tests.test_cli import assert_clean_failure
+from tests.train.conftest import INPUT
 
 runner = CliRunner()
 TINY = ["--epochs", "1", "--steps", "1", "--batch-size", "2", "--seed", "2", "--no-progress"]
@@ -92,3 +94,33 @@ def test_train_refiner_runs_a_factory_only_with_trust_model(dataset_dir, tmp_pat
                      "32", "-o", tmp_path / "ref", *TINY, "--trust-model")
     assert trusted.exit_code == 0, trusted.output
     assert load_bundle(tmp_path / "ref", trust_model=True).spec.segmenter.factory == "trusted_models:build"
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2"])
+def test_train_refiner_on_an_onnx_or_pt2_segmenter_writes_a_bundle_that_holds_it(dataset_dir, segmenter_bundle, tmp_path, suffix):
+    import numpy as np
+    import torch
+    from skimage import io as skio
+
+    pytest.importorskip("onnxruntime")
+    module = load_bundle(segmenter_bundle).segmenter.module
+    example = torch.rand(2, 3, INPUT, INPUT)
+    exported = tmp_path / f"seg{suffix}"
+    if suffix == ".onnx":
+        torch.onnx.export(module, (example,), str(exported), dynamic_shapes=({0: "batch"},), verbose=False)
+    else:
+        batch = torch.export.Dim("batch", min=1, max=64)
+        torch.export.save(torch.export.export(module, (example,), dynamic_shapes=({0: batch},)), str(exported))
+    trust = ["--trust-model"] if suffix == ".pt2" else []
+    if trust:  # torch unpickles a .pt2: it is code, like a factory
+        assert_clean_failure(invoke("train-refiner", dataset_dir, "--segmenter", exported, "-o", tmp_path / "no", *TINY), "--trust-model")
+    result = invoke("train-refiner", dataset_dir, "--segmenter", exported, "-o", tmp_path / "ref", *TINY, *trust)
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(tmp_path / "ref", trust_model=True)
+    kind = "onnx" if suffix == ".onnx" else "export"
+    assert getattr(bundle.spec.segmenter, kind) == exported.name and (tmp_path / "ref" / exported.name).is_file()
+    assert bundle.refiner.segmenter_sha256 == bundle.segmenter.digest() == bundle.spec.segmenter.sha256
+    image = tmp_path / "scene.png"
+    skio.imsave(image, np.random.default_rng(0).integers(0, 255, (80, 90, 3), dtype=np.uint8), check_contrast=False)
+    segmented = invoke("segment", image, "-o", tmp_path / "out.zarr", "--model", tmp_path / "ref", "--no-progress", *trust)
+    assert segmented.exit_code == 0, segmented.output  # the bundle needs nothing else
