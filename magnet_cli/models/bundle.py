@@ -12,12 +12,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from magnet_cli.classes import ClassInfo, default_classes
-from magnet_cli.errors import MagnetError, ModelError, UsageError
-from magnet_cli.models.builtin import build_architecture
+from magnet_cli.errors import ModelError, UsageError
 from magnet_cli.models.refiner import INPUT_ORDERS, Refiner, load_refiner, save_refiner
 from magnet_cli.models.segmenter import OUTPUTS, Segmenter
 from magnet_cli.models.sources import KINDS, SOURCES, Contract, source_for

@@ -42,15 +42,16 @@ class Source:
     """One way a segmenter comes: its [segmenter] key, the suffixes of its files, and what it implies."""
 
     kind: str  # its key in [segmenter]: architecture = "small_unet", onnx = "net.onnx", ...
-    suffixes: tuple[str, ...]  # files it is chosen for by --segmenter; () for none
-    holds_weights: bool  # the file named is the whole model (no segmenter.weights beside it)
-    runs_code: bool  # loading it can run arbitrary Python: only with --trust-model
-    digests_file: bool  # its digest is the file's sha256 (no state dict to digest without running it)
-    reads_size: bool  # the file records its input shape (channels; a fixed batch and window size, if any)
+    module: str  # its module in this package, imported on first use (onnxruntime only when needed)
     description: str
+    suffixes: tuple[str, ...] = ()  # files it is chosen for by --segmenter
+    holds_weights: bool = False  # the file named is the whole model (no segmenter.weights beside it)
+    runs_code: str | None = None  # why loading it can run arbitrary Python (then only with --trust-model)
+    digests_file: bool = False  # its digest is the file's sha256 (no state dict to digest without running it)
+    reads_size: bool = False  # the file records its input shape (channels; a fixed batch and window size, if any)
 
     def _module(self) -> Any:
-        return importlib.import_module(f"magnet_cli.models.sources.{_MODULES[self.kind]}")
+        return importlib.import_module(f"magnet_cli.models.sources.{self.module}")
 
     def load(self, spec: "SegmenterSpec", directory: Path | None, contract: Contract, *, trust_model: bool = False,
              named_by: str | None = None) -> "Segmenter":
@@ -59,7 +60,7 @@ class Source:
         if self.runs_code and not trust_model:
             value = getattr(spec, self.kind)
             where = f"{named_by}: segmenter.{self.kind} {value!r}" if named_by is not None else f"--segmenter {value}"
-            raise ModelError(f"{where} {self.why_code}; give --trust-model if you trust it")
+            raise ModelError(f"{where} {self.runs_code}; give --trust-model if you trust it")
         segmenter = self._module().load(spec, directory, contract, named_by=named_by)
         if spec.outputs is not None:  # model.toml says what the model returns
             segmenter.outputs = spec.outputs
@@ -72,29 +73,25 @@ class Source:
         """The digest of a segmenter file of this source (`digests_file`) without loading it."""
         return self._module().digest_file(path)
 
-    @property
-    def why_code(self) -> str:
-        return _WHY_CODE[self.kind]
-
 
 SOURCES: dict[str, Source] = {
     source.kind: source
     for source in (
-        Source("architecture", (), False, False, False, False, "a built-in architecture with a state dict"),
-        Source("torchscript", (".ts", ".pt", ".pth", ".jit"), True, False, False, False, "TorchScript (deprecated upstream)"),
-        Source("export", (".pt2",), True, True, True, True, "a torch.export archive"),
-        Source("onnx", (".onnx",), True, False, True, True, "ONNX, run by onnxruntime"),
-        Source("factory", (), False, True, False, False, "package.module:function, called with the class count"),
+        Source("architecture", "builtin", "a built-in architecture with a state dict"),
+        Source("torchscript", "torchscript", "TorchScript (deprecated upstream)", (".ts", ".pt", ".pth", ".jit"),
+               holds_weights=True),
+        Source("export", "export", "a torch.export archive", (".pt2",), holds_weights=True, digests_file=True,
+               reads_size=True,
+               # torch.export.load unpickles the archive's weights with weights_only=False (torch 2.13,
+               # export/pt2_archive/_package.py; its docstring: "Never load data from an untrusted source").
+               runs_code="is a torch.export archive, which torch unpickles (it can run code)"),
+        Source("onnx", "onnx", "ONNX, run by onnxruntime", (".onnx",), holds_weights=True, digests_file=True,
+               reads_size=True),
+        Source("factory", "factory", "package.module:function, called with the class count",
+               runs_code="is Python code that magnet-cli would import and run"),
     )
 }
 KINDS = tuple(SOURCES)
-_MODULES = {"architecture": "builtin", "torchscript": "torchscript", "export": "export", "onnx": "onnx", "factory": "factory"}
-_WHY_CODE = {
-    "factory": "is Python code that magnet-cli would import and run",
-    # torch.export.load unpickles the archive's weights with weights_only=False (torch 2.13,
-    # export/pt2_archive/_package.py; its docstring: "Never load data from an untrusted source").
-    "export": "is a torch.export archive, which torch unpickles (it can run code)",
-}
 
 
 def is_factory(reference: str) -> bool:

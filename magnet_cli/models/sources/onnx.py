@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +40,7 @@ class OnnxSegmenter(Segmenter):
     """An ONNX graph behind the segmenter interface; `module` is None (nothing to train or script)."""
 
     session: Any = None
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def to(self, device: torch.device | str, *, channels_last: bool = False) -> "OnnxSegmenter":
         device = torch.device(device)
@@ -71,6 +71,9 @@ def open_session(path: Path, device: torch.device) -> Any:
     ort = runtime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # the same thread budget torch was given
+    # Idle onnxruntime threads otherwise spin for a while after each call, taking the cores from the
+    # torch refiner that runs next.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers(device))
     except Exception as error:  # onnxruntime raises its own types for foreign or unsupported graphs
