@@ -233,3 +233,37 @@ def test_segment_with_an_onnx_or_pt2_segmenter_gives_the_pytorch_labels(files, t
     assert result.exit_code == 0, result.output
     expected, got = read_labels(tmp_path / "torch.zarr"), read_labels(tmp_path / "other.zarr")
     assert float((expected == got).mean()) >= 0.999
+
+
+def test_the_engine_takes_a_probability_model_as_it_is(files):
+    from magnet_cli.pipeline import Engine, RunStats
+    from magnet_cli.settings import InferenceSettings
+
+    bundle = bundle_from_parts(files["softmax.onnx"], None, None, None)
+    engine = Engine(bundle, InferenceSettings(mode="patch", device="cpu"))
+    images = windows(2)
+    with torch.no_grad():
+        expected = torch.softmax(small_model()(images), 1)
+    assert torch.allclose(engine.segment_windows(images, RunStats()), expected, atol=1e-5)
+
+
+def test_model_toml_can_say_a_segmenter_returns_probabilities(files, tmp_path):
+    from dataclasses import replace
+
+    from magnet_cli.models.bundle import BundleSpec, SegmenterSpec
+
+    directory = tmp_path / "b"
+    directory.mkdir()
+    torch.jit.script(WithSoftmax(small_model()).eval()).save(str(directory / "p.ts"))
+    spec = BundleSpec("p", (SIZE, SIZE), tuple(default_classes(NUM_CLASSES)), SegmenterSpec(torchscript="p.ts"))
+    spec.write(directory)
+    assert load_bundle(directory).segmenter.outputs == LOGITS  # TorchScript says nothing: logits, as before
+    replace(spec, segmenter=replace(spec.segmenter, outputs="probabilities")).write(directory)
+    segmenter = load_bundle(directory).segmenter
+    assert segmenter.outputs == PROBABILITIES
+    images = windows(2)
+    with torch.no_grad():
+        assert torch.allclose(segmenter.probabilities(images), torch.softmax(small_model()(images), 1), atol=1e-5)
+    (directory / MODEL_FILE).write_text((directory / MODEL_FILE).read_text().replace('"probabilities"', '"odds"'))
+    with pytest.raises(ModelError, match="segmenter.outputs must be one of logits, probabilities"):
+        load_bundle(directory)
