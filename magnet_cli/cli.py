@@ -155,6 +155,7 @@ def segment_command(
     selection: O.Selection = S.InferenceSettings.selection,
     batch_size: O.BatchSize = None,
     device: O.Device = O.DEVICE_DEFAULT,
+    precision: O.Precision = S.InferenceSettings.precision,
     bands: O.Bands = None,
     write_probabilities: O.WriteProbabilities = False,
     write_uncertainty: O.WriteUncertainty = False,
@@ -184,6 +185,7 @@ def segment_command(
             inference=S.build(
                 S.InferenceSettings, mode=mode, levels=levels, points=points, smooth_kernel=smooth_kernel,
                 fast_patches=fast_patches, selection=selection, batch_size=batch_size, device=device, bands=bands,
+                precision=precision,
             ),
             outputs=S.build(
                 S.OutputSettings, write_probabilities=write_probabilities, write_uncertainty=write_uncertainty,
@@ -421,6 +423,7 @@ def benchmark_command(
     sizes: O.Sizes = None,
     batch_size: O.BatchSize = None,
     device: O.Device = O.DEVICE_DEFAULT,
+    precision: O.Precision = S.InferenceSettings.precision,
     quick: O.Quick = False,
     no_peer: O.NoPeer = False,
     no_limit: O.NoLimit = False,
@@ -437,7 +440,7 @@ def benchmark_command(
     def action():
         return benchmark(
             data, output, model=S.build(S.ModelSettings, model=model, trust_model=trust_model), modes=modes, sizes=sizes,
-            inference=S.build(S.InferenceSettings, batch_size=batch_size, device=device), quick=quick,
+            inference=S.build(S.InferenceSettings, batch_size=batch_size, device=device, precision=precision), quick=quick,
             peer=not no_peer, limit=not no_limit, workdir=workdir, run=S.RunSettings(progress=not no_progress, cluster=cluster),
             log=(lambda message: None) if json_output else (lambda message: err.print(Text(message))),
         )

@@ -142,9 +142,18 @@ BatchSize = Annotated[
     Optional[int],
     typer.Option(
         "--batch-size",
-        help=f"Windows per model call (inference, default {S.InferenceSettings.batch_size}) or per optimiser "
-        f"step (training, default {S.TrainingSettings.batch_size}).",
+        help="Windows per model call (inference; default chosen for the device: 4 on CPU, 8-16 on a GPU by its "
+        f"memory) or per optimiser step (training, default {S.TrainingSettings.batch_size}).",
         show_default=False,
+    ),
+]
+Precision = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="Model arithmetic: auto (bf16 where the device computes it natively: Ampere or later GPUs, CPUs "
+        "with AMX/AVX512-BF16; else fp32), fp32, bf16, or fp16 (CUDA only).",
+        callback=_callback(S.check_precision),
     ),
 ]
 

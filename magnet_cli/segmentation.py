@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from magnet_cli import devices
 from magnet_cli.classes import ClassInfo, parse_classes
 from magnet_cli.errors import InputError, MagnetError, MagnetWarning, ModelError, OutputError, UsageError
 from magnet_cli.io.background import BackgroundWriter
@@ -82,6 +83,8 @@ class SegmentResult:
     refiner_seconds: float
     read_wait_seconds: float
     device: str
+    selection_seconds: float = 0.0  # choosing and replacing refined points
+    precision: str = ""  # the model calls' precision (what --precision auto chose)
     preview: str | None = None
     geotiff: str | None = None
     class_pixels: dict[str, int] = field(default_factory=dict)
@@ -498,6 +501,8 @@ def _finish(engine: Engine, started: _Started, stats: RunStats, run: RunSettings
         refiner_seconds=round(stats.refiner_seconds, 3),
         read_wait_seconds=round(stats.read_wait_seconds, 3),
         device=stats.device,
+        selection_seconds=round(stats.selection_seconds, 3),
+        precision=engine.precision,
         preview=str(preview) if preview and published else None,
         geotiff=str(geotiff) if geotiff and published else None,
         class_pixels={c.name: int(n) for c, n in zip(bundle.classes, histogram)} if published else {},
@@ -540,7 +545,7 @@ def _segment_on_cluster(
         for level, count in enumerate(stats["windows_per_level"]):
             total.windows_per_level[level] += count
             bars.advance(level, count)
-        for name in ("segmenter_seconds", "refiner_seconds", "read_wait_seconds", "total_seconds"):
+        for name in ("segmenter_seconds", "refiner_seconds", "selection_seconds", "read_wait_seconds", "total_seconds"):
             setattr(total, name, getattr(total, name) + stats[name])
 
     try:
@@ -757,6 +762,7 @@ def run_record(engine: Engine, path: Path, plan: ScalePlan, georeference: dict |
             "value_range": list(bundle.value_range) if bundle.value_range else None,
             "refiner": bundle.refiner is not None,
             "device": str(engine.device),
+            "precision": engine.precision,  # what `auto` chose here
             "georeference": georeference,
         }
     )
@@ -783,13 +789,19 @@ def _stream_into(
     num_classes = engine.bundle.num_classes
     label_dtype = np.uint16 if num_classes > 255 else np.uint8
     histogram = np.zeros(num_classes, dtype=np.int64)  # of the unit being written
+    on_device = devices.is_accelerator(engine.device)
 
-    def write_window(y0: int, x0: int, probabilities: torch.Tensor) -> None:
-        # On the writer thread: the argmax and the histogram overlap the main thread's model calls.
-        labels = class_labels(probabilities).numpy().astype(label_dtype)
-        histogram[:] += np.bincount(labels.ravel(), minlength=num_classes)
-        probs = probabilities.numpy() if outputs.write_probabilities else None
-        unc = uncertainty_of(probabilities[None])[0, 0].numpy() if outputs.write_uncertainty else None
+    def write_window(y0: int, x0: int, probabilities: torch.Tensor | None, copies: tuple) -> None:
+        if probabilities is not None:
+            # On the CPU's writer thread: the argmax and the histogram overlap the main thread's model calls.
+            labels = class_labels(probabilities).numpy().astype(label_dtype)
+            counts = np.bincount(labels.ravel(), minlength=num_classes)
+            probs = probabilities.numpy() if outputs.write_probabilities else None
+            unc = uncertainty_of(probabilities[None])[0, 0].numpy() if outputs.write_uncertainty else None
+        else:  # computed on the device; wait for its copies here, not on the thread feeding it
+            labels, counts, probs, unc = (None if c is None else c.result().numpy() for c in copies)
+            labels = labels.astype(label_dtype, copy=False)
+        histogram[:] += counts
         writer.write(y0, x0, labels, probs, unc)
 
     def finish_unit(unit: Unit) -> None:
@@ -803,7 +815,21 @@ def _stream_into(
     background = BackgroundWriter(write, initializer=one_intra_op_thread)
 
     def sink(region: tuple[int, int, int, int], probabilities: torch.Tensor) -> None:
-        background.submit("window", region[0], region[1], probabilities.float().cpu())
+        if not on_device:
+            background.submit("window", region[0], region[1], probabilities.float(), ())
+            return
+        # A GPU sends back one byte per pixel instead of C floats: labels and counts are made there.
+        labels = class_labels(probabilities)
+        flat = labels.reshape(-1)
+        # scatter_add, not bincount: its output size is fixed, so the stand-in (meta) device runs it too.
+        counts = torch.zeros(num_classes, dtype=torch.int64, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
+        copies = (
+            devices.HostCopy(labels.to(torch.int32 if num_classes > 255 else torch.uint8)),
+            devices.HostCopy(counts),
+            devices.HostCopy(probabilities.float()) if outputs.write_probabilities else None,
+            devices.HostCopy(uncertainty_of(probabilities[None].float())[0, 0]) if outputs.write_uncertainty else None,
+        )
+        background.submit("window", region[0], region[1], None, copies)
 
     try:
         with bars:

@@ -169,6 +169,17 @@ def check_channel_stats(mean: Any, std: Any) -> tuple[tuple[float, ...] | None, 
     return mean_values, std_values
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def check_precision(value: Any) -> str:
+    """auto (bf16 where the device computes it natively, else fp32), fp32, bf16 or fp16 (CUDA only)."""
+    text = str(getattr(value, "value", value)).lower()
+    if text not in PRECISIONS:
+        raise UsageError(f"--precision {value!r}: expected one of {', '.join(PRECISIONS)}")
+    return text
+
+
 def check_device(value: Any, option: str = "--device") -> str:
     """The spelling of a device (auto, cpu, cuda, cuda:N); whether it exists is `devices.resolve_device`'s job."""
     text = str(value).strip().lower()
@@ -237,11 +248,12 @@ class InferenceSettings:
     smooth_kernel: int | None = None  # None: the bundle's default
     fast_patches: int = 3
     selection: Selection = Selection.window
-    batch_size: int = 4
+    batch_size: int | None = None  # None: chosen for the device (devices.auto_batch_size)
     device: str = "auto"
+    precision: str = "auto"  # auto, fp32, bf16 or fp16 (devices.compute_dtype)
     bands: tuple[int, ...] | None = None  # counted from 1
     crop_size: tuple[int, int] | None = None
-    read_threads: int = 2
+    read_threads: int | None = None  # None: chosen for the device (devices.auto_read_threads)
 
     def __post_init__(self) -> None:
         _set(self, "mode", _enum(Mode, self.mode, "--mode"))
@@ -250,11 +262,14 @@ class InferenceSettings:
         _set(self, "points", check_points(self.points))
         _set(self, "smooth_kernel", check_smooth_kernel(self.smooth_kernel))
         check_whole_number(self.fast_patches, "--fast-patches", 1, 1_000_000)
-        check_whole_number(self.batch_size, "--batch-size", 1, MAX_BATCH)
+        if self.batch_size is not None:
+            check_whole_number(self.batch_size, "--batch-size", 1, MAX_BATCH)
         _set(self, "device", check_device(self.device))
+        _set(self, "precision", check_precision(self.precision))
         _set(self, "bands", check_bands(self.bands))
         _set(self, "crop_size", check_size(self.crop_size, "crop size", 1, MAX_LEVEL_SIDE))
-        check_whole_number(self.read_threads, "read threads", 1, 64)
+        if self.read_threads is not None:
+            check_whole_number(self.read_threads, "read threads", 1, 64)
 
     def record(self) -> dict:
         """Every setting that shapes the labels, for the output's run metadata."""
@@ -265,6 +280,7 @@ class InferenceSettings:
             "points": self.points,
             "smooth_kernel": self.smooth_kernel,
             "fast_patches": self.fast_patches,
+            "precision": self.precision,
             "bands": list(self.bands) if self.bands else None,
             "crop_size": list(self.crop_size) if self.crop_size else None,
         }
