@@ -157,6 +157,7 @@ def segment_command(
     device: O.Device = O.DEVICE_DEFAULT,
     precision: O.Precision = S.InferenceSettings.precision,
     bands: O.Bands = None,
+    value_range: O.ValueRange = None,
     write_probabilities: O.WriteProbabilities = False,
     write_uncertainty: O.WriteUncertainty = False,
     preview: O.Preview = None,
@@ -185,7 +186,7 @@ def segment_command(
             inference=S.build(
                 S.InferenceSettings, mode=mode, levels=levels, points=points, smooth_kernel=smooth_kernel,
                 fast_patches=fast_patches, selection=selection, batch_size=batch_size, device=device, bands=bands,
-                precision=precision,
+                precision=precision, value_range=value_range,
             ),
             outputs=S.build(
                 S.OutputSettings, write_probabilities=write_probabilities, write_uncertainty=write_uncertainty,

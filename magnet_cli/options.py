@@ -271,6 +271,17 @@ Bands = Annotated[
     ),
 ]
 
+ValueRange = Annotated[
+    Optional[str],
+    typer.Option(
+        "--value-range",
+        help="Input values that map to the model's [0, 1]: MIN,MAX (e.g. 0,2047), dtype (the sample type's "
+        "range) or auto (default unless the model bundle sets a range: for integer data wider than 8 bits, "
+        "the file's MaxSampleValue, bit depth or GDAL statistics, else a 99.9th-percentile stretch).",
+        callback=_callback(S.check_value_range), show_default=False, metavar="MIN,MAX|auto|dtype",
+    ),
+]
+
 # --- segment's side outputs (OutputSettings) ------------------------------------------------------------
 WriteProbabilities = Annotated[bool, typer.Option("--write-probabilities", help="Also store the class probabilities.")]
 WriteUncertainty = Annotated[bool, typer.Option("--write-uncertainty", help="Also store the uncertainty map.")]

@@ -107,7 +107,11 @@ class Engine:
         self.settings = settings
         # --bands counts from 1 (GDAL's way); the readers index from 0.
         bands = tuple(b - 1 for b in settings.bands) if settings.bands else None
-        self.normalization = PixelNormalization(bands, bundle.value_range)
+        # Per image, `segment` resolves --value-range auto from the file (io/value_range.py) and passes
+        # it to `run`; this default serves direct callers: the option's MIN,MAX, else the bundle's, else
+        # the sample type's range.
+        explicit = settings.value_range if isinstance(settings.value_range, tuple) else None
+        self.normalization = PixelNormalization(bands, explicit or bundle.value_range)
         self.device = devices.resolve_device(settings.device)
         self.dtype = devices.compute_dtype(settings.precision, self.device)
         self.batch_size = settings.batch_size or devices.auto_batch_size(self.device)
@@ -147,6 +151,12 @@ class Engine:
                 parts.append(torch.softmax(self.refiner(*pair).float(), dim=1).contiguous())  # type: ignore[misc]
             proposal = torch.cat(parts)
         return proposal
+
+    def normalization_for(self, value_range: tuple[float, float] | None) -> PixelNormalization:
+        """How this engine reads an image whose values in `value_range` map to [0, 1] (None: the default)."""
+        if value_range is None:
+            return self.normalization
+        return PixelNormalization(self.normalization.bands, tuple(value_range))
 
     @contextlib.contextmanager
     def timed(self, stats: RunStats) -> Iterator[None]:
@@ -206,9 +216,11 @@ class Engine:
         progress: Progress | None = None,
         units: Sequence[Unit] | None = None,
         unit_done: Callable[[Unit], None] | None = None,
+        value_range: tuple[float, float] | None = None,
     ) -> RunStats:
         """Segment `units` of one image (all of them by default); every full-resolution pixel they own
-        reaches `sink` exactly once, and `unit_done(unit)` follows the last pixel of each unit."""
+        reaches `sink` exactly once, and `unit_done(unit)` follows the last pixel of each unit.
+        `value_range`: the input values that map to [0, 1] for this image (default: see __init__)."""
         plan = self.plan(source.height, source.width)
         units = list(units) if units is not None else self.units(plan)
         stats = RunStats(device=str(self.device), precision=self.precision)
@@ -216,8 +228,10 @@ class Engine:
         start = time.perf_counter()
         h, w = self.input_size
 
+        normalization = self.normalization_for(value_range)
+
         def read(window: Window) -> torch.Tensor:
-            return source.read(Box(window.y0, window.x0, window.y1, window.x1), h, w, self.normalization)
+            return source.read(Box(window.y0, window.x0, window.y1, window.x1), h, w, normalization)
 
         with self.timed(stats), devices.device_errors(self.device, self.batch_size), ThreadPoolExecutor(
             max_workers=self.read_threads, thread_name_prefix="read", initializer=one_intra_op_thread

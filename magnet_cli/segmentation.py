@@ -22,6 +22,8 @@ from magnet_cli.io.background import BackgroundWriter
 from magnet_cli.io.folders import check_off_inputs, make_output_folder
 from magnet_cli.io.base import Box, ImageSource, PixelNormalization
 from magnet_cli.io.geotiff import is_magnet_geotiff, write_geotiff
+from magnet_cli.io.label_placement import LabelPlacement, check_fits, find_placement, prepare_labels_folder
+from magnet_cli.io.label_placement import register as register_label
 from magnet_cli.io.labels import (
     PARTIAL_INFIX,
     LabelWriter,
@@ -44,6 +46,7 @@ from magnet_cli.io.partial_store import (
 from magnet_cli.io.open import list_images, open_image
 from magnet_cli.io.preview import is_magnet_preview, write_preview
 from magnet_cli.io.pyramid_cache import ensure_pyramid
+from magnet_cli.io.value_range import resolve_value_range
 from magnet_cli.io.zarr_source import is_zarr_dir
 from magnet_cli.models.bundle import ModelBundle, bundle_from_parts, load_bundle, pairing_warning
 from magnet_cli.models.default import default_model_dir
@@ -85,6 +88,7 @@ class SegmentResult:
     device: str
     selection_seconds: float = 0.0  # choosing and replacing refined points
     precision: str = ""  # the model calls' precision (what --precision auto chose)
+    value_range: list[float] | None = None  # input values mapped to [0, 1] (what --value-range auto chose)
     preview: str | None = None
     geotiff: str | None = None
     class_pixels: dict[str, int] = field(default_factory=dict)
@@ -354,7 +358,7 @@ def check_outputs(
         *((g, "--geotiff", _foreign_file(is_magnet_geotiff)) for g in geotiffs if g is not None),
     ]
     for path, option, _ in places:
-        check_off_inputs(path, option, inputs)
+        check_off_inputs(path, option, inputs, labels_beside=option == "-o")
     existing = [path for path, _, _ in places if os.path.lexists(path)]
     if existing and not (overwrite or run.resume or run.shard is not None):  # shards: see _shard_shares
         more = f" (and {len(existing) - 1} more output(s))" if len(existing) > 1 else ""
@@ -418,6 +422,8 @@ class ImageJob:
     attributes: dict  # the label store's attributes (the run record)
     height: int
     width: int
+    placement: LabelPlacement | None = None  # the labels go beside an OME-Zarr image (IMAGE.zarr/labels/NAME)
+    value_range: tuple[float, float] | None = None  # input values that map to [0, 1] (io/value_range.py)
 
 
 @dataclass
@@ -503,6 +509,7 @@ def _finish(engine: Engine, started: _Started, stats: RunStats, run: RunSettings
         device=stats.device,
         selection_seconds=round(stats.selection_seconds, 3),
         precision=engine.precision,
+        value_range=list(job.value_range) if job.value_range is not None else None,
         preview=str(preview) if preview and published else None,
         geotiff=str(geotiff) if geotiff and published else None,
         class_pixels={c.name: int(n) for c, n in zip(bundle.classes, histogram)} if published else {},
@@ -585,20 +592,30 @@ def image_job(
     """Open the input once to plan its run: size, run record and the fingerprint that names its store."""
     with open_image(path, max_pixels=run.max_pixels) as raw:
         height, width, georeference = raw.height, raw.width, raw.georeference
+        bands = engine.normalization.bands
+        value_range, range_from = resolve_value_range(raw, engine.settings.value_range, engine.bundle.value_range, bands)
+    placement = find_placement(output)
+    if placement is not None:
+        check_fits(placement, height, width, path)
+        prepare_labels_folder(placement)
     record = run_record(engine, path, plan_for(height, width, engine.bundle, engine.settings), georeference)
+    record.update(value_range=list(value_range), value_range_from=range_from)
     digest = run_fingerprint(record, path, outputs, side_outputs)
     record["fingerprint"] = digest
     return ImageJob(
         input=path, output=output, model=model, inference=engine.settings, outputs=outputs,
         max_pixels=run.max_pixels, side_outputs=side_outputs, fingerprint=digest,
-        attributes={"magnet": record}, height=height, width=width,
+        attributes={"magnet": record}, height=height, width=width, placement=placement, value_range=value_range,
     )
 
 
 def _writer_options(job: ImageJob) -> dict:
+    # Beside an image, the image's Zarr format (NGFF 0.4 images are Zarr v2), whatever --zarr-format says.
+    zarr_format = job.placement.zarr_format if job.placement is not None else int(job.outputs.zarr_format)
     return dict(
-        zarr_format=int(job.outputs.zarr_format), write_probabilities=job.outputs.write_probabilities,
+        zarr_format=zarr_format, write_probabilities=job.outputs.write_probabilities,
         write_uncertainty=job.outputs.write_uncertainty, attributes=job.attributes, store_entries=STORE_ENTRIES,
+        placement=job.placement,
     )
 
 
@@ -620,7 +637,7 @@ def _work(engine: Engine, job: ImageJob, store: PartialStore, source: ImageSourc
     """Do `units` of the image in this process, into the partial store."""
     writer = LabelWriter(job.output, job.height, job.width, engine.bundle.classes, partial=store.path, overwrite=True, **_writer_options(job))
     try:
-        return _stream_into(engine, source, writer, store, units, bars, job.outputs)
+        return _stream_into(engine, source, writer, store, units, bars, job.outputs, job.value_range)
     finally:
         writer.abort()  # releases the arrays; the store keeps what was written
 
@@ -651,13 +668,15 @@ def _publish_output(job: ImageJob, store: PartialStore, source: ImageSource, eng
         levels = writer.seal()
         if preview is not None:
             staged.append((_staging_name(preview), preview))
-            thumbnail = _thumbnail(source, engine.normalization)
+            thumbnail = _thumbnail(source, engine.normalization_for(job.value_range))
             write_preview(levels, staged[-1][0], engine.bundle.classes, thumbnail=thumbnail)
         if geotiff is not None:
             staged.append((_staging_name(geotiff), geotiff))
             write_geotiff(levels, staged[-1][0], source.georeference)
         store.strip()
         writer.finalize()
+        if job.placement is not None:
+            register_label(job.placement)
         for temporary, final in staged:
             _publish(temporary, final)
     finally:
@@ -783,6 +802,7 @@ def _stream_into(
     units: list[Unit],
     bars: LevelProgress,
     outputs: OutputSettings,
+    value_range: tuple[float, float] | None = None,
 ) -> RunStats:
     """Run the engine over `units` with a sink that turns probabilities into labels and writes them on a
     thread; after each unit's last window the same thread stores the unit and records it in the ledger."""
@@ -833,7 +853,8 @@ def _stream_into(
 
     try:
         with bars:
-            stats = engine.run(source, sink, bars.advance, units=units, unit_done=lambda unit: background.submit("unit", unit))
+            stats = engine.run(source, sink, bars.advance, units=units, unit_done=lambda unit: background.submit("unit", unit),
+                               value_range=value_range)
     finally:
         background.close()  # drains queued writes; re-raises a write error
     return stats

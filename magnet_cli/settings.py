@@ -200,6 +200,27 @@ def check_bands(value: Any, option: str = "--bands") -> tuple[int, ...] | None:
     return bands
 
 
+VALUE_RANGE_WORDS = ("auto", "dtype")
+
+
+def check_value_range(value: Any, option: str = "--value-range") -> str | tuple[float, float] | None:
+    """auto, dtype, or (MIN, MAX) with MIN < MAX, both finite; None: the bundle's range, else auto."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in VALUE_RANGE_WORDS:
+            return text
+        try:
+            value = tuple(float(p) for p in text.split(","))
+        except ValueError:
+            raise UsageError(f"{option} {value!r}: expected auto, dtype or MIN,MAX such as 0,4095") from None
+    values = tuple(float(v) for v in value)
+    if len(values) != 2 or not all(math.isfinite(v) for v in values) or values[0] >= values[1]:
+        raise UsageError(f"{option} {value!r}: expected auto, dtype or MIN,MAX with MIN < MAX, such as 0,4095")
+    return values
+
+
 # --- the settings objects -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelSettings:
@@ -252,6 +273,7 @@ class InferenceSettings:
     device: str = "auto"
     precision: str = "auto"  # auto, fp32, bf16 or fp16 (devices.compute_dtype)
     bands: tuple[int, ...] | None = None  # counted from 1
+    value_range: str | tuple[float, float] | None = None  # auto, dtype, (min, max); None: the bundle's, else auto
     crop_size: tuple[int, int] | None = None
     read_threads: int | None = None  # None: chosen for the device (devices.auto_read_threads)
 
@@ -267,6 +289,7 @@ class InferenceSettings:
         _set(self, "device", check_device(self.device))
         _set(self, "precision", check_precision(self.precision))
         _set(self, "bands", check_bands(self.bands))
+        _set(self, "value_range", check_value_range(self.value_range))
         _set(self, "crop_size", check_size(self.crop_size, "crop size", 1, MAX_LEVEL_SIDE))
         if self.read_threads is not None:
             check_whole_number(self.read_threads, "read threads", 1, 64)
@@ -282,6 +305,7 @@ class InferenceSettings:
             "fast_patches": self.fast_patches,
             "precision": self.precision,
             "bands": list(self.bands) if self.bands else None,
+            "value_range_option": list(self.value_range) if isinstance(self.value_range, tuple) else self.value_range,
             "crop_size": list(self.crop_size) if self.crop_size else None,
         }
 

@@ -137,10 +137,11 @@ def test_output_inside_an_input_is_refused(bundle_dir, tmp_path):
     assert not (source / "masks.zarr").exists()
 
 
-def test_labels_inside_an_ome_zarr_image_say_not_supported_yet(bundle_dir, tmp_path):
+def test_labels_inside_a_zarr_array_that_is_not_an_ome_zarr_image_are_refused(bundle_dir, tmp_path):
+    """IMAGE.zarr/labels/NAME is the NGFF place for labels only in an OME-Zarr image (test_label_placement.py)."""
     source = zarr_image(tmp_path / "s.zarr")
     result = segment(bundle_dir, source, "-o", source / "labels" / "tissue")
-    assert_clean_failure(result, "not supported yet")
+    assert_clean_failure(result, "inside the input")
     assert not (source / "labels").exists()
 
 
