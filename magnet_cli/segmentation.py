@@ -20,7 +20,7 @@ from magnet_cli.errors import InputError, MagnetError, MagnetWarning, ModelError
 from magnet_cli.io.background import BackgroundWriter
 from magnet_cli.io.folders import check_off_inputs, make_output_folder
 from magnet_cli.io.base import Box, ImageSource, PixelNormalization
-from magnet_cli.io.geotiff import is_magnet_geotiff, write_geotiff
+from magnet_cli.io.geotiff import NO_COG_WARNING, cog_supported, has_georeferencing, is_magnet_geotiff, write_geotiff
 from magnet_cli.io.labels import (
     PARTIAL_INFIX,
     LabelWriter,
@@ -246,6 +246,8 @@ def segment(
     warning = pairing_warning(bundle)
     if warning:
         warnings.warn(warning, MagnetWarning, stacklevel=2)
+    if any(g is not None for g in geotiffs) and not cog_supported():
+        warnings.warn(NO_COG_WARNING, MagnetWarning, stacklevel=2)
     engine = Engine(bundle, inference)
     make_output_folder(Path(output) if multiple else Path(output).parent, "-o")
     for path, option in [*((p, "--preview") for p in previews), *((g, "--geotiff") for g in geotiffs)]:
@@ -580,6 +582,8 @@ def image_job(
     """Open the input once to plan its run: size, run record and the fingerprint that names its store."""
     with open_image(path, max_pixels=run.max_pixels) as raw:
         height, width, georeference = raw.height, raw.width, raw.georeference
+    if side_outputs[1] is not None and not has_georeferencing(georeference):
+        warnings.warn(f"{path} has no georeferencing: the GeoTIFF is in pixel space", MagnetWarning, stacklevel=2)
     record = run_record(engine, path, plan_for(height, width, engine.bundle, engine.settings), georeference)
     digest = run_fingerprint(record, path, outputs, side_outputs)
     record["fingerprint"] = digest
@@ -650,7 +654,7 @@ def _publish_output(job: ImageJob, store: PartialStore, source: ImageSource, eng
             write_preview(levels, staged[-1][0], engine.bundle.classes, thumbnail=thumbnail)
         if geotiff is not None:
             staged.append((_staging_name(geotiff), geotiff))
-            write_geotiff(levels, staged[-1][0], source.georeference)
+            write_geotiff(levels, staged[-1][0], source.georeference, classes=engine.bundle.classes)
         store.strip()
         writer.finalize()
         for temporary, final in staged:
