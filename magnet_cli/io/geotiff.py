@@ -72,7 +72,8 @@ def is_magnet_geotiff(path: Path) -> bool:
 
 def has_georeferencing(georeference: dict | None) -> bool:
     """Whether the input's tags place it on the earth (a GeoTIFF from it is then not in pixel space)."""
-    return any((georeference or {}).get(name, (georeference or {}).get(name[:-3])) is not None for name in PLACING_TAGS)
+    tags = georeference or {}
+    return any(tags.get(name) is not None or tags.get(name.removesuffix("Tag")) is not None for name in PLACING_TAGS)
 
 
 def cog_supported() -> bool:
@@ -134,16 +135,15 @@ def write_geotiff(
     cog = cog_supported() if cog is None else cog
     tif_path = Path(tif_path)
     with replace_file_atomically(tif_path) as temporary:
-        if not cog:
-            _write_tiled(levels, temporary, georeference, tile, classes, nodata)
-            return tif_path
-        tiled = temporary.with_name(f"{temporary.stem}.tiled{temporary.suffix}")
+        tiled = temporary.with_name(f"{temporary.stem}.tiled{temporary.suffix}") if cog else temporary
         try:
             _write_tiled(levels, tiled, georeference, tile, classes, nodata)
-            _convert_to_cog(tiled, temporary, tile, tif_path)
+            if cog:
+                _convert_to_cog(tiled, temporary, tile, tif_path)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                tiled.unlink()
+            if cog:
+                with contextlib.suppress(FileNotFoundError):
+                    tiled.unlink()
     return tif_path
 
 
