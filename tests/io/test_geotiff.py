@@ -9,7 +9,7 @@ import tifffile
 from magnet_cli.classes import default_classes
 from magnet_cli.errors import OutputError
 from magnet_cli.io.geotiff import _tiles, geotiff_extratags, write_geotiff
-from magnet_cli.io.labels import LabelWriter
+from tests.io.conftest import make_labels
 
 GEOREFERENCE = {
     "ModelPixelScaleTag": [0.5, 0.25, 0.0],
@@ -18,13 +18,6 @@ GEOREFERENCE = {
     "GeoDoubleParamsTag": [6378137.0, 298.257223563],
     "GeoAsciiParamsTag": "WGS 84 / UTM zone 11N|",
 }
-
-
-def make_labels(path, mask: np.ndarray, classes) -> None:
-    height, width = mask.shape
-    with LabelWriter(path, height, width, classes, chunk_size=200, min_level_size=64) as writer:
-        for y0 in range(0, height, 150):
-            writer.write(y0, 0, mask[y0 : y0 + 150])
 
 
 def test_pixels_and_geotiff_tags_round_trip(tmp_path):
