@@ -87,6 +87,21 @@ def test_min_area_and_simplify_reach_the_file_through_the_library(bundle_dir, tm
     assert counts["big"][0] < counts["all"][0] and counts["big"][1] >= 50 > counts["all"][1]
 
 
+def test_a_folder_of_inputs_gets_a_geojson_per_image(bundle_dir, tmp_path):
+    from magnet_cli.io.vector import is_magnet_vector
+
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    for name in ("a", "b"):
+        tifffile.imwrite(folder / f"{name}.tif", random_rgb(64, 80, seed=len(name)), photometric="rgb")
+    result = segment(bundle_dir, folder, "-o", tmp_path / "masks", "--vector", tmp_path / "vectors", "--mode", "downsample")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "vectors").iterdir()) == ["a.geojson", "b.geojson"]
+    for name in ("a", "b"):
+        vector, labels = tmp_path / "vectors" / f"{name}.geojson", read_labels(tmp_path / "masks" / f"{name}.zarr")
+        assert is_magnet_vector(vector) and np.array_equal(rasterized(vector, labels.shape), labels)
+
+
 def test_without_the_gis_extra_vector_fails_first_in_one_line(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "shapely", None)  # as if not installed
     image = tmp_path / "scene.tif"

@@ -16,9 +16,12 @@ features = pytest.importorskip("rasterio.features")
 
 from magnet_cli.classes import default_classes  # noqa: E402
 from magnet_cli.errors import UsageError  # noqa: E402
-from magnet_cli.io.vector import LAYER, MARKER, MARKER_KEY, is_magnet_vector, require_gis, write_vector  # noqa: E402
+from magnet_cli.io.vector import (  # noqa: E402
+    LAYER, MARKER, MARKER_KEY, is_magnet_vector, region_polygons, require_gis, tile_count, write_vector,
+)
 from tests.io.conftest import make_labels  # noqa: E402
 from tests.io.test_georeference import UTM  # noqa: E402
+from tests.io.test_geotiff import RecordingArray  # noqa: E402
 
 CLASSES = default_classes(4)
 FORMATS = [".geojson", ".gpkg"]
@@ -89,6 +92,20 @@ def test_a_region_across_many_tiles_is_one_polygon_with_its_holes(tmp_path, suff
     assert [shapely.get_num_interior_rings(g) for g in (by_class[0][0], ring, hole, island)] == [1, 1, 1, 0]
     assert ring.area == (mask == 1).sum() and hole.area == (mask == 2).sum()
     assert shapely.equals(ring, shapely.box(20, 10, 180, 190).difference(shapely.box(70, 60, 130, 140)))
+
+
+def test_regions_inside_a_tile_stream_out_before_the_next_tile_is_read():
+    mask = np.zeros((100, 150), np.uint8)
+    mask[10:20, 10:20] = 1  # inside the first 50 x 50 tile
+    mask[40:60, 40:110] = 2  # across four tiles: held back, merged at the end
+    array, done = RecordingArray(mask, chunks=(50, 50)), []
+    batches = region_polygons(array, tile=50, advance=done.append)
+    class_ids, polygons = next(batches)
+    assert array.reads == [(50, 50)] and list(class_ids) == [1]
+    assert shapely.equals(polygons[0], shapely.box(10, 10, 20, 20))
+    rest = list(batches)
+    assert len(done) == tile_count(100, 150, 50) == 6
+    assert list(rest[-1][0]) == [2] and rest[-1][1][0].area == 20 * 70  # the last batch: merged pieces
 
 
 def test_pixel_coordinates_are_pixel_corners_x_right_y_down(tmp_path):
