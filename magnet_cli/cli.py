@@ -176,6 +176,9 @@ def segment_command(
     write_uncertainty: O.WriteUncertainty = False,
     preview: O.Preview = None,
     geotiff: O.GeoTiff = None,
+    vector: O.Vector = None,
+    vector_simplify: O.VectorSimplify = S.OutputSettings.vector_simplify,
+    vector_min_area: O.VectorMinArea = S.OutputSettings.vector_min_area,
     zarr_format: O.ZarrFormat = S.OutputSettings.zarr_format.value,
     max_pixels: O.MaxPixels = S.RunSettings.max_pixels,
     overwrite: O.Overwrite = False,
@@ -203,7 +206,8 @@ def segment_command(
             ),
             outputs=S.build(
                 S.OutputSettings, write_probabilities=write_probabilities, write_uncertainty=write_uncertainty,
-                preview=preview, geotiff=geotiff, zarr_format=zarr_format,
+                preview=preview, geotiff=geotiff, vector=vector, vector_simplify=vector_simplify,
+                vector_min_area=vector_min_area, zarr_format=zarr_format,
             ),
             run=S.build(
                 S.RunSettings, progress=not no_progress, overwrite=overwrite, resume=resume, max_pixels=max_pixels,

@@ -18,7 +18,7 @@ from magnet_cli.io.geotiff import (
     is_magnet_geotiff,
     write_geotiff,
 )
-from magnet_cli.io.labels import LabelWriter
+from tests.io.conftest import make_labels
 
 rasterio = pytest.importorskip("rasterio")
 cogeo = pytest.importorskip("rio_cogeo.cogeo")
@@ -30,13 +30,6 @@ GEOREFERENCE = {
     "GeoDoubleParamsTag": [6378137.0, 298.257223563],
     "GeoAsciiParamsTag": "WGS 84 / UTM zone 11N|",
 }
-
-
-def make_labels(path, mask: np.ndarray, classes) -> None:
-    height, width = mask.shape
-    with LabelWriter(path, height, width, classes, chunk_size=200, min_level_size=64) as writer:
-        for y0 in range(0, height, 150):
-            writer.write(y0, 0, mask[y0 : y0 + 150])
 
 
 def test_cog_is_valid_and_keeps_crs_transform_colours_overviews_and_labels(tmp_path):
