@@ -9,7 +9,7 @@ import warnings
 from typing import Any, Callable, List, Optional, Sequence
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.table import Table
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
@@ -18,8 +18,24 @@ from magnet_cli import options as O
 from magnet_cli import settings as S
 from magnet_cli.errors import MagnetError, MagnetWarning
 
+# To a file or a pipe (a SLURM log, `| tee`), stdout is this many columns wide: rich would otherwise cut
+# tables to 80 columns and wrap or truncate file names, so that a log could not tell which row is which
+# file. Tables and lines then take their natural width (no padding to it).
+UNTRUNCATED_WIDTH = 100_000
+
+
+class StdoutConsole(Console):
+    """stdout: the terminal's width in a terminal; unlimited (UNTRUNCATED_WIDTH) anywhere else, decided at
+    each print, since stdout can be redirected after import (CliRunner, contextlib.redirect_stdout)."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(UNTRUNCATED_WIDTH, size.height)
+
+
 err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+out = StdoutConsole(highlight=False)
 
 INTERRUPTED_OUTPUT = "interrupted; no output was completed"
 STOPPED_SEGMENT = (
@@ -162,6 +178,9 @@ def segment_command(
     write_uncertainty: O.WriteUncertainty = False,
     preview: O.Preview = None,
     geotiff: O.GeoTiff = None,
+    vector: O.Vector = None,
+    vector_simplify: O.VectorSimplify = S.OutputSettings.vector_simplify,
+    vector_min_area: O.VectorMinArea = S.OutputSettings.vector_min_area,
     zarr_format: O.ZarrFormat = S.OutputSettings.zarr_format.value,
     max_pixels: O.MaxPixels = S.RunSettings.max_pixels,
     overwrite: O.Overwrite = False,
@@ -190,7 +209,8 @@ def segment_command(
             ),
             outputs=S.build(
                 S.OutputSettings, write_probabilities=write_probabilities, write_uncertainty=write_uncertainty,
-                preview=preview, geotiff=geotiff, zarr_format=zarr_format,
+                preview=preview, geotiff=geotiff, vector=vector, vector_simplify=vector_simplify,
+                vector_min_area=vector_min_area, zarr_format=zarr_format,
             ),
             run=S.build(
                 S.RunSettings, progress=not no_progress, overwrite=overwrite, resume=resume, max_pixels=max_pixels,

@@ -293,6 +293,23 @@ GeoTiff = Annotated[
     Optional[str],
     typer.Option("--geotiff", callback=_callback(parse_path), help="Also write the mask as a tiled GeoTIFF (.tif; a folder for several inputs).", show_default=False),
 ]
+Vector = Annotated[
+    Optional[str],
+    typer.Option(
+        "--vector", callback=_callback(parse_path),
+        help="Also write the mask as polygons, one per region per class: .geojson (QuPath) or .gpkg (QGIS); a folder "
+        "for several inputs. Needs magnet-cli[gis].",
+        show_default=False,
+    ),
+]
+VectorSimplify = Annotated[
+    float,
+    typer.Option("--vector-simplify", help="Simplify the --vector polygons to this tolerance in pixels (0: exact pixel outlines).", metavar="PIXELS"),
+]
+VectorMinArea = Annotated[
+    float,
+    typer.Option("--vector-min-area", help="Drop --vector regions, and fill their holes, smaller than this many pixels.", metavar="PIXELS"),
+]
 ZarrFormat = Annotated[int, typer.Option("--zarr-format", help="3 (OME-Zarr NGFF 0.5) or 2 (NGFF 0.4).")]
 
 # --- training (TrainingSettings and its two kinds) ------------------------------------------------------

@@ -318,16 +318,24 @@ class OutputSettings:
     write_uncertainty: bool = False
     preview: Path | None = None  # PNG overlay (a folder of them for several inputs)
     geotiff: Path | None = None  # tiled GeoTIFF of the mask (a folder of them for several inputs)
+    vector: Path | None = None  # .geojson or .gpkg polygons of the mask (a folder of them for several inputs)
+    vector_simplify: float = 0.0  # pixels: Douglas-Peucker tolerance of the polygons
+    vector_min_area: float = 0.0  # pixels: smaller regions are dropped, smaller holes filled
     zarr_format: ZarrFormat = ZarrFormat.v3
 
     def __post_init__(self) -> None:
         _set(self, "zarr_format", _enum(ZarrFormat, self.zarr_format, "--zarr-format"))
-        for name in ("preview", "geotiff"):
+        for name in ("preview", "geotiff", "vector"):
             value = getattr(self, name)
             if value is not None:
                 if not str(value).strip():
                     raise UsageError(f"--{name}: empty path")
                 _set(self, name, Path(value))
+        for name in ("vector_simplify", "vector_min_area"):
+            option = f"--{name.replace('_', '-')}"
+            _set(self, name, _finite(getattr(self, name), option, 0.0))
+            if getattr(self, name) and self.vector is None:
+                raise UsageError(f"{option} shapes the polygons of --vector: give --vector FILE.geojson or FILE.gpkg too")
 
 
 @dataclass(frozen=True)

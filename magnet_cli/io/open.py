@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from magnet_cli.errors import InputError
@@ -85,6 +86,24 @@ def list_images(folder: str | Path) -> list[Path]:
     return found
 
 
+def map_placement(source: ImageSource) -> dict:
+    """The CRS by name, the pixel size in map units and the bounds, where the image is georeferenced."""
+    from magnet_cli.io.georeference import crs_name, epsg_code, geo_transform
+
+    transform = geo_transform(source.georeference)
+    if transform is None:
+        return {}
+    a, b, c, d, e, f = transform
+    corners = [(a * col + b * row + c, d * col + e * row + f) for col in (0, source.width) for row in (0, source.height)]
+    xs, ys = [x for x, _ in corners], [y for _, y in corners]
+    epsg = epsg_code(source.georeference)
+    return {
+        "crs": crs_name(epsg) if epsg is not None else "not named by an EPSG code (see georeference)",
+        "pixel_size": [math.hypot(a, d), math.hypot(b, e)],  # map units per pixel along x and y
+        "bounds": {"left": min(xs), "bottom": min(ys), "right": max(xs), "top": max(ys)},
+    }
+
+
 def describe(source: ImageSource) -> dict:
     """A JSON-serialisable summary of an opened image, as `magnet info` prints it."""
     return {
@@ -99,6 +118,7 @@ def describe(source: ImageSource) -> dict:
             for level in source.levels
         ],
         "chunks": list(source.chunks) if source.chunks is not None else None,
+        **map_placement(source),
         "georeference": source.georeference,
         # Header problems (open_image refuses such images) and what tifffile noticed while parsing.
         "warnings": list(source.problems) + list(source.extra.get("warnings", [])),
