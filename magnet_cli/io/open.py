@@ -8,7 +8,7 @@ from pathlib import Path
 
 from magnet_cli.errors import InputError
 from magnet_cli.io.base import DEFAULT_MAX_PIXELS, ImageSource, size_problems
-from magnet_cli.io.openslide_source import SLIDE_FORMATS, OpenSlideSource
+from magnet_cli.io.openslide_source import SLIDE_FORMATS, OpenSlideSource, slide_parts
 from magnet_cli.io.raster import RasterSource
 from magnet_cli.io.tiff import TiffSource
 from magnet_cli.io.zarr_source import ZarrSource, is_zarr_dir
@@ -86,13 +86,16 @@ def _open_reader(path: Path) -> ImageSource:
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Supported images directly in a folder (files by suffix, Zarr stores), sorted, hidden ones skipped."""
+    """Supported images directly in a folder (files by suffix, Zarr stores), sorted, hidden ones skipped,
+    and so are the JPEGs a Hamamatsu .vms file makes its slide of."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder")
     found = []
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
+    entries = sorted(folder.iterdir())
+    parts = slide_parts(entries)
+    for entry in entries:
+        if entry.name.startswith(".") or entry in parts:
             continue
         if entry.is_dir():
             if is_zarr_dir(entry):

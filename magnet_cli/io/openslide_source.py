@@ -26,6 +26,8 @@ SLIDE_FORMATS = {
     ".svslide": "Sakura",
     ".dcm": "DICOM",
 }
+# Keys of a VMS/VMU file that name the slide's other files ("ImageFile(1,0)" for a grid of JPEGs).
+SLIDE_PART_KEYS = ("ImageFile", "MapFile", "OptimisationFile", "MacroImage")
 INSTALL_HINT = "pip install 'magnet-cli[openslide]'"
 WHITE = (255, 255, 255)
 
@@ -33,6 +35,24 @@ WHITE = (255, 255, 255)
 def slide_format(path: Path) -> str:
     """The name of the slide format a path's suffix names ('whole-slide' when none)."""
     return SLIDE_FORMATS.get(path.suffix.lower(), "whole-slide")
+
+
+def slide_parts(folder_entries: list[Path]) -> set[Path]:
+    """The files a Hamamatsu VMS/VMU key file in `folder_entries` names (its JPEGs, map, optimisation
+    file): parts of that slide, not images of their own when a folder is listed."""
+    parts = set()
+    for entry in folder_entries:
+        if entry.suffix.lower() not in (".vms", ".vmu") or not entry.is_file() or entry.stat().st_size > 1 << 16:
+            continue
+        try:
+            text = entry.read_text(errors="replace")
+        except OSError:  # unreadable: opening it will say so
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip().startswith(SLIDE_PART_KEYS) and value.strip():
+                parts.add(entry.parent / value.strip())
+    return parts
 
 
 def _openslide(path: Path) -> Any:

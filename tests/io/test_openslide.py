@@ -23,7 +23,7 @@ from magnet_cli.io.open import describe, list_images, open_image
 from magnet_cli.io.openslide_source import OpenSlideSource, _over_background
 from magnet_cli.io.tiff import TiffSource
 
-from .conftest import HEIGHT, WIDTH
+from .conftest import HEIGHT, VMS_MPP, WIDTH
 
 # Every test but the missing-extra one needs the [openslide] extra (it is in the `test` extra).
 needs_openslide = pytest.mark.skipif(importlib.util.find_spec("openslide") is None, reason="no [openslide] extra")
@@ -136,6 +136,24 @@ def test_tiff_based_slides_stay_on_tifffile_and_other_slides_go_to_openslide(tmp
         open_image(tmp_path / "scan.mrxs")
     (tmp_path / "level.dcm").write_bytes(b"\0" * 200)
     assert [p.name for p in list_images(tmp_path)] == ["scan.mrxs", "slide.tif", "tiff_named.mrxs"]
+
+
+def test_a_hamamatsu_vms_slide_opens_through_openslide_with_its_levels_and_mpp(vms_slide):
+    from PIL import Image
+
+    with open_image(vms_slide) as source:
+        assert isinstance(source, OpenSlideSource) and source.format_name == "OpenSlide (hamamatsu)"
+        assert (source.height, source.width) == (256, 384)
+        assert [level.downsample_y for level in source.levels][:4] == [1.0, 2.0, 4.0, 8.0]  # OpenSlide's own
+        jpeg = np.asarray(Image.open(vms_slide.with_suffix(".jpg")))  # the JPEG the slide is, as Pillow decodes it
+        np.testing.assert_array_equal(source.read_level(0, 0, 0, 256, 384), jpeg)
+        np.testing.assert_array_equal(source.read_level(0, 13, 70, 101, 333), jpeg[13:101, 70:333])
+    result = CliRunner().invoke(app, ["info", str(vms_slide), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["format"] == "OpenSlide (hamamatsu)" and info["mpp"] == [VMS_MPP, VMS_MPP]
+    # A folder lists the slide, not the JPEGs it is made of.
+    assert list_images(vms_slide.parent) == [vms_slide]
 
 
 @pytest.mark.parametrize("name, kind", [("scan.mrxs", "MIRAX"), ("scan.VMS", "Hamamatsu VMS"), ("scan.svslide", "Sakura")])
