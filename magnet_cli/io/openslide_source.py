@@ -42,6 +42,7 @@ def slide_parts(folder_entries: list[Path]) -> set[Path]:
     file): parts of that slide, not images of their own when a folder is listed."""
     parts = set()
     for entry in folder_entries:
+        # OpenSlide reads key files of at most 64 KiB too
         if entry.suffix.lower() not in (".vms", ".vmu") or not entry.is_file() or entry.stat().st_size > 1 << 16:
             continue
         try:
