@@ -8,6 +8,7 @@ import pytest
 
 from magnet_cli.errors import InputError
 from magnet_cli.io.open import describe, list_images, open_image
+from magnet_cli.io.openslide_source import OpenSlideSource
 from magnet_cli.io.raster import RasterSource
 from magnet_cli.io.tiff import TiffSource
 from magnet_cli.io.zarr_source import ZarrSource
@@ -39,6 +40,7 @@ def test_dispatch_is_by_content_not_by_name(tmp_path, subifd_tiff, png_rgb, rgb)
         ("ome_zarr_05", ZarrSource),
         ("png_rgb", RasterSource),
         ("jpeg_rgb", RasterSource),
+        ("vms_slide", OpenSlideSource),
     ],
 )
 def test_every_input_kind_opens_with_its_reader(request, fixture, kind):
