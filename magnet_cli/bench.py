@@ -266,15 +266,15 @@ def model_only_seconds(engine, windows_per_level: Sequence[int], batch_size: int
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(batch_size, 3, h, w, generator=generator)
     maps = torch.rand(batch_size, c, h, w, generator=generator).softmax(1)
+    maps = maps.to(engine.device)
     start = time.perf_counter()
-    for level, count in enumerate(windows_per_level):
-        for first in range(0, count, batch_size):
-            n = min(batch_size, count - first)
-            fine = engine.segment_windows(images[:n].to(engine.device), stats)
-            if refine and level > 0:
-                engine.propose_refinement(maps[:n].to(engine.device), fine, stats)
-    if engine.device.type == "cuda":
-        torch.cuda.synchronize(engine.device)
+    with engine.timed(stats):  # on CUDA: waits for the queued calls once, at the end
+        for level, count in enumerate(windows_per_level):
+            for first in range(0, count, batch_size):
+                n = min(batch_size, count - first)
+                fine = engine.segment_windows(images[:n], stats)
+                if refine and level > 0:
+                    engine.propose_refinement(maps[:n], fine, stats)
     return time.perf_counter() - start
 
 
@@ -285,7 +285,7 @@ def measure_limit(image: Path, model: ModelSettings | ModelBundle, inference: In
     bundle = load_model(model) if isinstance(model, ModelSettings) else model
     settings = VARIANTS["magnet"].run_with(inference)
     engine = make_engine(bundle, settings)
-    batch_size = settings.batch_size
+    batch_size = engine.batch_size
     model_only_seconds(engine, [2, 2], batch_size, True)  # warm-up: oneDNN / cuDNN primitive caches
     start = time.perf_counter()
     result = segment_image(image, workdir / "limit.zarr", bundle, settings)
@@ -323,7 +323,7 @@ def monai_segment(image: Path, output: Path, model: ModelSettings, inference: In
     import tifffile
     from monai.inferers import sliding_window_inference
 
-    from magnet_cli.devices import resolve_device
+    from magnet_cli.devices import auto_batch_size, resolve_device
     from magnet_cli.io.base import PixelNormalization, to_unit_rgb
     from magnet_cli.io.open import open_image
 
@@ -336,7 +336,7 @@ def monai_segment(image: Path, output: Path, model: ModelSettings, inference: In
         whole = to_unit_rgb(pixels, PixelNormalization(inference.bands, bundle.value_range), image)[None]
     with torch.inference_mode():
         probabilities = sliding_window_inference(
-            whole, roi_size=bundle.input_size, sw_batch_size=inference.batch_size, overlap=0.0,
+            whole, roi_size=bundle.input_size, sw_batch_size=inference.batch_size or auto_batch_size(torch_device), overlap=0.0,
             predictor=lambda x: segmenter.probabilities(x.to(torch_device)).cpu(),
         )
     labels = probabilities[0].argmax(0).to(torch.uint8).numpy()
@@ -496,6 +496,13 @@ def _mode_row(variant: Variant, scores: Scores, runs: list[dict]) -> dict:
         "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs), 1),
         "peak_gpu_mb": max((r.get("peak_gpu_mb") or 0.0 for r in runs), default=0.0) or None,
         "windows_per_image": round(float(np.mean([r["windows"] for r in runs])), 1),
+        "windows_per_second": round(sum(r["windows"] for r in runs) / max(sum(r["seconds"] for r in runs), 1e-9), 1),
+        # Model calls and point selection over wall time: on CUDA from events on the stream (the share the
+        # GPU had work queued), on CPU from the host clock.
+        "device_busy": round(
+            sum(r.get("segmenter_seconds", 0) + r.get("refiner_seconds", 0) + r.get("selection_seconds", 0) for r in runs)
+            / max(sum(r["seconds"] for r in runs), 1e-9), 3),
+        "precision": runs[0].get("precision") if runs else None,
     }
 
 
@@ -511,17 +518,20 @@ def markdown(report: BenchmarkReport) -> str:
     if report.modes:
         lines += [
             "",
-            "| mode | mIoU | boundary F | pixel acc. | s / image | peak RSS (MB) | windows / image |",
-            "|---|---|---|---|---|---|---|",
+            "| mode | mIoU | boundary F | pixel acc. | s / image | peak RSS (MB) | peak GPU (MB) | windows / image "
+            "| windows / s | model busy % | precision |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
     for row in report.modes:
         lines.append(
             f"| {row['mode']} | {_pct(row['miou'])} | {_pct(row['boundary_f'])} | {_pct(row['pixel_accuracy'])} | "
-            f"{row['seconds_per_image']} | {row['peak_rss_mb']} | {row['windows_per_image']} |"
+            f"{row['seconds_per_image']} | {row['peak_rss_mb']} | {row['peak_gpu_mb'] or '-'} | {row['windows_per_image']} | "
+            f"{row.get('windows_per_second', '-')} | {_pct(row.get('device_busy'))} | {row.get('precision') or '-'} |"
         )
     if report.peer and "miou" in report.peer:
         p = report.peer
-        lines.append(f"| {p['name']} (peer) | {_pct(p['miou'])} | - | - | {p['seconds_per_image']} | {p['peak_rss_mb']} | - |")
+        lines.append(f"| {p['name']} (peer) | {_pct(p['miou'])} | - | - | {p['seconds_per_image']} | {p['peak_rss_mb']} "
+                     "| - | - | - | - | - |")
     elif report.peer:
         lines += ["", f"Peer baseline skipped: {report.peer['skipped']}."]
     if report.per_class:

@@ -9,7 +9,7 @@ import warnings
 from typing import Any, Callable, List, Optional, Sequence
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.table import Table
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
@@ -18,8 +18,24 @@ from magnet_cli import options as O
 from magnet_cli import settings as S
 from magnet_cli.errors import MagnetError, MagnetWarning
 
+# To a file or a pipe (a SLURM log, `| tee`), stdout is this many columns wide: rich would otherwise cut
+# tables to 80 columns and wrap or truncate file names, so that a log could not tell which row is which
+# file. Tables and lines then take their natural width (no padding to it).
+UNTRUNCATED_WIDTH = 100_000
+
+
+class StdoutConsole(Console):
+    """stdout: the terminal's width in a terminal; unlimited (UNTRUNCATED_WIDTH) anywhere else, decided at
+    each print, since stdout can be redirected after import (CliRunner, contextlib.redirect_stdout)."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(UNTRUNCATED_WIDTH, size.height)
+
+
 err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+out = StdoutConsole(highlight=False)
 
 INTERRUPTED_OUTPUT = "interrupted; no output was completed"
 STOPPED_SEGMENT = (
@@ -155,11 +171,16 @@ def segment_command(
     selection: O.Selection = S.InferenceSettings.selection,
     batch_size: O.BatchSize = None,
     device: O.Device = O.DEVICE_DEFAULT,
+    precision: O.Precision = S.InferenceSettings.precision,
     bands: O.Bands = None,
+    value_range: O.ValueRange = None,
     write_probabilities: O.WriteProbabilities = False,
     write_uncertainty: O.WriteUncertainty = False,
     preview: O.Preview = None,
     geotiff: O.GeoTiff = None,
+    vector: O.Vector = None,
+    vector_simplify: O.VectorSimplify = S.OutputSettings.vector_simplify,
+    vector_min_area: O.VectorMinArea = S.OutputSettings.vector_min_area,
     zarr_format: O.ZarrFormat = S.OutputSettings.zarr_format.value,
     max_pixels: O.MaxPixels = S.RunSettings.max_pixels,
     overwrite: O.Overwrite = False,
@@ -184,10 +205,12 @@ def segment_command(
             inference=S.build(
                 S.InferenceSettings, mode=mode, levels=levels, points=points, smooth_kernel=smooth_kernel,
                 fast_patches=fast_patches, selection=selection, batch_size=batch_size, device=device, bands=bands,
+                precision=precision, value_range=value_range,
             ),
             outputs=S.build(
                 S.OutputSettings, write_probabilities=write_probabilities, write_uncertainty=write_uncertainty,
-                preview=preview, geotiff=geotiff, zarr_format=zarr_format,
+                preview=preview, geotiff=geotiff, vector=vector, vector_simplify=vector_simplify,
+                vector_min_area=vector_min_area, zarr_format=zarr_format,
             ),
             run=S.build(
                 S.RunSettings, progress=not no_progress, overwrite=overwrite, resume=resume, max_pixels=max_pixels,
@@ -421,6 +444,7 @@ def benchmark_command(
     sizes: O.Sizes = None,
     batch_size: O.BatchSize = None,
     device: O.Device = O.DEVICE_DEFAULT,
+    precision: O.Precision = S.InferenceSettings.precision,
     quick: O.Quick = False,
     no_peer: O.NoPeer = False,
     no_limit: O.NoLimit = False,
@@ -437,7 +461,7 @@ def benchmark_command(
     def action():
         return benchmark(
             data, output, model=S.build(S.ModelSettings, model=model, trust_model=trust_model), modes=modes, sizes=sizes,
-            inference=S.build(S.InferenceSettings, batch_size=batch_size, device=device), quick=quick,
+            inference=S.build(S.InferenceSettings, batch_size=batch_size, device=device, precision=precision), quick=quick,
             peer=not no_peer, limit=not no_limit, workdir=workdir, run=S.RunSettings(progress=not no_progress, cluster=cluster),
             log=(lambda message: None) if json_output else (lambda message: err.print(Text(message))),
         )

@@ -23,5 +23,9 @@ class UsageError(MagnetError):
     """An option value is invalid (bad level list, bad point count, ...)."""
 
 
+class DeviceError(MagnetError):
+    """The device ran out of memory or failed (a CUDA error): one line instead of a traceback."""
+
+
 class MagnetWarning(UserWarning):
     """Something the user should know that does not stop the work (the CLI prints one yellow line)."""

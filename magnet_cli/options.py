@@ -142,9 +142,18 @@ BatchSize = Annotated[
     Optional[int],
     typer.Option(
         "--batch-size",
-        help=f"Windows per model call (inference, default {S.InferenceSettings.batch_size}) or per optimiser "
-        f"step (training, default {S.TrainingSettings.batch_size}).",
+        help="Windows per model call (inference; default chosen for the device: 4 on CPU, 8-16 on a GPU by its "
+        f"memory) or per optimiser step (training, default {S.TrainingSettings.batch_size}).",
         show_default=False,
+    ),
+]
+Precision = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="Model arithmetic: auto (bf16 where the device computes it natively: Ampere or later GPUs, CPUs "
+        "with AMX/AVX512-BF16; else fp32), fp32, bf16, or fp16 (CUDA only).",
+        callback=_callback(S.check_precision),
     ),
 ]
 
@@ -265,6 +274,17 @@ Bands = Annotated[
     ),
 ]
 
+ValueRange = Annotated[
+    Optional[str],
+    typer.Option(
+        "--value-range",
+        help="Input values that map to the model's [0, 1]: MIN,MAX (e.g. 0,2047), dtype (the sample type's "
+        "range) or auto (default unless the model bundle sets a range: for integer data wider than 8 bits, "
+        "the file's MaxSampleValue, bit depth or GDAL statistics, else a 99.9th-percentile stretch).",
+        callback=_callback(S.check_value_range), show_default=False, metavar="MIN,MAX|auto|dtype",
+    ),
+]
+
 # --- segment's side outputs (OutputSettings) ------------------------------------------------------------
 WriteProbabilities = Annotated[bool, typer.Option("--write-probabilities", help="Also store the class probabilities.")]
 WriteUncertainty = Annotated[bool, typer.Option("--write-uncertainty", help="Also store the uncertainty map.")]
@@ -275,6 +295,23 @@ Preview = Annotated[
 GeoTiff = Annotated[
     Optional[str],
     typer.Option("--geotiff", callback=_callback(parse_path), help="Also write the mask as a tiled GeoTIFF (.tif; a folder for several inputs).", show_default=False),
+]
+Vector = Annotated[
+    Optional[str],
+    typer.Option(
+        "--vector", callback=_callback(parse_path),
+        help="Also write the mask as polygons, one per region per class: .geojson (QuPath) or .gpkg (QGIS); a folder "
+        "for several inputs. Needs magnet-cli[gis].",
+        show_default=False,
+    ),
+]
+VectorSimplify = Annotated[
+    float,
+    typer.Option("--vector-simplify", help="Simplify the --vector polygons to this tolerance in pixels (0: exact pixel outlines).", metavar="PIXELS"),
+]
+VectorMinArea = Annotated[
+    float,
+    typer.Option("--vector-min-area", help="Drop --vector regions, and fill their holes, smaller than this many pixels.", metavar="PIXELS"),
 ]
 ZarrFormat = Annotated[int, typer.Option("--zarr-format", help="3 (OME-Zarr NGFF 0.5) or 2 (NGFF 0.4).")]
 

@@ -11,16 +11,15 @@ Both hand finished full-resolution regions of class probabilities to a sink.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from magnet_cli.devices import resolve_device
+from magnet_cli import devices
 from magnet_cli.errors import UsageError
 from magnet_cli.io.base import Box, ImageSource, PixelNormalization
 from magnet_cli.models.bundle import ModelBundle
@@ -47,8 +46,10 @@ class RunStats:
     segmenter_seconds: float = 0.0
     refiner_seconds: float = 0.0
     read_wait_seconds: float = 0.0
+    selection_seconds: float = 0.0  # choosing and replacing the refined points
     total_seconds: float = 0.0
     device: str = "cpu"
+    precision: str = "fp32"
     peak_queued_windows: int = 0
 
     @property
@@ -78,23 +79,17 @@ def plan_for(source_height: int, source_width: int, bundle: ModelBundle, setting
 LEVEL_MAP_COPIES = 5
 
 
-def available_memory_bytes() -> int:
-    """Physical memory free now (Linux); a large number where it cannot be known."""
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62
-
-
-def check_level_maps_fit(plan: ScalePlan, num_classes: int) -> None:
-    """Refuse whole-level maps that would not fit, instead of running out of memory halfway."""
+def check_level_maps_fit(plan: ScalePlan, num_classes: int, device: torch.device) -> None:
+    """Refuse whole-level maps that would not fit where they live (GPU memory on CUDA), instead of
+    running out of memory halfway."""
     finest = plan.levels[-1]
     needed = LEVEL_MAP_COPIES * 4 * num_classes * finest.pixel_count
-    available = available_memory_bytes()
+    available = devices.free_memory(device)
     if needed > available // 2:
+        where = devices.memory_name(device)
         raise UsageError(
-            f"--selection global and --mode fast keep whole level maps: about {needed / 2**30:.1f} GiB for this "
-            f"image, more than half the free memory ({available / 2**30:.1f} GiB); use --mode magnet "
+            f"--selection global and --mode fast keep whole level maps on {device}: about {needed / 2**30:.1f} GiB "
+            f"for this image, more than half the free {where} ({available / 2**30:.1f} GiB); use --mode magnet "
             "--selection window (streaming, flat memory) or fewer/smaller --levels"
         )
 
@@ -112,8 +107,15 @@ class Engine:
         self.settings = settings
         # --bands counts from 1 (GDAL's way); the readers index from 0.
         bands = tuple(b - 1 for b in settings.bands) if settings.bands else None
-        self.normalization = PixelNormalization(bands, bundle.value_range)
-        self.device = resolve_device(settings.device)
+        # Per image, `segment` resolves --value-range auto from the file (io/value_range.py) and passes
+        # it to `run`; this default serves direct callers: the option's MIN,MAX, else the bundle's, else
+        # the sample type's range.
+        explicit = settings.value_range if isinstance(settings.value_range, tuple) else None
+        self.normalization = PixelNormalization(bands, explicit or bundle.value_range)
+        self.device = devices.resolve_device(settings.device)
+        self.dtype = devices.compute_dtype(settings.precision, self.device)
+        self.batch_size = settings.batch_size or devices.auto_batch_size(self.device)
+        self.read_threads = settings.read_threads or devices.auto_read_threads(self.device)
         keep_freed_memory_in_heap()
         # channels_last: oneDNN convolutions run about 3x faster in it on CPU (measured on the refiner).
         self.segmenter = bundle.segmenter.to(self.device, channels_last=True)
@@ -121,42 +123,60 @@ class Engine:
             _channels_last(fuse_for_inference(bundle.refiner).to(self.device)) if bundle.refiner is not None else None
         )
         self.input_size = bundle.input_size
+        self._run_clock: devices.StageClock | None = None  # of the run in progress
+
+    @property
+    def precision(self) -> str:
+        """The precision model calls run in (what `--precision auto` chose on this device)."""
+        return devices.precision_name(self.dtype)
 
     # --- model calls --------------------------------------------------------------------------
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def segment_windows(self, images: torch.Tensor, stats: RunStats) -> torch.Tensor:
-        """O = the segmenter's class probabilities for a batch (N, C_in, h, w); time goes to stats."""
-        start = time.perf_counter()
-        with torch.inference_mode(), self._autocast():
-            images = images.to(self.device).contiguous(memory_format=torch.channels_last)
+        """O = the segmenter's class probabilities for a host batch (N, C_in, h, w), on the device."""
+        with self._stage("segmenter", stats), torch.inference_mode(), devices.autocast(self.device, self.dtype):
+            images = devices.to_device(images, self.device).contiguous(memory_format=torch.channels_last)
             probabilities = self.segmenter.probabilities(images).contiguous()
-        self._sync()
-        stats.segmenter_seconds += time.perf_counter() - start
         return probabilities
 
     def propose_refinement(self, coarse: torch.Tensor, fine: torch.Tensor, stats: RunStats) -> torch.Tensor:
-        """R = softmax(refiner(Y, O)) for a batch; time goes to stats."""
-        start = time.perf_counter()
-        with torch.inference_mode(), self._autocast():
+        """R = softmax(refiner(Y, O)) for a batch on the device."""
+        with self._stage("refiner", stats), torch.inference_mode(), devices.autocast(self.device, self.dtype):
             # On CPU one window at a time: batching gains nothing there, and the refiner's full-resolution
             # 64- and 128-channel activations of a batch of 4 at 256 px peak at ~650 MB (batch 1: ~170 MB).
-            step = coarse.shape[0] if self.device.type == "cuda" else 1
+            step = coarse.shape[0] if devices.is_accelerator(self.device) else 1
             parts = []
             for i in range(0, coarse.shape[0], step):
                 pair = (t[i : i + step].contiguous(memory_format=torch.channels_last) for t in (coarse, fine))
                 parts.append(torch.softmax(self.refiner(*pair).float(), dim=1).contiguous())  # type: ignore[misc]
             proposal = torch.cat(parts)
-        self._sync()
-        stats.refiner_seconds += time.perf_counter() - start
         return proposal
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+    def normalization_for(self, value_range: tuple[float, float] | None) -> PixelNormalization:
+        """How this engine reads an image whose values in `value_range` map to [0, 1] (None: the default)."""
+        if value_range is None:
+            return self.normalization
+        return PixelNormalization(self.normalization.bands, tuple(value_range))
+
+    @contextlib.contextmanager
+    def timed(self, stats: RunStats) -> Iterator[None]:
+        """Stage times of the model calls made inside reach `stats` at the end: on CUDA one wait for the
+        queued work then, instead of one per call."""
+        self._run_clock = devices.StageClock(self.device)
+        try:
+            yield
+            _add_stage_times(stats, self._run_clock)
+        finally:
+            self._run_clock = None
+
+    @contextlib.contextmanager
+    def _stage(self, name: str, stats: RunStats) -> Iterator[None]:
+        """Time a stage on the run's clock (read once when the run ends), or, outside a run, into `stats`
+        at once."""
+        clock = self._run_clock or devices.StageClock(self.device)
+        with clock.stage(name):
+            yield
+        if clock is not self._run_clock:
+            _add_stage_times(stats, clock)
 
     # --- entry point --------------------------------------------------------------------------
     @property
@@ -195,25 +215,29 @@ class Engine:
         progress: Progress | None = None,
         units: Sequence[Unit] | None = None,
         unit_done: Callable[[Unit], None] | None = None,
+        value_range: tuple[float, float] | None = None,
     ) -> RunStats:
         """Segment `units` of one image (all of them by default); every full-resolution pixel they own
-        reaches `sink` exactly once, and `unit_done(unit)` follows the last pixel of each unit."""
+        reaches `sink` exactly once, and `unit_done(unit)` follows the last pixel of each unit.
+        `value_range`: the input values that map to [0, 1] for this image (default: see __init__)."""
         plan = self.plan(source.height, source.width)
         units = list(units) if units is not None else self.units(plan)
-        stats = RunStats(device=str(self.device))
+        stats = RunStats(device=str(self.device), precision=self.precision)
         stats.windows_per_level = [0] * plan.depth
         start = time.perf_counter()
         h, w = self.input_size
 
-        def read(window: Window) -> torch.Tensor:
-            return source.read(Box(window.y0, window.x0, window.y1, window.x1), h, w, self.normalization)
+        normalization = self.normalization_for(value_range)
 
-        with ThreadPoolExecutor(
-            max_workers=max(1, self.settings.read_threads), thread_name_prefix="read", initializer=one_intra_op_thread
+        def read(window: Window) -> torch.Tensor:
+            return source.read(Box(window.y0, window.x0, window.y1, window.x1), h, w, normalization)
+
+        with self.timed(stats), devices.device_errors(self.device, self.batch_size), ThreadPoolExecutor(
+            max_workers=self.read_threads, thread_name_prefix="read", initializer=one_intra_op_thread
         ) as pool:
             if self.whole_levels:
                 if units:
-                    check_level_maps_fit(plan, self.bundle.num_classes)
+                    check_level_maps_fit(plan, self.bundle.num_classes, self.device)
                     self._run_levels(plan, read, pool, sink, progress or _ignore, stats)
             else:
                 tree = Tree(plan)
@@ -238,7 +262,7 @@ class Engine:
                 roots.append(Task(root))
             else:
                 roots.append(Task(root, parent, self._ancestor_map(plan, tree, parent, chain, read, pool, progress, stats)))
-        scheduler = TreeScheduler(plan, self.settings.batch_size, read, pool, roots=roots, tree=tree)
+        scheduler = TreeScheduler(plan, self.batch_size, read, pool, roots=roots, tree=tree)
         last = plan.depth - 1
         for level, tasks in scheduler:
             maps = self._process(plan, level, tasks, stats)
@@ -282,7 +306,8 @@ class Engine:
         coarse = crop_resize(parents, boxes.to(parents.device), (h, w))
         proposal = self.propose_refinement(coarse, fine, stats)
         k = window_points(self.points, plan.levels[level].pixel_count, h * w)
-        return refine(coarse, proposal, k, self.kernel)
+        with self._stage("selection", stats):
+            return refine(coarse, proposal, k, self.kernel)
 
     def _gather(self, tasks: list, stats: RunStats) -> torch.Tensor:
         start = time.perf_counter()
@@ -305,7 +330,8 @@ class Engine:
                     windows = self._most_uncertain(spec, windows, coarse, self.settings.fast_patches)
                 proposal, covered = self._assemble(plan, spec, windows, read, pool, stats, coarse=coarse)
                 k = points_for_level(self.points, spec.pixel_count, len(windows), spec.window_count)
-                level_map = refine(coarse, proposal, k, self.kernel, blur_size=(h, w), allowed=covered)
+                with self._stage("selection", stats):
+                    level_map = refine(coarse, proposal, k, self.kernel, blur_size=(h, w), allowed=covered)
             stats.windows_per_level[index] = len(windows)
             progress(index, len(windows))
         assert level_map is not None
@@ -323,7 +349,7 @@ class Engine:
         c = self.bundle.num_classes
         total = torch.zeros(1, c, spec.height, spec.width, device=self.device)
         count = torch.zeros(1, 1, spec.height, spec.width, device=self.device)
-        batch = self.settings.batch_size
+        batch = self.batch_size
         futures = [pool.submit(read, window) for window in windows[:batch]]
         for start in range(0, len(windows), batch):
             chunk = windows[start : start + batch]
@@ -345,6 +371,13 @@ class Engine:
     def _most_uncertain(spec: Level, windows: list[Window], coarse: torch.Tensor, n: int) -> list[Window]:
         """MagNet-Fast: the n windows with the HIGHEST mean uncertainty of Y (the paper, not the code)."""
         return [windows[i] for i in most_uncertain_windows(coarse, [_level_region(spec, w) for w in windows], n)]
+
+
+def _add_stage_times(stats: RunStats, clock: devices.StageClock) -> None:
+    totals = clock.totals()
+    stats.segmenter_seconds += totals.get("segmenter", 0.0)
+    stats.refiner_seconds += totals.get("refiner", 0.0)
+    stats.selection_seconds += totals.get("selection", 0.0)
 
 
 def _channels_last(module: torch.nn.Module) -> torch.nn.Module:

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from magnet_cli.devices import host
+
 
 def certainty(probabilities: torch.Tensor) -> torch.Tensor:
     """top1 - top2 over the class axis, shaped (N, 1, H, W). Zero where the map is all zeros."""
@@ -42,39 +44,49 @@ def median_blur(x: torch.Tensor, kernel: int) -> torch.Tensor:
     """Median filter of an odd square kernel with zero padding, per channel (as the reference does).
 
     With kernel*kernel odd the median is the middle value, so this equals any exact median filter.
-    Small kernels run a pruned sorting network of elementwise min/max over shifted views (about 2x
-    faster than sorting unfolded neighbourhoods on CPU, and no kernel^2 copy of the map).
+    On CPU small kernels run a pruned sorting network of elementwise min/max over shifted views (about
+    2x faster than sorting unfolded neighbourhoods there, and no kernel^2 copy of the map); larger
+    kernels, and every kernel on a GPU, take the median of unfolded neighbourhoods.
     """
     if kernel < 1 or kernel % 2 == 0:
         raise ValueError(f"median kernel must be odd and positive, got {kernel}")
     if kernel == 1:
         return x
-    if kernel <= MAX_NETWORK_KERNEL:
+    if x.device.type == "cpu" and kernel <= MAX_NETWORK_KERNEL:
         return _median_by_network(x, kernel)
-    n, c, h, w = x.shape
-    planes = x.reshape(n * c, 1, h, w)
-    # One plane at a time: the unfolded neighbourhoods take kernel^2 times the plane's memory.
-    out = torch.empty_like(planes)
-    for i in range(n * c):
-        patches = F.unfold(planes[i : i + 1], kernel_size=kernel, padding=kernel // 2)  # (1, k*k, H*W)
-        out[i] = patches.median(dim=1).values.reshape(1, h, w)
-    return out.reshape(n, c, h, w)
+    return _median_by_unfold(x, kernel)
 
 
 MAX_NETWORK_KERNEL = 9
 
 
+# Elements of unfolded neighbourhoods a GPU median takes at once (256 MB of float32).
+UNFOLD_ELEMENTS = 1 << 26
+
+
+def _median_by_unfold(x: torch.Tensor, kernel: int) -> torch.Tensor:
+    """The median of each neighbourhood by `median` over unfolded planes. On a GPU as many planes a call
+    as fit UNFOLD_ELEMENTS: a few large kernels, which it runs well (the sorting network is hundreds of
+    tiny ones, launch-bound there). On CPU one plane at a time: the unfolded neighbourhoods take kernel^2
+    times the plane's memory."""
+    n, c, h, w = x.shape
+    planes = x.reshape(n * c, 1, h, w)
+    out = torch.empty_like(planes)
+    step = 1 if x.device.type == "cpu" else max(1, UNFOLD_ELEMENTS // (kernel * kernel * h * w))
+    for i in range(0, n * c, step):
+        patches = F.unfold(planes[i : i + step], kernel_size=kernel, padding=kernel // 2)  # (p, k*k, H*W)
+        out[i : i + step] = patches.median(dim=1).values.reshape(-1, 1, h, w)
+    return out.reshape(n, c, h, w)
+
+
 def _median_by_network(x: torch.Tensor, kernel: int) -> torch.Tensor:
-    if x.device.type == "cpu":
-        # NumPy on CPU: its elementwise ops are single-threaded, while hundreds of small OpenMP-parallel
-        # torch ops stall whenever another thread holds a core (measured with the other core busy:
-        # 17 ms per window in NumPy, 450+ ms in torch; torch on an idle machine: ~4 ms).
-        array = x.detach().numpy()
-        median = _run_network(np.pad(array, [(0, 0)] * (array.ndim - 2) + [(kernel // 2, kernel // 2)] * 2), kernel,
-                              np.minimum, np.maximum)
-        return torch.from_numpy(np.ascontiguousarray(median))
-    padded = F.pad(x, (kernel // 2,) * 4)
-    return _run_network(padded, kernel, torch.minimum, torch.maximum).contiguous()
+    """On CPU, in NumPy: its elementwise ops are single-threaded, while hundreds of small OpenMP-parallel
+    torch ops stall whenever another thread holds a core (measured with the other core busy: 17 ms per
+    window in NumPy, 450+ ms in torch; torch on an idle machine: ~4 ms)."""
+    array = x.detach().numpy()
+    median = _run_network(np.pad(array, [(0, 0)] * (array.ndim - 2) + [(kernel // 2, kernel // 2)] * 2), kernel,
+                          np.minimum, np.maximum)
+    return torch.from_numpy(np.ascontiguousarray(median))
 
 
 def _run_network(padded, kernel: int, minimum, maximum):
@@ -182,7 +194,8 @@ def most_uncertain_windows(
     map Y with the HIGHEST mean uncertainty, ties going to the lower index. The paper's rule; the reference
     code sorts ascending and so refines the most certain windows (DESIGN section 2), which we do not copy."""
     u = uncertainty(coarse)[0, 0]
-    means = [float(u[y0:y1, x0:x1].mean()) for y0, x0, y1, x1 in regions]
+    # The means stay on the device and cross to the host together: one wait, not one per window.
+    means = host(torch.stack([u[y0:y1, x0:x1].mean() for y0, x0, y1, x1 in regions])).tolist() if regions else []
     order = sorted(range(len(means)), key=lambda i: (-means[i], i))
     return sorted(order[: max(0, count)])
 
@@ -223,12 +236,40 @@ def top_mask(score: torch.Tensor, k: int) -> torch.Tensor:
         return torch.zeros_like(score, dtype=torch.bool)
     if k == total:
         return torch.ones_like(score, dtype=torch.bool)
-    kth = torch.kthvalue(flat, total - k + 1, dim=1, keepdim=True).values  # the k-th largest score
+    kth = kth_largest(flat, k)
     above = flat > kth
     tied = flat == kth
     room = k - above.sum(1, keepdim=True)  # how many of the tied points still fit, lowest index first
     mask = above | (tied & (torch.cumsum(tied, 1) <= room))
     return mask.reshape(score.shape)
+
+
+def kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest value of each row of (N, M) float32, shaped (N, 1).
+
+    On CPU `kthvalue`. A GPU runs `kthvalue` of one long row (a whole level map, --selection global) as
+    one slice on one block; there a bisection on the values' bit patterns is used instead: 32 counting
+    passes, each a parallel reduction over the whole row, exact (the same value kthvalue finds).
+    """
+    if flat.device.type == "cpu" or flat.dtype != torch.float32:
+        return torch.kthvalue(flat, flat.shape[1] - k + 1, dim=1, keepdim=True).values
+    return kth_largest_by_bisection(flat, k)
+
+
+def kth_largest_by_bisection(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """`kth_largest` of float32 rows as parallel counting passes (any device; the GPU's way)."""
+    # float32 -> int32 keys in the same order (negatives have their magnitude bits flipped).
+    bits = flat.contiguous().view(torch.int32)
+    keys = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+    low = keys.min(dim=1, keepdim=True).values  # count(keys >= low) = M >= k: the answer is >= low
+    high = keys.max(dim=1, keepdim=True).values + 1  # count(keys >= high) = 0 < k: the answer is < high
+    for _ in range(33):  # the interval halves each pass; 2^33 covers the int32 key range
+        middle = (low + high) // 2
+        enough = (keys >= middle).sum(dim=1, keepdim=True) >= k
+        low = torch.where(enough, middle, low)
+        high = torch.where(enough, high, middle)
+    key = low.to(torch.int32)
+    return torch.where(key < 0, key ^ 0x7FFFFFFF, key).view(torch.float32)
 
 
 def refine(
@@ -244,16 +285,17 @@ def refine(
     `allowed` (N, 1, H, W bool) restricts replacement to where R exists (MagNet-Fast refines only
     some windows of a level; elsewhere R is empty and must never overwrite Y).
     """
-    if allowed is not None:
-        k = min(k, int(allowed.sum()))
     if k <= 0:
         return coarse
     if allowed is None and k >= coarse.shape[-2] * coarse.shape[-1]:
         return refined  # every point is replaced: no score needed
     score = score_map(coarse, refined, smooth_kernel, blur_size)
-    if allowed is not None:
-        score = torch.where(allowed, score, torch.full_like(score, -1.0))  # scores are >= 0
-    return torch.where(top_mask(score, k), refined, coarse)
+    if allowed is None:
+        return torch.where(top_mask(score, k), refined, coarse)
+    # Scores are >= 0, so the k highest of the masked score take every allowed point before any other;
+    # `& allowed` then keeps min(k, allowed points) of them without counting them on the host.
+    score = torch.where(allowed, score, torch.full_like(score, -1.0))
+    return torch.where(top_mask(score, k) & allowed, refined, coarse)
 
 
 def crop_resize(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -267,7 +309,7 @@ def crop_resize(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) 
     dtype, device = maps.dtype, maps.device
     ys = (torch.arange(out_h, device=device, dtype=torch.float64) + 0.5) / out_h
     xs = (torch.arange(out_w, device=device, dtype=torch.float64) + 0.5) / out_w
-    boxes = boxes.to(torch.float64)
+    boxes = boxes.to(device=device, dtype=torch.float64)  # coordinates go where the maps are
     # Source pixel coordinates (pixel i's centre at i + 0.5), then grid_sample's normalised [-1, 1].
     sy = boxes[:, 0:1] + ys[None] * (boxes[:, 2:3] - boxes[:, 0:1])
     sx = boxes[:, 1:2] + xs[None] * (boxes[:, 3:4] - boxes[:, 1:2])

@@ -8,19 +8,22 @@ import sys
 import time
 import uuid
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from magnet_cli import devices
 from magnet_cli.classes import ClassInfo, parse_classes
 from magnet_cli.errors import InputError, MagnetError, MagnetWarning, ModelError, OutputError, UsageError
 from magnet_cli.io.background import BackgroundWriter
 from magnet_cli.io.folders import check_off_inputs, make_output_folder
 from magnet_cli.io.base import Box, ImageSource, PixelNormalization
-from magnet_cli.io.geotiff import is_magnet_geotiff, write_geotiff
+from magnet_cli.io.geotiff import NO_COG_WARNING, cog_supported, has_georeferencing, is_magnet_geotiff, write_geotiff
+from magnet_cli.io.label_placement import LabelPlacement, check_fits, find_placement, prepare_labels_folder
+from magnet_cli.io.label_placement import register as register_label
 from magnet_cli.io.labels import (
     PARTIAL_INFIX,
     LabelWriter,
@@ -42,13 +45,15 @@ from magnet_cli.io.partial_store import (
 )
 from magnet_cli.io.open import list_images, open_image
 from magnet_cli.io.preview import is_magnet_preview, write_preview
+from magnet_cli.io.vector import VECTOR_SUFFIXES, is_magnet_vector, require_gis, tile_count, write_vector
 from magnet_cli.io.pyramid_cache import ensure_pyramid
+from magnet_cli.io.value_range import resolve_value_range
 from magnet_cli.io.zarr_source import is_zarr_dir
 from magnet_cli.models.bundle import ModelBundle, bundle_from_parts, load_bundle, pairing_warning
 from magnet_cli.models.default import default_model_dir
 from magnet_cli.pipeline import Engine, RunStats, plan_for
 from magnet_cli.pyramid import ScalePlan
-from magnet_cli.progress import LevelProgress, progress_enabled
+from magnet_cli.progress import LevelProgress, counting_bar, progress_enabled
 from magnet_cli.refine import class_labels, uncertainty as uncertainty_of
 from magnet_cli.runtime import one_intra_op_thread
 from magnet_cli.settings import InferenceSettings, ModelSettings, OutputSettings, RunSettings
@@ -82,8 +87,12 @@ class SegmentResult:
     refiner_seconds: float
     read_wait_seconds: float
     device: str
+    selection_seconds: float = 0.0  # choosing and replacing refined points
+    precision: str = ""  # the model calls' precision (what --precision auto chose)
+    value_range: list[float] | None = None  # input values mapped to [0, 1] (what --value-range auto chose)
     preview: str | None = None
     geotiff: str | None = None
+    vector: str | None = None
     class_pixels: dict[str, int] = field(default_factory=dict)
     peak_gpu_mb: float | None = None  # torch's max allocated memory on a CUDA device during this image
     status: str = "ok"  # "ok" | "failed" | "skipped" (finished before, with --resume; or not in this --shard)
@@ -205,7 +214,8 @@ def output_paths(inputs: list[Path], output: Path, multiple: bool) -> list[Path]
         if output.suffix.lower() in OTHER_FORMAT_SUFFIXES:
             raise UsageError(
                 f"-o {output}: label images are written as OME-Zarr (name it .zarr); "
-                f"for a {output.suffix} file add it as a side output (--geotiff FILE.tif, --preview FILE.png)"
+                f"for a {output.suffix} file add it as a side output (--geotiff FILE.tif, --preview FILE.png, "
+                "--vector FILE.geojson)"
             )
         return [output]
     names = [p.name[: -len(p.suffix)] if p.suffix else p.name for p in inputs]
@@ -237,21 +247,24 @@ def segment(
     if problems and not multiple:
         raise InputError(next(iter(problems.values())))
     targets = output_paths(paths, Path(output), multiple)
-    previews = _side_paths(targets, outputs.preview, multiple, PREVIEW_SUFFIXES, "--preview")
-    geotiffs = _side_paths(targets, outputs.geotiff, multiple, GEOTIFF_SUFFIXES, "--geotiff")
-    check_outputs(paths, targets, previews, geotiffs, run)  # before any work
+    sides = side_outputs(targets, outputs, multiple)
+    if outputs.vector is not None:
+        require_gis()
+    check_outputs(paths, targets, sides, run)  # before any work
     bundle = model if isinstance(model, ModelBundle) else resolve_model(model)
     warning = pairing_warning(bundle)
     if warning:
         warnings.warn(warning, MagnetWarning, stacklevel=2)
+    if any(side.geotiff is not None for side in sides) and not cog_supported():
+        warnings.warn(NO_COG_WARNING, MagnetWarning, stacklevel=2)
     engine = Engine(bundle, inference)
     make_output_folder(Path(output) if multiple else Path(output).parent, "-o")
-    for path, option in [*((p, "--preview") for p in previews), *((g, "--geotiff") for g in geotiffs)]:
-        if path is not None:
+    for side in sides:
+        for option, path in side.given():
             make_output_folder(path.parent, option)
     settings = None if isinstance(model, ModelBundle) else (model or ModelSettings())
     client = _cluster_client(run.cluster, settings)
-    items = list(zip(paths, targets, zip(previews, geotiffs)))
+    items = list(zip(paths, targets, sides))
 
     def failed(index: int, error: BaseException) -> SegmentResult:
         path, out, _ = items[index]
@@ -333,23 +346,16 @@ def _cluster_client(address: str | None, model: ModelSettings | None) -> Any:
     return client_for(address)
 
 
-def check_outputs(
-    inputs: list[Path],
-    targets: list[Path],
-    previews: list[Path | None],
-    geotiffs: list[Path | None],
-    run: RunSettings,
-) -> None:
+def check_outputs(inputs: list[Path], targets: list[Path], sides: list[SideOutputs], run: RunSettings) -> None:
     """Refuse, before any work, every output that would replace an input, something magnet-cli did not
     write, or (without --overwrite or --resume) anything at all, including an interrupted run's leftovers."""
     overwrite = run.overwrite
     places = [
         *((out, "-o", foreign_entries) for out in targets),
-        *((p, "--preview", _foreign_file(is_magnet_preview)) for p in previews if p is not None),
-        *((g, "--geotiff", _foreign_file(is_magnet_geotiff)) for g in geotiffs if g is not None),
+        *((path, option, _foreign_file(SIDE_FORMATS[option][1])) for side in sides for option, path in side.given()),
     ]
     for path, option, _ in places:
-        check_off_inputs(path, option, inputs)
+        check_off_inputs(path, option, inputs, labels_beside=option == "-o")
     existing = [path for path, _, _ in places if os.path.lexists(path)]
     if existing and not (overwrite or run.resume or run.shard is not None):  # shards: see _shard_shares
         more = f" (and {len(existing) - 1} more output(s))" if len(existing) > 1 else ""
@@ -383,18 +389,43 @@ def _foreign_file(is_ours) -> Any:  # noqa: ANN001
     return lambda path: None if is_ours(path) else [Path(path).name]
 
 
-def _side_paths(
-    outputs: list[Path], given: Path | None, multiple: bool, suffixes: tuple[str, ...], option: str
-) -> list[Path | None]:
-    """Paths of per-image side outputs (preview PNG, GeoTIFF): the file itself, or a folder of them.
-    A file is written in the format its suffix names, so a suffix we cannot write is refused."""
-    if given is None:
-        return [None] * len(outputs)
-    if not multiple:
-        if given.suffix.lower() not in suffixes:
-            raise UsageError(f"{option} {given}: writes {' or '.join(suffixes)} files; name it so")
-        return [given]
-    return [given / (out.name[: -len(OUTPUT_SUFFIX)] + suffixes[0]) for out in outputs]
+@dataclass(frozen=True)
+class SideOutputs:
+    """The files one image's run writes beside its label image, each None when not asked for."""
+
+    preview: Path | None = None
+    geotiff: Path | None = None
+    vector: Path | None = None
+
+    def given(self) -> list[tuple[str, Path]]:
+        """(option, path) of each side output asked for."""
+        return [(option, getattr(self, option[2:])) for option in SIDE_FORMATS if getattr(self, option[2:]) is not None]
+
+
+# Each side output: its option (also its OutputSettings and SideOutputs field, less the dashes), the
+# suffixes it writes (the first names the files of a folder) and how to tell a file magnet-cli wrote.
+SIDE_FORMATS: dict[str, tuple[tuple[str, ...], Callable[[Path], bool]]] = {
+    "--preview": (PREVIEW_SUFFIXES, is_magnet_preview),
+    "--geotiff": (GEOTIFF_SUFFIXES, is_magnet_geotiff),
+    "--vector": (VECTOR_SUFFIXES, is_magnet_vector),
+}
+
+
+def side_outputs(targets: list[Path], outputs: OutputSettings, multiple: bool) -> list[SideOutputs]:
+    """Each image's side outputs: the files given, or for several inputs a file per image in the folder
+    given. A file is written in the format its suffix names, so a suffix we cannot write is refused."""
+    paths: dict[str, list[Path | None]] = {}
+    for option, (suffixes, _) in SIDE_FORMATS.items():
+        given: Path | None = getattr(outputs, option[2:])
+        if given is None:
+            paths[option[2:]] = [None] * len(targets)
+        elif not multiple:
+            if given.suffix.lower() not in suffixes:
+                raise UsageError(f"{option} {given}: writes {' or '.join(suffixes)} files; name it so")
+            paths[option[2:]] = [given]
+        else:
+            paths[option[2:]] = [given / (out.name[: -len(OUTPUT_SUFFIX)] + suffixes[0]) for out in targets]
+    return [SideOutputs(**{name: paths[name][index] for name in paths}) for index in range(len(targets))]
 
 
 @dataclass(frozen=True)
@@ -408,11 +439,13 @@ class ImageJob:
     inference: InferenceSettings
     outputs: OutputSettings
     max_pixels: int
-    side_outputs: tuple[Path | None, Path | None]
+    side_outputs: SideOutputs
     fingerprint: str
     attributes: dict  # the label store's attributes (the run record)
     height: int
     width: int
+    placement: LabelPlacement | None = None  # the labels go beside an OME-Zarr image (IMAGE.zarr/labels/NAME)
+    value_range: tuple[float, float] | None = None  # input values that map to [0, 1] (io/value_range.py)
 
 
 @dataclass
@@ -478,10 +511,10 @@ def _finish(engine: Engine, started: _Started, stats: RunStats, run: RunSettings
     published = all(unit.name in finished for unit in started.units) and store.claim_publication()
     if published:
         with _job_source(job, store, bundle) as source:
-            _publish_output(job, store, source, engine, run.overwrite)
+            _publish_output(job, store, source, engine, run)
     store.release()
     histogram = np.sum([entry.get("class_pixels", [0] * bundle.num_classes) for entry in finished.values()], axis=0)
-    preview, geotiff = job.side_outputs
+    side = job.side_outputs
     return SegmentResult(
         input=str(job.input),
         output=str(job.output),
@@ -496,8 +529,12 @@ def _finish(engine: Engine, started: _Started, stats: RunStats, run: RunSettings
         refiner_seconds=round(stats.refiner_seconds, 3),
         read_wait_seconds=round(stats.read_wait_seconds, 3),
         device=stats.device,
-        preview=str(preview) if preview and published else None,
-        geotiff=str(geotiff) if geotiff and published else None,
+        selection_seconds=round(stats.selection_seconds, 3),
+        precision=engine.precision,
+        value_range=list(job.value_range) if job.value_range is not None else None,
+        preview=str(side.preview) if side.preview and published else None,
+        geotiff=str(side.geotiff) if side.geotiff and published else None,
+        vector=str(side.vector) if side.vector and published else None,
         class_pixels={c.name: int(n) for c, n in zip(bundle.classes, histogram)} if published else {},
         peak_gpu_mb=_peak_gpu_mb(stats.device),
         units=len(started.todo),
@@ -538,7 +575,7 @@ def _segment_on_cluster(
         for level, count in enumerate(stats["windows_per_level"]):
             total.windows_per_level[level] += count
             bars.advance(level, count)
-        for name in ("segmenter_seconds", "refiner_seconds", "read_wait_seconds", "total_seconds"):
+        for name in ("segmenter_seconds", "refiner_seconds", "selection_seconds", "read_wait_seconds", "total_seconds"):
             setattr(total, name, getattr(total, name) + stats[name])
 
     try:
@@ -570,7 +607,7 @@ def image_job(
     engine: Engine,
     path: Path,
     output: Path,
-    side_outputs: tuple[Path | None, Path | None],
+    side_outputs: SideOutputs,
     model: ModelSettings | None,
     outputs: OutputSettings,
     run: RunSettings,
@@ -578,20 +615,32 @@ def image_job(
     """Open the input once to plan its run: size, run record and the fingerprint that names its store."""
     with open_image(path, max_pixels=run.max_pixels) as raw:
         height, width, georeference = raw.height, raw.width, raw.georeference
+        bands = engine.normalization.bands
+        value_range, range_from = resolve_value_range(raw, engine.settings.value_range, engine.bundle.value_range, bands)
+    placement = find_placement(output)
+    if placement is not None:
+        check_fits(placement, height, width, path)
+        prepare_labels_folder(placement)
+    if side_outputs.geotiff is not None and not has_georeferencing(georeference):
+        warnings.warn(f"{path} has no georeferencing: the GeoTIFF is in pixel space", MagnetWarning, stacklevel=2)
     record = run_record(engine, path, plan_for(height, width, engine.bundle, engine.settings), georeference)
+    record.update(value_range=list(value_range), value_range_from=range_from)
     digest = run_fingerprint(record, path, outputs, side_outputs)
     record["fingerprint"] = digest
     return ImageJob(
         input=path, output=output, model=model, inference=engine.settings, outputs=outputs,
         max_pixels=run.max_pixels, side_outputs=side_outputs, fingerprint=digest,
-        attributes={"magnet": record}, height=height, width=width,
+        attributes={"magnet": record}, height=height, width=width, placement=placement, value_range=value_range,
     )
 
 
 def _writer_options(job: ImageJob) -> dict:
+    # Beside an image, the image's Zarr format (NGFF 0.4 images are Zarr v2), whatever --zarr-format says.
+    zarr_format = job.placement.zarr_format if job.placement is not None else int(job.outputs.zarr_format)
     return dict(
-        zarr_format=int(job.outputs.zarr_format), write_probabilities=job.outputs.write_probabilities,
+        zarr_format=zarr_format, write_probabilities=job.outputs.write_probabilities,
         write_uncertainty=job.outputs.write_uncertainty, attributes=job.attributes, store_entries=STORE_ENTRIES,
+        placement=job.placement,
     )
 
 
@@ -613,7 +662,7 @@ def _work(engine: Engine, job: ImageJob, store: PartialStore, source: ImageSourc
     """Do `units` of the image in this process, into the partial store."""
     writer = LabelWriter(job.output, job.height, job.width, engine.bundle.classes, partial=store.path, overwrite=True, **_writer_options(job))
     try:
-        return _stream_into(engine, source, writer, store, units, bars, job.outputs)
+        return _stream_into(engine, source, writer, store, units, bars, job.outputs, job.value_range)
     finally:
         writer.abort()  # releases the arrays; the store keeps what was written
 
@@ -634,23 +683,32 @@ def do_units(engine: Engine, job: ImageJob, names: Sequence[str]) -> dict:
     return asdict(stats)
 
 
-def _publish_output(job: ImageJob, store: PartialStore, source: ImageSource, engine: Engine, overwrite: bool) -> None:
+def _publish_output(job: ImageJob, store: PartialStore, source: ImageSource, engine: Engine, run: RunSettings) -> None:
     """Seal the label store, write the side outputs from it, then move everything into place. Side
     outputs go to hidden staging names first, so a failing one publishes nothing."""
-    preview, geotiff = job.side_outputs
-    writer = LabelWriter(job.output, job.height, job.width, engine.bundle.classes, partial=store.path, overwrite=overwrite, **_writer_options(job))
+    side, classes = job.side_outputs, engine.bundle.classes
+    writer = LabelWriter(job.output, job.height, job.width, classes, partial=store.path, overwrite=run.overwrite, **_writer_options(job))
     staged: list[tuple[Path, Path]] = []
     try:
         levels = writer.seal()
-        if preview is not None:
-            staged.append((_staging_name(preview), preview))
-            thumbnail = _thumbnail(source, engine.normalization)
-            write_preview(levels, staged[-1][0], engine.bundle.classes, thumbnail=thumbnail)
-        if geotiff is not None:
-            staged.append((_staging_name(geotiff), geotiff))
-            write_geotiff(levels, staged[-1][0], source.georeference)
+        if side.preview is not None:
+            staged.append((_staging_name(side.preview), side.preview))
+            thumbnail = _thumbnail(source, engine.normalization_for(job.value_range))
+            write_preview(levels, staged[-1][0], classes, thumbnail=thumbnail)
+        if side.geotiff is not None:
+            staged.append((_staging_name(side.geotiff), side.geotiff))
+            write_geotiff(levels, staged[-1][0], source.georeference, classes=classes)
+        if side.vector is not None:
+            staged.append((_staging_name(side.vector), side.vector))
+            with counting_bar(run.progress, f"{job.input.name}: polygons", tile_count(job.height, job.width)) as advance:
+                write_vector(
+                    levels, staged[-1][0], classes, source.georeference, simplify=job.outputs.vector_simplify,
+                    min_area=job.outputs.vector_min_area, advance=advance,
+                )
         store.strip()
         writer.finalize()
+        if job.placement is not None:
+            register_label(job.placement)
         for temporary, final in staged:
             _publish(temporary, final)
     finally:
@@ -665,7 +723,7 @@ def _is_finished_output(output: Path) -> bool:
     return marker is not None and marker.get("state") == "complete"
 
 
-def run_fingerprint(record: dict, path: Path, outputs: OutputSettings, side_outputs: tuple[Path | None, Path | None]) -> str:
+def run_fingerprint(record: dict, path: Path, outputs: OutputSettings, side_outputs: SideOutputs) -> str:
     """What a partial output must share with a run to be resumed or joined by it: the input file as it
     is now, the model and every setting that shapes the labels, the outputs, and how work is split."""
     record = {k: v for k, v in record.items() if k not in ("source", "device")}
@@ -679,7 +737,8 @@ def run_fingerprint(record: dict, path: Path, outputs: OutputSettings, side_outp
                 "probabilities": outputs.write_probabilities,
                 "uncertainty": outputs.write_uncertainty,
                 "zarr_format": int(outputs.zarr_format),
-                "side": [str(p.resolve()) if p is not None else None for p in side_outputs],
+                "side": [str(p.resolve()) if p is not None else None for p in astuple(side_outputs)],
+                "vector": [outputs.vector_simplify, outputs.vector_min_area],
             },
             "units": [SUBTREE_LEVELS, BLOCK_SIDE],
         }
@@ -755,6 +814,7 @@ def run_record(engine: Engine, path: Path, plan: ScalePlan, georeference: dict |
             "value_range": list(bundle.value_range) if bundle.value_range else None,
             "refiner": bundle.refiner is not None,
             "device": str(engine.device),
+            "precision": engine.precision,  # what `auto` chose here
             "georeference": georeference,
         }
     )
@@ -775,19 +835,26 @@ def _stream_into(
     units: list[Unit],
     bars: LevelProgress,
     outputs: OutputSettings,
+    value_range: tuple[float, float] | None = None,
 ) -> RunStats:
     """Run the engine over `units` with a sink that turns probabilities into labels and writes them on a
     thread; after each unit's last window the same thread stores the unit and records it in the ledger."""
     num_classes = engine.bundle.num_classes
     label_dtype = np.uint16 if num_classes > 255 else np.uint8
     histogram = np.zeros(num_classes, dtype=np.int64)  # of the unit being written
+    on_device = devices.is_accelerator(engine.device)
 
-    def write_window(y0: int, x0: int, probabilities: torch.Tensor) -> None:
-        # On the writer thread: the argmax and the histogram overlap the main thread's model calls.
-        labels = class_labels(probabilities).numpy().astype(label_dtype)
-        histogram[:] += np.bincount(labels.ravel(), minlength=num_classes)
-        probs = probabilities.numpy() if outputs.write_probabilities else None
-        unc = uncertainty_of(probabilities[None])[0, 0].numpy() if outputs.write_uncertainty else None
+    def write_window(y0: int, x0: int, probabilities: torch.Tensor | None, copies: tuple) -> None:
+        if probabilities is not None:
+            # On the CPU's writer thread: the argmax and the histogram overlap the main thread's model calls.
+            labels = class_labels(probabilities).numpy().astype(label_dtype)
+            counts = np.bincount(labels.ravel(), minlength=num_classes)
+            probs = probabilities.numpy() if outputs.write_probabilities else None
+            unc = uncertainty_of(probabilities[None])[0, 0].numpy() if outputs.write_uncertainty else None
+        else:  # computed on the device; wait for its copies here, not on the thread feeding it
+            labels, counts, probs, unc = (None if c is None else c.result().numpy() for c in copies)
+            labels = labels.astype(label_dtype, copy=False)
+        histogram[:] += counts
         writer.write(y0, x0, labels, probs, unc)
 
     def finish_unit(unit: Unit) -> None:
@@ -801,11 +868,26 @@ def _stream_into(
     background = BackgroundWriter(write, initializer=one_intra_op_thread)
 
     def sink(region: tuple[int, int, int, int], probabilities: torch.Tensor) -> None:
-        background.submit("window", region[0], region[1], probabilities.float().cpu())
+        if not on_device:
+            background.submit("window", region[0], region[1], probabilities.float(), ())
+            return
+        # A GPU sends back one byte per pixel instead of C floats: labels and counts are made there.
+        labels = class_labels(probabilities)
+        flat = labels.reshape(-1)
+        # scatter_add, not bincount: its output size is fixed, so the stand-in (meta) device runs it too.
+        counts = torch.zeros(num_classes, dtype=torch.int64, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
+        copies = (
+            devices.HostCopy(labels.to(torch.int32 if num_classes > 255 else torch.uint8)),
+            devices.HostCopy(counts),
+            devices.HostCopy(probabilities.float()) if outputs.write_probabilities else None,
+            devices.HostCopy(uncertainty_of(probabilities[None].float())[0, 0]) if outputs.write_uncertainty else None,
+        )
+        background.submit("window", region[0], region[1], None, copies)
 
     try:
         with bars:
-            stats = engine.run(source, sink, bars.advance, units=units, unit_done=lambda unit: background.submit("unit", unit))
+            stats = engine.run(source, sink, bars.advance, units=units, unit_done=lambda unit: background.submit("unit", unit),
+                               value_range=value_range)
     finally:
         background.close()  # drains queued writes; re-raises a write error
     return stats

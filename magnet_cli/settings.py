@@ -169,6 +169,17 @@ def check_channel_stats(mean: Any, std: Any) -> tuple[tuple[float, ...] | None, 
     return mean_values, std_values
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def check_precision(value: Any) -> str:
+    """auto (bf16 where the device computes it natively, else fp32), fp32, bf16 or fp16 (CUDA only)."""
+    text = str(getattr(value, "value", value)).lower()
+    if text not in PRECISIONS:
+        raise UsageError(f"--precision {value!r}: expected one of {', '.join(PRECISIONS)}")
+    return text
+
+
 def check_device(value: Any, option: str = "--device") -> str:
     """The spelling of a device (auto, cpu, cuda, cuda:N); whether it exists is `devices.resolve_device`'s job."""
     text = str(value).strip().lower()
@@ -187,6 +198,27 @@ def check_bands(value: Any, option: str = "--bands") -> tuple[int, ...] | None:
     for band in bands:
         check_whole_number(band, option, 1, 65535)
     return bands
+
+
+VALUE_RANGE_WORDS = ("auto", "dtype")
+
+
+def check_value_range(value: Any, option: str = "--value-range") -> str | tuple[float, float] | None:
+    """auto, dtype, or (MIN, MAX) with MIN < MAX, both finite; None: the bundle's range, else auto."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in VALUE_RANGE_WORDS:
+            return text
+        try:
+            value = tuple(float(p) for p in text.split(","))
+        except ValueError:
+            raise UsageError(f"{option} {value!r}: expected auto, dtype or MIN,MAX such as 0,4095") from None
+    values = tuple(float(v) for v in value)
+    if len(values) != 2 or not all(math.isfinite(v) for v in values) or values[0] >= values[1]:
+        raise UsageError(f"{option} {value!r}: expected auto, dtype or MIN,MAX with MIN < MAX, such as 0,4095")
+    return values
 
 
 # --- the settings objects -------------------------------------------------------------------------------
@@ -237,11 +269,13 @@ class InferenceSettings:
     smooth_kernel: int | None = None  # None: the bundle's default
     fast_patches: int = 3
     selection: Selection = Selection.window
-    batch_size: int = 4
+    batch_size: int | None = None  # None: chosen for the device (devices.auto_batch_size)
     device: str = "auto"
+    precision: str = "auto"  # auto, fp32, bf16 or fp16 (devices.compute_dtype)
     bands: tuple[int, ...] | None = None  # counted from 1
+    value_range: str | tuple[float, float] | None = None  # auto, dtype, (min, max); None: the bundle's, else auto
     crop_size: tuple[int, int] | None = None
-    read_threads: int = 2
+    read_threads: int | None = None  # None: chosen for the device (devices.auto_read_threads)
 
     def __post_init__(self) -> None:
         _set(self, "mode", _enum(Mode, self.mode, "--mode"))
@@ -250,11 +284,15 @@ class InferenceSettings:
         _set(self, "points", check_points(self.points))
         _set(self, "smooth_kernel", check_smooth_kernel(self.smooth_kernel))
         check_whole_number(self.fast_patches, "--fast-patches", 1, 1_000_000)
-        check_whole_number(self.batch_size, "--batch-size", 1, MAX_BATCH)
+        if self.batch_size is not None:
+            check_whole_number(self.batch_size, "--batch-size", 1, MAX_BATCH)
         _set(self, "device", check_device(self.device))
+        _set(self, "precision", check_precision(self.precision))
         _set(self, "bands", check_bands(self.bands))
+        _set(self, "value_range", check_value_range(self.value_range))
         _set(self, "crop_size", check_size(self.crop_size, "crop size", 1, MAX_LEVEL_SIDE))
-        check_whole_number(self.read_threads, "read threads", 1, 64)
+        if self.read_threads is not None:
+            check_whole_number(self.read_threads, "read threads", 1, 64)
 
     def record(self) -> dict:
         """Every setting that shapes the labels, for the output's run metadata."""
@@ -265,7 +303,9 @@ class InferenceSettings:
             "points": self.points,
             "smooth_kernel": self.smooth_kernel,
             "fast_patches": self.fast_patches,
+            "precision": self.precision,
             "bands": list(self.bands) if self.bands else None,
+            "value_range_option": list(self.value_range) if isinstance(self.value_range, tuple) else self.value_range,
             "crop_size": list(self.crop_size) if self.crop_size else None,
         }
 
@@ -278,16 +318,24 @@ class OutputSettings:
     write_uncertainty: bool = False
     preview: Path | None = None  # PNG overlay (a folder of them for several inputs)
     geotiff: Path | None = None  # tiled GeoTIFF of the mask (a folder of them for several inputs)
+    vector: Path | None = None  # .geojson or .gpkg polygons of the mask (a folder of them for several inputs)
+    vector_simplify: float = 0.0  # pixels: Douglas-Peucker tolerance of the polygons
+    vector_min_area: float = 0.0  # pixels: smaller regions are dropped, smaller holes filled
     zarr_format: ZarrFormat = ZarrFormat.v3
 
     def __post_init__(self) -> None:
         _set(self, "zarr_format", _enum(ZarrFormat, self.zarr_format, "--zarr-format"))
-        for name in ("preview", "geotiff"):
+        for name in ("preview", "geotiff", "vector"):
             value = getattr(self, name)
             if value is not None:
                 if not str(value).strip():
                     raise UsageError(f"--{name}: empty path")
                 _set(self, name, Path(value))
+        for name in ("vector_simplify", "vector_min_area"):
+            option = f"--{name.replace('_', '-')}"
+            _set(self, name, _finite(getattr(self, name), option, 0.0))
+            if getattr(self, name) and self.vector is None:
+                raise UsageError(f"{option} shapes the polygons of --vector: give --vector FILE.geojson or FILE.gpkg too")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import pytest
 
 from magnet_cli import bench
 from magnet_cli.bench import VARIANTS, benchmark, markdown, run_measured
+from magnet_cli.classes import default_classes
 from magnet_cli.errors import InputError, MagnetError, OutputError, UsageError
 from magnet_cli.evaluation import evaluate
 from magnet_cli.settings import InferenceSettings, ModelSettings, RunSettings, Selection
@@ -181,3 +182,20 @@ def test_quick_benchmark_of_the_default_bundle_runs_every_measurement(tmp_path):
     assert [row["size"] for row in report["scaling"]] == [512, 1024, 2048]
     assert report["limit"]["model_only_s"] > 0 and report["selection_difference"] is not None
     assert len(report["plots"]) == 2 and all(Path(p).is_file() for p in report["plots"])
+
+
+def test_mode_rows_report_throughput_device_busy_share_and_precision():
+    from magnet_cli.bench import BenchmarkReport, _mode_row
+    from magnet_cli.evaluation import Scores
+
+    runs = [
+        {"seconds": 10.0, "windows": 100, "peak_rss_mb": 700.0, "peak_gpu_mb": 900.0, "segmenter_seconds": 2.0,
+         "refiner_seconds": 5.0, "selection_seconds": 1.0, "precision": "bf16"},
+        {"seconds": 30.0, "windows": 300, "peak_rss_mb": 710.0, "peak_gpu_mb": 1200.0, "segmenter_seconds": 6.0,
+         "refiner_seconds": 15.0, "selection_seconds": 3.0, "precision": "bf16"},
+    ]
+    row = _mode_row(VARIANTS["magnet"], Scores.empty(default_classes(3)), runs)
+    assert (row["windows_per_second"], row["device_busy"], row["peak_gpu_mb"], row["precision"]) == (10.0, 0.8, 1200.0, "bf16")
+    report = BenchmarkReport("test machine", "tiny", "synth", 2)
+    report.modes.append(row)
+    assert "| 1200.0 | 200.0 | 10.0 | 80.00 | bf16 |" in markdown(report)

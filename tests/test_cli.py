@@ -80,7 +80,8 @@ def test_segment_pyramidal_tiff_with_every_output_option(bundle_dir, pyramid_tif
     # The stored labels are the argmax of the stored (quantised) probabilities, up to quantisation ties.
     assert (probabilities.argmax(0) == labels).mean() > 0.95
     assert group["uncertainty/0"].shape == (384, 320)
-    assert skio.imread(preview).shape[:2] == (384, 320)
+    shown = skio.imread(preview)
+    assert shown.shape[0] > 384 and shown.shape[1] == 320  # the image, and the legend below it
 
 
 @pytest.mark.parametrize("mode", ["magnet", "fast", "patch", "downsample"])
@@ -155,12 +156,50 @@ def test_geotiff_input_keeps_its_georeference(bundle_dir, tmp_path):
     extratags = [(33550, "d", 3, (0.5, 0.5, 0.0), True), (33922, "d", 6, (0, 0, 0, 500000.0, 4100000.0, 0), True)]
     tifffile.imwrite(path, random_rgb(96, 96), photometric="rgb", extratags=extratags)
     out, geotiff = tmp_path / "geo.zarr", tmp_path / "mask.tif"
-    assert segment(bundle_dir, path, "-o", out, "--geotiff", geotiff).exit_code == 0
+    result = segment(bundle_dir, path, "-o", out, "--geotiff", geotiff)
+    assert result.exit_code == 0, result.output
     georeference = zarr.open_group(str(out), mode="r").attrs["magnet"]["georeference"]
     assert "500000.0" in json.dumps(georeference) and "0.5" in json.dumps(georeference)
     with tifffile.TiffFile(geotiff) as tif:
         assert tif.pages[0].tags["ModelTiepointTag"].value[3] == 500000.0
         assert np.array_equal(tif.asarray(), read_labels(out))
+    assert "warning" not in result.output
+
+
+def test_geotiff_of_an_input_without_georeferencing_warns_that_it_is_in_pixel_space(bundle_dir, png, tmp_path):
+    result = segment(bundle_dir, png, "-o", tmp_path / "scene.zarr", "--geotiff", tmp_path / "mask.tif")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert lines == [f"warning: {png} has no georeferencing: the GeoTIFF is in pixel space"]
+    assert (tmp_path / "mask.tif").is_file()
+
+
+def test_geotiff_without_rasterio_is_a_tiled_geotiff_and_names_the_extra(bundle_dir, png, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "rasterio", None)  # `import rasterio` raises ImportError
+    geotiff = tmp_path / "mask.tif"
+    result = segment(bundle_dir, png, "-o", tmp_path / "scene.zarr", "--geotiff", geotiff)
+    assert result.exit_code == 0, result.output
+    assert "pip install 'magnet-cli[gis]'" in result.output
+    with tifffile.TiffFile(geotiff) as tif:  # one 512-px tile: no overviews needed
+        assert tif.pages[0].is_tiled and tif.pages[0].photometric == tifffile.PHOTOMETRIC.PALETTE
+        assert np.array_equal(tif.asarray(), read_labels(tmp_path / "scene.zarr"))
+
+
+def test_tables_to_a_file_or_pipe_are_not_cut_to_80_columns(bundle_dir, tmp_path):
+    # CliRunner's stdout is not a terminal, like a SLURM log: each row must name its whole files.
+    folder = tmp_path / ("a_folder_with_a_long_name_" * 3)
+    folder.mkdir()
+    png = folder / ("tile_of_a_survey_flown_in_2026_over_the_valley_" * 2 + "r12c7.png")
+    skio.imsave(png, random_rgb(64, 64), check_contrast=False)
+    out = tmp_path / "mask_of_the_long_named_tile.zarr"
+    result = segment(bundle_dir, png, "-o", out)
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if str(png) in line)
+    assert str(out) in row and "ok" in row
+    info = invoke("info", png)
+    assert info.exit_code == 0 and str(png) in info.output
 
 
 # --- bad input: one line, exit code 2, nothing that looks finished ------------------------------

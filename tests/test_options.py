@@ -121,6 +121,9 @@ SEGMENT_BAD = [
     (["--zarr-format", "4"], "--zarr-format"),
     (["--bands", "0,1,2"], "--bands"),
     (["--bands", "a,b"], "--bands"),
+    (["--vector", "v.geojson", "--vector-simplify", "-1"], "--vector-simplify"),
+    (["--vector", "v.geojson", "--vector-min-area", "nan"], "--vector-min-area"),
+    (["--vector-min-area", "5"], "--vector-min-area"),  # shapes nothing without --vector
     (["--classes", "100000"], "--classes"),
     (["--classes", ""], "--classes"),
     (["--model", ""], "empty path"),
@@ -143,6 +146,7 @@ def test_segment_refuses_each_bad_value_in_one_line(bundle_dir, scene, tmp_path,
         ("o.png", [], "-o"),
         ("o.zarr", ["--preview", "p.jpg"], "--preview"),
         ("o.zarr", ["--geotiff", "g.png"], "--geotiff"),
+        ("o.zarr", ["--vector", "v.shp"], "--vector"),
         ("", [], "empty path"),
     ],
 )
@@ -238,5 +242,5 @@ def test_parse_levels(text, expected):
 def test_build_leaves_out_none_so_command_defaults_hold():
     assert build(RefinerTraining, epochs=None).epochs == 50
     assert build(SegmenterTraining, epochs=None).epochs == 20
-    assert build(InferenceSettings, batch_size=None).batch_size == 4
+    assert build(InferenceSettings, fast_patches=None).fast_patches == 3
     assert build(SegmenterTraining, batch_size=None).batch_size == 8

@@ -71,8 +71,8 @@ def test_overwrite_refuses_a_magnet_output_holding_a_users_file(bundle_dir, png,
 
 
 def test_overwrite_replaces_magnets_own_outputs(bundle_dir, png, tmp_path):
-    out, tif, preview = tmp_path / "o.zarr", tmp_path / "o.tif", tmp_path / "o.png"
-    args = ("-o", out, "--geotiff", tif, "--preview", preview, "--mode", "downsample")
+    out, tif, preview, vector = tmp_path / "o.zarr", tmp_path / "o.tif", tmp_path / "o.png", tmp_path / "o.gpkg"
+    args = ("-o", out, "--geotiff", tif, "--preview", preview, "--vector", vector, "--mode", "downsample")
     assert segment(bundle_dir, png, *args).exit_code == 0
     result = segment(bundle_dir, png, *args, "--overwrite")
     assert result.exit_code == 0, result.output
@@ -81,13 +81,15 @@ def test_overwrite_replaces_magnets_own_outputs(bundle_dir, png, tmp_path):
     assert marker["format"] == "magnet-cli-labels" and marker["state"] == "complete"
 
 
-@pytest.mark.parametrize("option, name", [("--geotiff", "user.tif"), ("--preview", "user.png")])
+@pytest.mark.parametrize("option, name", [("--geotiff", "user.tif"), ("--preview", "user.png"), ("--vector", "user.geojson")])
 def test_overwrite_refuses_a_side_file_magnet_did_not_write(bundle_dir, png, tmp_path, option, name):
     side = tmp_path / name
     if name.endswith(".tif"):
         tifffile.imwrite(side, np.zeros((8, 8), np.uint8))
-    else:
+    elif name.endswith(".png"):
         skio.imsave(side, np.zeros((8, 8, 3), np.uint8), check_contrast=False)
+    else:
+        side.write_text('{"type": "FeatureCollection", "features": []}\n')
     before = side.read_bytes()
     out = tmp_path / "o.zarr"
     assert_clean_failure(segment(bundle_dir, png, "-o", out, option, side, "--overwrite"), name, "not written by magnet-cli")
@@ -137,10 +139,11 @@ def test_output_inside_an_input_is_refused(bundle_dir, tmp_path):
     assert not (source / "masks.zarr").exists()
 
 
-def test_labels_inside_an_ome_zarr_image_say_not_supported_yet(bundle_dir, tmp_path):
+def test_labels_inside_a_zarr_array_that_is_not_an_ome_zarr_image_are_refused(bundle_dir, tmp_path):
+    """IMAGE.zarr/labels/NAME is the NGFF place for labels only in an OME-Zarr image (test_label_placement.py)."""
     source = zarr_image(tmp_path / "s.zarr")
     result = segment(bundle_dir, source, "-o", source / "labels" / "tissue")
-    assert_clean_failure(result, "not supported yet")
+    assert_clean_failure(result, "inside the input")
     assert not (source / "labels").exists()
 
 
@@ -276,7 +279,7 @@ def test_side_files_carry_a_marker_that_other_files_lack(tmp_path):
 
     with LabelWriter(tmp_path / "o.zarr", 40, 30, default_classes(2)) as writer:
         writer.write(0, 0, np.ones((40, 30), np.uint8))
-    ours_tif, ours_png = write_geotiff(writer.path, tmp_path / "o.tif", None), write_preview(writer.path, tmp_path / "o.png", default_classes(2))
+    ours_tif, ours_png = write_geotiff(writer.path, tmp_path / "o.tif", None), write_preview(writer.path, tmp_path / "o.png", default_classes(2), legend=False)
     assert is_magnet_geotiff(ours_tif) and is_magnet_preview(ours_png)
     assert skio.imread(ours_png).shape == (40, 30, 3)  # the tEXt chunk keeps the PNG valid
     theirs_tif, theirs_png = tmp_path / "t.tif", tmp_path / "t.png"

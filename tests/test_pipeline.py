@@ -124,9 +124,9 @@ def test_bad_settings_are_usage_errors(bundle, options, message):
 
 
 def test_whole_level_modes_refuse_images_whose_level_maps_would_not_fit(bundle, monkeypatch):
-    from magnet_cli import pipeline
+    from magnet_cli import devices
 
-    monkeypatch.setattr(pipeline, "available_memory_bytes", lambda: 2 * 5 * 4 * NUM_CLASSES * 200 * 200 - 1)
+    monkeypatch.setattr(devices, "free_memory", lambda device: 2 * 5 * 4 * NUM_CLASSES * 200 * 200 - 1)
     image = random_rgb(200, 200)
     for mode, selection in (("fast", "global"), ("magnet", "global")):
         with pytest.raises(UsageError, match="--selection window"):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from magnet_cli.errors import OutputError
-from magnet_cli.io.zarr_source import is_zarr_dir
+from magnet_cli.io.label_placement import find_placement
 
 
 def make_output_folder(folder: Path, option: str) -> Path:
@@ -25,9 +25,10 @@ def make_output_folder(folder: Path, option: str) -> Path:
     return folder
 
 
-def check_off_inputs(output: Path, option: str, inputs: Sequence[Path]) -> None:
+def check_off_inputs(output: Path, option: str, inputs: Sequence[Path], labels_beside: bool = False) -> None:
     """Refuse an output that is an input, lies inside one, or holds one (real paths: symlinks and hard
-    links see through). Even --overwrite never replaces what a run reads."""
+    links see through). Even --overwrite never replaces what a run reads. `labels_beside`: a label image
+    may go in the `labels` group of an OME-Zarr input (IMAGE.zarr/labels/NAME), the NGFF place for it."""
     real_output = Path(os.path.realpath(output))
     for source in inputs:
         real_input = Path(os.path.realpath(source))
@@ -35,11 +36,8 @@ def check_off_inputs(output: Path, option: str, inputs: Sequence[Path]) -> None:
             raise OutputError(f"{option} {output} is the input {source}; write the output somewhere else")
         if real_output.is_relative_to(real_input):
             inside = real_output.relative_to(real_input).parts
-            if len(inside) == 2 and inside[0] == "labels" and is_zarr_dir(real_input):
-                raise OutputError(
-                    f"{option} {output}: writing labels into the OME-Zarr image {source} (labels/NAME) is not "
-                    "supported yet; write them beside it"
-                )
+            if labels_beside and len(inside) == 2 and inside[0] == "labels" and find_placement(real_output) is not None:
+                continue  # IMAGE.zarr/labels/NAME: labels beside their image (label_placement.py)
             raise OutputError(f"{option} {output} is inside the input {source}; write the output somewhere else")
         if real_input.is_relative_to(real_output):
             raise OutputError(f"{option} {output} holds the input {source}; write the output somewhere else")

@@ -33,7 +33,7 @@ import signal
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numcodecs
 import numpy as np
@@ -43,6 +43,9 @@ from zarr.codecs import BloscCodec
 from magnet_cli.classes import ClassInfo
 from magnet_cli.errors import InputError, OutputError
 from magnet_cli.io.chunk_buffer import ChunkAssembler
+
+if TYPE_CHECKING:
+    from magnet_cli.io.label_placement import LabelPlacement
 
 AXES_YX = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
 AXES_CYX = [{"name": "c", "type": "channel"}, *AXES_YX]
@@ -213,9 +216,11 @@ class LabelWriter:
         min_level_size: int = 256,
         partial: Path | None = None,
         store_entries: tuple[str, ...] = (),
+        placement: LabelPlacement | None = None,
     ) -> None:
         """`partial`: build in this directory (created by the caller, who also owns removing it), opening
-        the store already in it if there is one; `store_entries`: the caller's own entries in it."""
+        the store already in it if there is one; `store_entries`: the caller's own entries in it;
+        `placement`: the labels go beside an OME-Zarr image and follow its levels (label_placement.py)."""
         if zarr_format not in NGFF_VERSION:
             raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format}")
         if height < 1 or width < 1 or chunk_size < 1:
@@ -232,7 +237,14 @@ class LabelWriter:
         self.chunk_size = chunk_size
         self.overwrite = overwrite
         self.dtype = label_dtype(len(classes))
-        self.shapes = level_shapes(height, width, min_level_size)
+        self.placement = placement
+        if placement is not None:
+            if placement.zarr_format != zarr_format:
+                raise ValueError(f"labels beside a Zarr v{placement.zarr_format} image must be Zarr v{placement.zarr_format}")
+            self.shapes, self.factors = list(placement.shapes), list(placement.factors)
+        else:
+            self.shapes = level_shapes(height, width, min_level_size)
+            self.factors = [(1 << level, 1 << level) for level in range(len(self.shapes))]
         self._check_destination()
         self._owns_partial = partial is None
         self.partial = partial_path(self.path) if partial is None else Path(partial)
@@ -303,14 +315,15 @@ class LabelWriter:
         self, y0: int, x0: int, labels: np.ndarray, probabilities: np.ndarray | None, uncertainty: np.ndarray | None
     ) -> None:
         h, w = labels.shape
-        for level, array in enumerate(self._levels):
-            factor = 1 << level
-            dy, dx = -y0 % factor, -x0 % factor  # first row/column in the window on this level's grid
+        for (fy, fx), (level_h, level_w), array in zip(self.factors, self.shapes, self._levels):
+            dy, dx = -y0 % fy, -x0 % fx  # first row/column in the window on this level's grid
             if dy >= h or dx >= w:
                 continue
-            block = labels[dy::factor, dx::factor]
-            ty, tx = (y0 + dy) // factor, (x0 + dx) // factor
-            array.write((ty, tx), block)
+            ty, tx = (y0 + dy) // fy, (x0 + dx) // fx
+            # A parent image's level may round its size down: samples past its edge are dropped.
+            block = labels[dy::fy, dx::fx][: level_h - ty, : level_w - tx]
+            if block.size:
+                array.write((ty, tx), block)
         if self._probabilities is not None:
             self._probabilities.write((0, y0, x0), quantize(probabilities))
         if self._uncertainty is not None:
@@ -486,21 +499,25 @@ class LabelWriter:
         """The OME attributes written at seal(); until then the root says "partial" and carries none, so
         a leftover never looks done."""
         fmt = self.zarr_format
-        datasets = [
-            {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [float(1 << level)] * 2}]}
-            for level in range(len(self.shapes))
-        ]
+        placement = self.placement
+        if placement is None:
+            transforms = [[{"type": "scale", "scale": [float(fy), float(fx)]}] for fy, fx in self.factors]
+        else:  # the parent's, so the labels overlay it at every level
+            transforms = [list(t) for t in placement.transforms]
+        datasets = [{"path": str(level), "coordinateTransformations": t} for level, t in enumerate(transforms)]
         multiscale = {
             "name": self.path.name,
-            "axes": AXES_YX,
+            "axes": AXES_YX if placement is None else [dict(a) for a in placement.axes],
             "datasets": datasets,
             "type": "nearest",
-            "metadata": {"description": "level k holds every 2^k-th pixel of level 0 in y and x (no filtering)"},
+            "metadata": {"description": "each level samples level 0 at every f-th pixel in y and x (no filtering), "
+                                        f"f = {[list(f) for f in self.factors]}"},
         }
         image_label = {
             "colors": [{"label-value": i, "rgba": [*map(int, c.color), 255]} for i, c in enumerate(self.classes)],
             "properties": [{"label-value": i, "class": c.name} for i, c in enumerate(self.classes)],
-            "source": {},  # the input is usually not an OME-Zarr image, so there is no path to give
+            # Beside its image, the path to it; otherwise the input is usually not an OME-Zarr image.
+            "source": {} if placement is None else {"image": placement.source_image},
         }
         # Until seal(), the root says "partial" and carries no NGFF metadata: a leftover never looks done.
         return _ome_attributes(fmt, [multiscale], {"image-label": image_label})

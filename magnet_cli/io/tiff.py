@@ -107,6 +107,7 @@ class TiffSource(ImageSource):
             "photometric": _name(keyframe.photometric),
             "planar": keyframe.planarconfig == 2,
         }
+        extra.update(_sample_range_tags(keyframe))
         if warnings:
             extra["warnings"] = warnings
         base_axes, base_shape = self._axes[0], self._arrays[0].shape
@@ -279,6 +280,18 @@ def _letters(path: Path, axes: str, shape: tuple[int, ...]) -> str:
     )
     check_axes(path, letters, shape, axes)
     return letters
+
+
+def _sample_range_tags(page: tifffile.TiffPage) -> dict[str, int]:
+    """MaxSampleValue (when set) and BitsPerSample, which say how much of its sample type the image uses
+    (io/value_range.py)."""
+    found: dict[str, int] = {}
+    maximum = page.tags.valueof(281)  # MaxSampleValue, one value or one per sample
+    if maximum is not None:
+        found["max_sample_value"] = int(max(maximum) if isinstance(maximum, (tuple, list)) else maximum)
+    bits = page.bitspersample
+    found["bits_per_sample"] = int(max(bits) if isinstance(bits, (tuple, list)) else bits)
+    return found
 
 
 def _georeference(page: tifffile.TiffPage) -> dict | None:

@@ -130,7 +130,7 @@ def _open_node(path: Path) -> zarr.Array | zarr.Group:
         raise InputError(f"{path}: cannot open as Zarr: {exc}") from exc
 
 
-def _multiscales_meta(group: zarr.Group) -> tuple[list | None, str]:
+def multiscales_meta(group: zarr.Group) -> tuple[list | None, str]:
     attrs = group.attrs.asdict()
     ome = attrs.get("ome")
     if isinstance(ome, dict) and ome.get("multiscales"):
@@ -144,13 +144,13 @@ def _multiscales_meta(group: zarr.Group) -> tuple[list | None, str]:
 
 def _multiscales_group(path: Path, group: zarr.Group) -> tuple[zarr.Group, str]:
     """The group holding the image: the root itself, or its '0' child (bioformats2raw layout)."""
-    if _multiscales_meta(group)[0]:
+    if multiscales_meta(group)[0]:
         return group, ""
     try:
         child = group["0"]
     except KeyError:
         child = None
-    if isinstance(child, zarr.Group) and _multiscales_meta(child)[0]:
+    if isinstance(child, zarr.Group) and multiscales_meta(child)[0]:
         return child, "0"
     members = sorted(name for name, _ in group.members())
     raise InputError(
@@ -164,7 +164,7 @@ def _multiscales(
 ) -> tuple[list[zarr.Array], str, list[tuple[float, float]], list, str, str]:
     """Arrays, one-letter axes, per-level (downsample_y, downsample_x), axis names, NGFF version and the
     finest dataset's path."""
-    multiscales, version = _multiscales_meta(group)
+    multiscales, version = multiscales_meta(group)
     image = multiscales[0]
     if not isinstance(image, dict) or not image.get("datasets"):
         raise InputError(f"{path}: OME-Zarr multiscales metadata lists no datasets")

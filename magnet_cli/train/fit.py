@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from magnet_cli.devices import resolve_device
+from magnet_cli import devices
 from magnet_cli.errors import OutputError, UsageError
 from magnet_cli.evaluation import confusion, mean_iou
 from magnet_cli.models.bundle import MODEL_FILE
@@ -101,7 +101,7 @@ def fit(task: Task, output: str | Path, run: RunSettings = RunSettings()) -> dic
     training = task.training
     output = Path(output)
     started = time.perf_counter()
-    device = resolve_device(training.device)
+    device = devices.resolve_device(training.device)
     model, optimizer = task.configure(device)
     settings = json.loads(json.dumps(plain(task.settings())))  # lists, not tuples: compared on resume
     checkpoint = _prepare_output(output, run)
@@ -112,7 +112,7 @@ def fit(task: Task, output: str | Path, run: RunSettings = RunSettings()) -> dic
     def seconds() -> float:
         return round(past_seconds + time.perf_counter() - started, 2)
 
-    with TrainProgress(run.progress) as bar:
+    with TrainProgress(run.progress) as bar, devices.device_errors(device, training.batch_size):
         for epoch in range(done + 1, training.epochs + 1):
             lr = task.lr(epoch)
             for group in optimizer.param_groups:
@@ -124,7 +124,7 @@ def fit(task: Task, output: str | Path, run: RunSettings = RunSettings()) -> dic
             for _ in range(training.steps):
                 loss, predicted, labels = task.step(task.draw(rng))
                 losses.append(loss)
-                matrix += confusion(predicted.cpu(), labels.cpu(), task.num_classes, training.ignore_index)
+                matrix += confusion(devices.host(predicted), devices.host(labels), task.num_classes, training.ignore_index)
                 bar.step(loss, mean_iou(matrix))
             record = {"epoch": epoch, "loss": sum(losses) / len(losses), "train_miou": mean_iou(matrix)}
             record.update(task.validate())

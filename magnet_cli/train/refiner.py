@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from magnet_cli.classes import parse_classes
+from magnet_cli.devices import host
 from magnet_cli.errors import ModelError, UsageError
 from magnet_cli.evaluation import confusion, mean_iou
 from magnet_cli.models.bundle import (
@@ -54,7 +55,7 @@ def ohem_cross_entropy(
     true-class probability is below `threshold`, raised so that at least `min_kept` pixels count."""
     pixel_losses = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none").flatten()
     valid = target.flatten() != ignore_index
-    if not bool(valid.any()):
+    if not bool(host(valid.any())):
         return pixel_losses.sum() * 0.0
     safe = target.clone()
     safe[target == ignore_index] = 0
@@ -63,7 +64,7 @@ def ohem_cross_entropy(
     if min_kept >= losses.numel():
         return losses.mean()
     ranked, order = probabilities.detach().sort()
-    cut = max(threshold, float(ranked[max(min_kept, 0)]))  # pixels ranked below min_kept always count
+    cut = max(threshold, float(host(ranked[max(min_kept, 0)])))  # pixels ranked below min_kept always count
     kept = losses[order][ranked < cut]
     return kept.mean() if kept.numel() else losses.mean()
 
@@ -90,7 +91,7 @@ def refiner_step(
         loss = F.cross_entropy(logits, labels, ignore_index=ignore_index)
     loss.backward()
     optimizer.step()
-    return float(loss.detach()), logits.detach()
+    return float(host(loss.detach())), logits.detach()
 
 
 def frozen_model(model: ModelSettings | ModelBundle | Segmenter | None) -> tuple[ModelBundle, dict[str, Any]]:
@@ -274,5 +275,5 @@ def evaluate_pairs(
         for coarse, fine, labels in batches:
             refined = refiner(coarse.to(device), fine.to(device))
             for key, probabilities in (("refined", refined), ("coarse", coarse), ("fine", fine)):
-                matrices[key] += confusion(probabilities.argmax(1).cpu(), labels.cpu(), num_classes, ignore_index)
+                matrices[key] += confusion(host(probabilities.argmax(1)), host(labels), num_classes, ignore_index)
     return {f"{key}_miou": mean_iou(matrix) for key, matrix in matrices.items()}

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from magnet_cli.devices import host
 from magnet_cli.evaluation import confusion, mean_iou
 from magnet_cli.models.builtin import build_architecture, check_input_size
 from magnet_cli.models.bundle import SEGMENTER_EXPORT, SEGMENTER_WEIGHTS, BundleSpec, SegmenterSpec, write_bundle
@@ -38,7 +39,7 @@ def segmenter_step(
     loss = F.cross_entropy(logits, masks, ignore_index=ignore_index)
     loss.backward()
     optimizer.step()
-    return float(loss.detach()), logits.detach()
+    return float(host(loss.detach())), logits.detach()
 
 
 def evaluate_windows(
@@ -48,7 +49,7 @@ def evaluate_windows(
     matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     with eval_mode(model):
         for images, masks in batches:
-            predicted = model(images.to(device)).argmax(1).cpu()
+            predicted = host(model(images.to(device)).argmax(1))
             matrix += confusion(predicted, masks, num_classes, ignore_index)
     return mean_iou(matrix)
 

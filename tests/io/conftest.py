@@ -32,6 +32,17 @@ def imsave(path: Path, array: np.ndarray) -> Path:
     return path
 
 
+def make_labels(path: Path, mask: np.ndarray, classes) -> Path:
+    """A finished label image of `mask`, written in bands of 150 rows into 200-pixel chunks."""
+    from magnet_cli.io.labels import LabelWriter
+
+    height, width = mask.shape
+    with LabelWriter(path, height, width, classes, chunk_size=200, min_level_size=64) as writer:
+        for y0 in range(0, height, 150):
+            writer.write(y0, 0, mask[y0 : y0 + 150])
+    return Path(path)
+
+
 @pytest.fixture
 def rgb() -> np.ndarray:
     return pattern()
@@ -283,3 +294,27 @@ def jpeg_rgb(tmp_path: Path) -> Path:
     smooth[..., 1] = np.linspace(0, 255, 120, dtype=np.uint8)[:, None]
     smooth[..., 2] = 128
     return imsave(tmp_path / "rgb.jpg", smooth)
+
+
+# ---------------------------------------------------------------------------------------------- slides
+VMS_MPP = 0.25  # micrometres per pixel: PhysicalWidth (nanometres) / width
+
+
+@pytest.fixture
+def vms_slide(tmp_path: Path, rgb: np.ndarray) -> Path:
+    """A Hamamatsu VMS slide (not a TIFF: read through OpenSlide): a key file naming one JPEG with restart
+    markers (OpenSlide's tiles) and a map JPEG. Reading it needs the [openslide] extra."""
+    pytest.importorskip("openslide", reason="no [openslide] extra")
+    from PIL import Image
+
+    folder = tmp_path / "vms"
+    folder.mkdir()
+    image = rgb[:256, :384]  # whole 8x8 blocks: OpenSlide tiles a VMS JPEG by its restart intervals
+    Image.fromarray(image).save(folder / "scan.jpg", quality=95, subsampling=0, restart_marker_blocks=8)
+    Image.fromarray(image[::8, ::8]).save(folder / "scan_map.jpg", quality=95, subsampling=0, restart_marker_blocks=1)
+    path = folder / "scan.vms"
+    path.write_text(
+        "[Virtual Microscope Specimen]\nNoLayers=1\nNoJpegColumns=1\nNoJpegRows=1\nImageFile=scan.jpg\n"
+        f"MapFile=scan_map.jpg\nPhysicalWidth={384 * VMS_MPP * 1000:.0f}\nPhysicalHeight={256 * VMS_MPP * 1000:.0f}\n"
+    )
+    return path

@@ -8,6 +8,7 @@ import pytest
 
 from magnet_cli.errors import InputError
 from magnet_cli.io.open import describe, list_images, open_image
+from magnet_cli.io.openslide_source import OpenSlideSource
 from magnet_cli.io.raster import RasterSource
 from magnet_cli.io.tiff import TiffSource
 from magnet_cli.io.zarr_source import ZarrSource
@@ -39,6 +40,7 @@ def test_dispatch_is_by_content_not_by_name(tmp_path, subifd_tiff, png_rgb, rgb)
         ("ome_zarr_05", ZarrSource),
         ("png_rgb", RasterSource),
         ("jpeg_rgb", RasterSource),
+        ("vms_slide", OpenSlideSource),
     ],
 )
 def test_every_input_kind_opens_with_its_reader(request, fixture, kind):
@@ -108,3 +110,17 @@ def test_describe_carries_georeference(geotiff):
     with open_image(geotiff) as source:
         info = describe(source)
     assert json.loads(json.dumps(info))["georeference"]["ModelPixelScaleTag"] == GEO_PIXEL_SCALE
+
+
+def test_describe_names_the_crs_and_gives_pixel_size_and_bounds(geotiff):
+    """What `magnet info` shows a GIS user: the CRS by EPSG code and name, not raw GeoKeys."""
+    pytest.importorskip("rasterio")  # names the code (the gis extra); without it, "EPSG:32613" alone
+    from .conftest import GEO_TIEPOINT
+
+    with open_image(geotiff) as source:
+        info = describe(source)
+    assert info["crs"] == "WGS 84 / UTM zone 33N (EPSG:32633)"
+    assert info["pixel_size"] == [GEO_PIXEL_SCALE[0], GEO_PIXEL_SCALE[1]]
+    left, top = GEO_TIEPOINT[3], GEO_TIEPOINT[4]
+    assert info["bounds"] == {"left": left, "top": top, "right": left + 400 * GEO_PIXEL_SCALE[0],
+                              "bottom": top - 300 * GEO_PIXEL_SCALE[1]}
