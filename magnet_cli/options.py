@@ -264,7 +264,11 @@ SmoothKernel = Annotated[
     Optional[int],
     typer.Option("--smooth-kernel", help="Odd median-blur kernel of the refinement score (default: the bundle's).", show_default=False),
 ]
-FastPatches = Annotated[int, typer.Option("--fast-patches", help="Windows refined per level in --mode fast.")]
+FastPatches = Annotated[
+    float,
+    typer.Option("--fast-patches", help="Windows refined per level in --mode fast: a count (3) or a fraction of "
+                 "each level's windows (0.25)."),
+]
 Selection = Annotated[S.Selection, typer.Option("--selection", help="Where points are chosen: window (streaming) or global (whole level).")]
 Bands = Annotated[
     Optional[str],

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from magnet_cli import devices
 from magnet_cli.errors import UsageError
+from magnet_cli.fast import FastChoice, windows_to_refine
 from magnet_cli.io.base import Box, ImageSource, PixelNormalization
 from magnet_cli.models.bundle import ModelBundle
 from magnet_cli.models.refiner import fuse_for_inference
@@ -124,6 +125,7 @@ class Engine:
         )
         self.input_size = bundle.input_size
         self._run_clock: devices.StageClock | None = None  # of the run in progress
+        self._fast: FastChoice | None = None  # MagNet-Fast's windows for the run in progress
 
     @property
     def precision(self) -> str:
@@ -182,7 +184,7 @@ class Engine:
     @property
     def whole_levels(self) -> bool:
         """Whether this mode needs whole-level maps (the level engine), which cannot be split in units."""
-        return self.settings.mode == Mode.fast or (self.settings.mode == Mode.magnet and self.settings.selection == "global")
+        return self.settings.mode in (Mode.fast, Mode.magnet) and self.settings.selection == "global"
 
     def plan(self, height: int, width: int) -> ScalePlan:
         """The plan this mode walks: all levels, or only the finest (patch) or the coarsest (downsample)."""
@@ -205,7 +207,7 @@ class Engine:
             return [0] * plan.depth
         counts = [level.window_count for level in plan.levels]
         if self.settings.mode == Mode.fast:  # after the first level, only the most uncertain windows
-            return [counts[0]] + [min(self.settings.fast_patches, c) for c in counts[1:]]
+            return [counts[0]] + [windows_to_refine(c, self.settings.fast_patches) for c in counts[1:]]
         return counts
 
     def run(
@@ -228,8 +230,11 @@ class Engine:
         h, w = self.input_size
 
         normalization = self.normalization_for(value_range)
+        self._fast = None
 
-        def read(window: Window) -> torch.Tensor:
+        def read(window: Window) -> torch.Tensor | None:
+            if self._fast is not None and not self._fast.refines(window):
+                return None  # Fast leaves this window to its coarse map: no pixels needed
             return source.read(Box(window.y0, window.x0, window.y1, window.x1), h, w, normalization)
 
         with self.timed(stats), devices.device_errors(self.device, self.batch_size), ThreadPoolExecutor(
@@ -242,6 +247,8 @@ class Engine:
             else:
                 tree = Tree(plan)
                 chain: dict[tuple[int, int, int], torch.Tensor] = {}  # refined maps of the current ancestors
+                if self.settings.mode == Mode.fast and units:
+                    self._fast = self._choose_fast_windows(plan, read, pool, stats)
                 for unit in units:
                     self._run_unit(plan, tree, unit, chain, read, pool, sink, progress or _ignore, stats)
                     if unit_done is not None:
@@ -295,19 +302,34 @@ class Engine:
     def _process(self, plan: ScalePlan, level: int, tasks: list[Task], stats: RunStats) -> torch.Tensor:
         """Segment a batch of one level's windows and refine each with its parent's map: (N, C, h, w)."""
         h, w = self.input_size
-        images = self._gather(tasks, stats)
-        fine = self.segment_windows(images, stats)
         if level == 0 or self.refiner is None:
-            return fine
+            return self.segment_windows(self._gather(tasks, stats), stats)
         boxes = torch.tensor(
             [_box_in_parent(t.window, t.parent, h, w) for t in tasks], dtype=torch.float64  # type: ignore[arg-type]
         )
         parents = torch.stack([t.parent_map for t in tasks])  # type: ignore[misc]
-        coarse = crop_resize(parents, boxes.to(parents.device), (h, w))
-        proposal = self.propose_refinement(coarse, fine, stats)
+        coarse = crop_resize(parents, boxes, (h, w))
+        chosen = [i for i, t in enumerate(tasks) if self._fast is None or self._fast.refines(t.window)]
+        if not chosen:  # MagNet-Fast: none of these windows is refined; they keep Y
+            return coarse
+        fine = self.segment_windows(self._gather([tasks[i] for i in chosen], stats), stats)
+        mine = coarse if len(chosen) == len(tasks) else coarse[chosen]
+        proposal = self.propose_refinement(mine, fine, stats)
         k = window_points(self.points, plan.levels[level].pixel_count, h * w)
         with self._stage("selection", stats):
-            return refine(coarse, proposal, k, self.kernel)
+            refined = refine(mine, proposal, k, self.kernel)
+        if len(chosen) == len(tasks):
+            return refined
+        coarse[chosen] = refined
+        return coarse
+
+    def _choose_fast_windows(self, plan: ScalePlan, read, pool, stats: RunStats) -> FastChoice:
+        """MagNet-Fast's windows for the whole run, ranked on the coarsest level's maps (fast.py), each
+        computed alone (a batch of 1) so that every process of the run chooses the same windows."""
+        roots = {}
+        for root in plan.roots():
+            roots[(root.row, root.col)] = self._process(plan, 0, [Task(root, image=pool.submit(read, root))], stats)[0]
+        return FastChoice(plan, roots, self.settings.fast_patches)
 
     def _gather(self, tasks: list, stats: RunStats) -> torch.Tensor:
         start = time.perf_counter()
@@ -327,7 +349,7 @@ class Engine:
             else:
                 coarse = F.interpolate(level_map, size=(spec.height, spec.width), mode="bilinear", align_corners=False)
                 if self.settings.mode == "fast":
-                    windows = self._most_uncertain(spec, windows, coarse, self.settings.fast_patches)
+                    windows = self._most_uncertain(spec, windows, coarse, windows_to_refine(len(windows), self.settings.fast_patches))
                 proposal, covered = self._assemble(plan, spec, windows, read, pool, stats, coarse=coarse)
                 k = points_for_level(self.points, spec.pixel_count, len(windows), spec.window_count)
                 with self._stage("selection", stats):

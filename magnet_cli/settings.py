@@ -200,6 +200,14 @@ def check_bands(value: Any, option: str = "--bands") -> tuple[int, ...] | None:
     return bands
 
 
+def check_fast_patches(value: Any) -> float:
+    """A count of windows (a whole number >= 1) or a fraction of a level's windows (0 < f < 1)."""
+    number = float(value)
+    if not (0 < number < 1 or (number >= 1 and number == int(number) and number <= 1_000_000)):
+        raise UsageError(f"--fast-patches {value!r}: expected a count (1, 2, ...) or a fraction of each level's windows (0.25)")
+    return int(number) if number >= 1 else number
+
+
 VALUE_RANGE_WORDS = ("auto", "dtype")
 
 
@@ -267,7 +275,7 @@ class InferenceSettings:
     levels: int | tuple[int, ...] | None = None  # None: the bundle's default, else automatic
     points: float | None = None  # None: the bundle's default
     smooth_kernel: int | None = None  # None: the bundle's default
-    fast_patches: int = 3
+    fast_patches: float = 3  # windows refined per level in --mode fast: a count (>= 1) or a fraction (< 1)
     selection: Selection = Selection.window
     batch_size: int | None = None  # None: chosen for the device (devices.auto_batch_size)
     device: str = "auto"
@@ -283,7 +291,7 @@ class InferenceSettings:
         _set(self, "levels", check_levels(self.levels))
         _set(self, "points", check_points(self.points))
         _set(self, "smooth_kernel", check_smooth_kernel(self.smooth_kernel))
-        check_whole_number(self.fast_patches, "--fast-patches", 1, 1_000_000)
+        _set(self, "fast_patches", check_fast_patches(self.fast_patches))
         if self.batch_size is not None:
             check_whole_number(self.batch_size, "--batch-size", 1, MAX_BATCH)
         _set(self, "device", check_device(self.device))

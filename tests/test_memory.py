@@ -43,7 +43,8 @@ def peak_rss_mb(*command: str) -> float:
     return int(kilobytes) / 1024
 
 
-def test_peak_memory_is_flat_from_1k_to_4k_pixels_square(tmp_path):
+@pytest.mark.parametrize("mode", ["magnet", "fast"])  # streaming MagNet-Fast holds no level map either
+def test_peak_memory_is_flat_from_1k_to_4k_pixels_square(tmp_path, mode):
     from magnet_cli.models.bundle import save_bundle
     from tests.conftest import tiny_bundle
 
@@ -56,5 +57,5 @@ def test_peak_memory_is_flat_from_1k_to_4k_pixels_square(tmp_path):
         image = pyramidal_tiff(tmp_path / f"s{size}.tif", size)
         peaks.append(peak_rss_mb(sys.executable, "-m", "magnet_cli.cli", "segment", str(image), "-o",
                                  str(tmp_path / f"s{size}.zarr"), "--model", str(bundle_dir), "--no-progress",
-                                 "--device", "cpu"))
+                                 "--device", "cpu", "--mode", mode, "--fast-patches", "0.25"))
     assert peaks[1] < peaks[0] * 1.2, peaks

@@ -148,3 +148,56 @@ def test_a_large_owned_region_reaches_the_sink_in_bounded_pieces(bundle, monkeyp
     tiled, writes, _ = run(bundle, image, mode="downsample")
     assert (writes == 1).all() and max(max(size) for size in pieces) <= 48 and len(pieces) == 5 * 4
     assert torch.allclose(tiled, whole, atol=1e-5)
+
+
+def test_streaming_fast_refining_every_window_is_magnet(bundle):
+    image = random_rgb(200, 150, seed=6)
+    magnet, _, _ = run(bundle, image, mode="magnet")
+    fast, writes, stats = run(bundle, image, mode="fast", fast_patches=1_000_000)
+    assert (writes == 1).all() and torch.equal(fast, magnet)
+
+
+def test_streaming_fast_reads_and_segments_only_the_chosen_windows(bundle, monkeypatch):
+    from magnet_cli.fast import windows_to_refine
+
+    image = random_rgb(300, 260, seed=7)
+    engine = Engine(bundle, InferenceSettings(device="cpu", mode="fast", fast_patches=0.25))
+    source = ArraySource(image)
+    reads = []
+    original = source.read
+
+    def counting_read(box, *args, **kwargs):
+        reads.append(box)
+        return original(box, *args, **kwargs)
+
+    monkeypatch.setattr(source, "read", counting_read)
+    writes = np.zeros(image.shape[:2], dtype=np.int32)
+
+    def sink(region, probabilities):
+        y0, x0, y1, x1 = region
+        writes[y0:y1, x0:x1] += 1
+
+    stats = engine.run(source, sink)
+    plan = engine.plan(300, 260)
+    chosen = [plan.levels[0].window_count] + [windows_to_refine(l.window_count, 0.25) for l in plan.levels[1:]]
+    assert (writes == 1).all()
+    assert len(reads) == plan.levels[0].window_count + sum(chosen)  # the ranking pass reads the roots once more
+    assert sum(chosen) < plan.window_count  # some windows were left to their coarse map
+
+
+def test_streaming_fast_chooses_the_same_windows_when_split_in_units(bundle):
+    image = random_rgb(520, 600, seed=8)
+    whole, _, _ = run(bundle, image, mode="fast", fast_patches=0.3)
+    engine = Engine(bundle, InferenceSettings(device="cpu", mode="fast", fast_patches=0.3))
+    plan = engine.plan(520, 600)
+    units = engine.units(plan)
+    assert len(units) > 1
+    parts = torch.zeros_like(whole)
+
+    def sink(region, probabilities):
+        y0, x0, y1, x1 = region
+        parts[:, y0:y1, x0:x1] = probabilities
+
+    for unit in reversed(units):  # one unit per run, in another order: as shards or workers would
+        engine.run(ArraySource(image), sink, units=[unit])
+    assert torch.equal(parts, whole)
