@@ -66,7 +66,7 @@ VARIANTS: dict[str, Variant] = {
     for v in (
         _variant("downsample", "coarsest level only, upsampled", mode="downsample"),
         _variant("patch", "finest level only, no context", mode="patch"),
-        _variant("fast", "MagNet-Fast: 3 most uncertain windows per level (streaming)", mode="fast"),
+        _variant("fast", "MagNet-Fast: the most uncertain half of each level's windows (streaming)", mode="fast"),
         _variant("magnet", "MagNet, points selected per window (streaming)", mode="magnet"),
         _variant("magnet-global", "MagNet, points selected over the whole level", mode="magnet", selection="global"),
         _variant("magnet-all-points", "MagNet, refiner output taken at every pixel", mode="magnet", points=1.0),

@@ -2,9 +2,10 @@
 
 Two engines share the pieces:
 - the streaming engine walks the window tree (scheduler.py) and selects points per window, so memory
-  does not depend on image size (modes magnet with --selection window, patch, downsample);
+  does not depend on image size (modes magnet and fast with --selection window, patch, downsample);
+  MagNet-Fast there refines only the windows fast.py chooses from the coarsest level's map;
 - the level engine keeps each level's whole map, like the reference implementation, for whole-level
-  point selection (--selection global) and MagNet-Fast, whose window ranking needs the whole level.
+  point selection and whole-level Fast ranking (--selection global).
 Both hand finished full-resolution regions of class probabilities to a sink.
 """
 
@@ -89,7 +90,7 @@ def check_level_maps_fit(plan: ScalePlan, num_classes: int, device: torch.device
     if needed > available // 2:
         where = devices.memory_name(device)
         raise UsageError(
-            f"--selection global and --mode fast keep whole level maps on {device}: about {needed / 2**30:.1f} GiB "
+            f"--selection global keeps whole level maps on {device}: about {needed / 2**30:.1f} GiB "
             f"for this image, more than half the free {where} ({available / 2**30:.1f} GiB); use --mode magnet "
             "--selection window (streaming, flat memory) or fewer/smaller --levels"
         )

@@ -88,7 +88,8 @@ def test_any_split_of_the_units_gives_identical_maps(bundle, mode, size):
         assert torch.equal(together[region], alone[region]), region
 
 
-@pytest.mark.parametrize("options", [{"mode": "fast", "fast_patches": 2}, {"selection": "global"}, {"mode": "patch"}])
+@pytest.mark.parametrize("options", [{"mode": "fast", "fast_patches": 2}, {"mode": "fast", "fast_patches": 2, "selection": "global"},
+                                     {"selection": "global"}, {"mode": "patch"}])
 def test_planned_window_counts_match_the_run_in_every_engine(bundle, options):
     image = random_rgb(700, 600, seed=6)
     engine = Engine(bundle, InferenceSettings(device="cpu", **options))
