@@ -22,8 +22,9 @@ UNITS: dict[str, tuple[str, float]] = {
     "ft": ("ft", 1.0), "foot": ("ft", 1.0), "feet": ("ft", 1.0),
     "deg": ("deg", 1.0), "degree": ("deg", 1.0), "degrees": ("deg", 1.0),
 }
-# The NGFF (UDUNITS-2) name of each canonical unit, for the axes of a label image.
-NGFF_UNITS = {"um": "micrometer", "m": "meter", "ft": "foot", "deg": "degree"}
+# The NGFF name of each canonical unit, for the axes of a label image (NGFF's space units are lengths:
+# degrees get none, and GIS tools place such labels by the GeoTIFF or vector georeferencing instead).
+NGFF_UNITS = {"um": "micrometer", "m": "meter", "ft": "foot"}
 # Working at a resolution within this share of the native one is working at the native one: a slide
 # scanned at 0.2520 um/px segmented "at 0.25 um" is not resampled by 0.8%.
 TOLERANCE = 0.05
