@@ -68,12 +68,13 @@ class ResampledSource(ImageSource):
         sy, sx = source.height / height, source.width / width
         self.scale = (sy, sx)
         # The view's own level 0, then the input's stored levels coarser than it, in view pixels.
-        levels = [PyramidLevel(height, width, 1.0, 1.0)] + [
-            PyramidLevel(level.height, level.width, level.downsample_y / sy, level.downsample_x / sx)
-            for level in source.levels
+        coarser = [
+            (index, PyramidLevel(level.height, level.width, level.downsample_y / sy, level.downsample_x / sx))
+            for index, level in enumerate(source.levels)
             if min(level.downsample_y / sy, level.downsample_x / sx) > 1 + 1e-6
         ]
-        self._stored = [None] + [i for i, level in enumerate(source.levels) if min(level.downsample_y / sy, level.downsample_x / sx) > 1 + 1e-6]
+        levels = [PyramidLevel(height, width, 1.0, 1.0)] + [level for _, level in coarser]
+        self._stored = [None] + [index for index, _ in coarser]  # the input's level behind each of ours
         super().__init__(
             source.path, height, width, source.bands, source.dtype, levels, None, source.format_name,
             scaled_georeference(source.georeference, sy, sx), source.extra, list(source.problems),

@@ -318,7 +318,15 @@ def _georeference(page: tifffile.TiffPage) -> dict | None:
 
 def _pixel_size(tif: tifffile.TiffFile, series: int, page: tifffile.TiffPage, georeference: dict | None) -> PixelSize | None:
     """The level-0 pixel size the file states: a GeoTIFF's pixel scale (map units), else OME's
-    PhysicalSizeX/Y, else an SVS description's MPP, else the TIFF resolution tags (NDPI's among them)."""
+    PhysicalSizeX/Y, else an SVS description's MPP, else the TIFF resolution tags (NDPI's among them).
+    Metadata that cannot be parsed states none: the pixels are still readable."""
+    try:
+        return _stated_pixel_size(tif, series, page, georeference)
+    except Exception:  # malformed OME-XML, tags of the wrong type: no pixel size rather than no image
+        return None
+
+
+def _stated_pixel_size(tif: tifffile.TiffFile, series: int, page: tifffile.TiffPage, georeference: dict | None) -> PixelSize | None:
     found = map_pixel_size(georeference)
     if found is None and tif.is_ome:
         found = _ome_pixel_size(tif.ome_metadata, series)
@@ -332,10 +340,7 @@ def _pixel_size(tif: tifffile.TiffFile, series: int, page: tifffile.TiffPage, ge
 
 def _ome_pixel_size(xml: str | None, series: int) -> PixelSize | None:
     """PhysicalSizeY/X of the OME image of the series read (units default to micrometres, as OME says)."""
-    try:
-        images = [e for e in ElementTree.fromstring(xml or "").iter() if e.tag.endswith("}Pixels") or e.tag == "Pixels"]
-    except ElementTree.ParseError:
-        return None
+    images = [e for e in ElementTree.fromstring(xml or "<OME/>").iter() if e.tag.endswith("}Pixels") or e.tag == "Pixels"]
     if not images:
         return None
     pixels = images[series] if series < len(images) else images[0]

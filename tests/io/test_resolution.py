@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from magnet_cli.cli import app
 from magnet_cli.errors import MagnetWarning, UsageError
+from magnet_cli.io.base import Box
 from magnet_cli.io.labels import multiscales_of, read_labels
 from magnet_cli.io.open import describe, open_image
 from magnet_cli.io.pixel_size import FULL, PixelSize, parse_resolution, tiff_resolution, working_factor
@@ -246,15 +247,17 @@ def test_working_factor_tolerates_a_scanners_rounding_and_refuses_upsampling():
 
 
 def test_a_resampled_view_reads_the_full_resolution_box_from_the_fitting_level(tmp_path, read_level_spy):
+    """Its own level 0 is the view; its stored levels are the input's coarser ones, in view pixels."""
     with open_image(slide(tmp_path / "slide.tif")) as source:
         view = ResampledSource(source, SIZE // 2, SIZE // 2)
         calls = read_level_spy(source)
-        from magnet_cli.io.base import Box
-
         got = view.read(Box(0, 0, 64, 64), 64, 64)
         want = source.read(Box(0, 0, 128, 128), 64, 64)
         assert [c[0] for c in calls] == [1, 1]
         assert view.pixel_size == PixelSize(0.5, 0.5, "um")
+        assert [(l.height, l.downsample_y) for l in view.levels] == [(128, 1.0), (64, 2.0)]
+        np.testing.assert_array_equal(view.read_level(1, 0, 0, 8, 8), source.read_level(2, 0, 0, 8, 8))
+        np.testing.assert_array_equal(view.read_level(0, 0, 0, 8, 8), source.read_level(1, 0, 0, 8, 8))
         np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
