@@ -311,3 +311,27 @@ def test_labels_beside_their_image_follow_its_levels_at_any_resolution(tmp_path,
     label_levels = [zarr.open_array(str(label / d["path"]), mode="r").shape for d in multiscale(label)["datasets"]]
     assert label_levels == image_levels and label_levels[0] == (SIZE, SIZE)
     assert dict(zarr.open_group(str(label), mode="r").attrs)["magnet"]["resolution"] == "0.5 um"
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {"ModelPixelScaleTag": [0.5, 0.5, 0.0], "ModelTiepointTag": [0, 0, 0, 500000.0, 4000000.0, 0],
+         "GeoKeyDirectoryTag": [1, 1, 0, 2, 1025, 0, 1, 2, 3072, 0, 1, 32633]},  # RasterPixelIsPoint
+        {"ModelTransformationTag": [0.5, 0.1, 0, 10.0, 0.2, -0.5, 0, 20.0, 0, 0, 0, 0, 0, 0, 0, 1]},  # rotated
+    ],
+)
+def test_a_scaled_georeference_places_the_coarser_pixels_on_the_same_ground(tags):
+    from magnet_cli.io.georeference import epsg_code, geo_transform, scaled_georeference, scaled_transform
+
+    scaled = scaled_georeference(tags, 2.0, 3.0)
+    assert geo_transform(scaled) == pytest.approx(scaled_transform(geo_transform(tags), 2.0, 3.0))
+    assert epsg_code(scaled) == epsg_code(tags)
+
+
+    def corner(transform, col, row):
+        a, b, c, d, e, f = transform
+        return a * col + b * row + c, d * col + e * row + f
+
+    # the corner of label pixel (col 1, row 1) is the corner of input pixel (col 3, row 2)
+    assert corner(geo_transform(scaled), 1, 1) == pytest.approx(corner(geo_transform(tags), 3, 2))
