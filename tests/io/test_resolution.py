@@ -44,8 +44,8 @@ def slide(path: Path, mpp: float | None = 0.25, size: int = SIZE) -> Path:
     return path
 
 
-def segment(*args: str) -> object:
-    return CliRunner().invoke(app, ["segment", *args, "--no-progress", "--mode", "patch"], catch_exceptions=False)
+def segment(*args: str, mode: str = "patch") -> object:
+    return CliRunner().invoke(app, ["segment", *args, "--no-progress", "--mode", mode], catch_exceptions=False)
 
 
 def multiscale(label: Path) -> dict:
@@ -72,7 +72,7 @@ def levels_read(monkeypatch) -> list[int]:
 def test_a_0_25_um_slide_segmented_at_0_5_um_reads_level_1_and_writes_0_5_um_labels(tmp_path, bundle_dir, levels_read):
     image = slide(tmp_path / "slide.tif")
     out = tmp_path / "slide.zarr"
-    result = segment(str(image), "-o", str(out), "--model", str(bundle_dir), "--resolution", "0.5um", "--json")
+    result = segment(str(image), "-o", str(out), "--model", str(bundle_dir), "--resolution", "0.5um", "--json", mode="magnet")
     assert result.exit_code == 0, result.output
     assert 1 in levels_read and 0 not in levels_read  # the windows come from the 2x level, never level 0
     assert read_labels(out).shape == (SIZE // 2, SIZE // 2)
