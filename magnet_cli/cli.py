@@ -174,6 +174,7 @@ def segment_command(
     precision: O.Precision = S.InferenceSettings.precision,
     bands: O.Bands = None,
     value_range: O.ValueRange = None,
+    resolution: O.Resolution = None,
     write_probabilities: O.WriteProbabilities = False,
     write_uncertainty: O.WriteUncertainty = False,
     preview: O.Preview = None,
@@ -182,6 +183,7 @@ def segment_command(
     vector_simplify: O.VectorSimplify = S.OutputSettings.vector_simplify,
     vector_min_area: O.VectorMinArea = S.OutputSettings.vector_min_area,
     zarr_format: O.ZarrFormat = S.OutputSettings.zarr_format.value,
+    labels_at: O.LabelsAt = S.OutputSettings.labels_at,
     max_pixels: O.MaxPixels = S.RunSettings.max_pixels,
     overwrite: O.Overwrite = False,
     resume: O.Resume = False,
@@ -205,12 +207,12 @@ def segment_command(
             inference=S.build(
                 S.InferenceSettings, mode=mode, levels=levels, points=points, smooth_kernel=smooth_kernel,
                 fast_patches=fast_patches, selection=selection, batch_size=batch_size, device=device, bands=bands,
-                precision=precision, value_range=value_range,
+                precision=precision, value_range=value_range, resolution=resolution,
             ),
             outputs=S.build(
                 S.OutputSettings, write_probabilities=write_probabilities, write_uncertainty=write_uncertainty,
                 preview=preview, geotiff=geotiff, vector=vector, vector_simplify=vector_simplify,
-                vector_min_area=vector_min_area, zarr_format=zarr_format,
+                vector_min_area=vector_min_area, zarr_format=zarr_format, labels_at=labels_at,
             ),
             run=S.build(
                 S.RunSettings, progress=not no_progress, overwrite=overwrite, resume=resume, max_pixels=max_pixels,

@@ -289,6 +289,17 @@ ValueRange = Annotated[
     ),
 ]
 
+Resolution = Annotated[
+    Optional[str],
+    typer.Option(
+        "--resolution",
+        help="Segment at this pixel size, read from the input's fitting pyramid level: 0.5um (or 500nm) for "
+        "microscopy, 1m (or 0.0001deg) in a GeoTIFF's map units, or full (no resampling). Default: the model "
+        "bundle's resolution, else full. Needs an input that states its pixel size (see magnet info).",
+        callback=_callback(S.check_resolution), show_default=False, metavar="SIZE|full",
+    ),
+]
+
 # --- segment's side outputs (OutputSettings) ------------------------------------------------------------
 WriteProbabilities = Annotated[bool, typer.Option("--write-probabilities", help="Also store the class probabilities.")]
 WriteUncertainty = Annotated[bool, typer.Option("--write-uncertainty", help="Also store the uncertainty map.")]
@@ -318,6 +329,14 @@ VectorMinArea = Annotated[
     typer.Option("--vector-min-area", help="Drop --vector regions, and fill their holes, smaller than this many pixels.", metavar="PIXELS"),
 ]
 ZarrFormat = Annotated[int, typer.Option("--zarr-format", help="3 (OME-Zarr NGFF 0.5) or 2 (NGFF 0.4).")]
+LabelsAt = Annotated[
+    S.LabelsAt,
+    typer.Option(
+        "--labels-at",
+        help="With a --resolution: write the labels at it (working) or at the input's full resolution (full). "
+        "Labels beside their OME-Zarr image always follow the image's levels.",
+    ),
+]
 
 # --- training (TrainingSettings and its two kinds) ------------------------------------------------------
 Epochs = Annotated[

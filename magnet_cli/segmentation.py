@@ -33,6 +33,7 @@ from magnet_cli.io.labels import (
     magnet_marker,
     remove_output,
 )
+from magnet_cli.io.georeference import scaled_georeference
 from magnet_cli.io.partial_store import (
     CREATING,
     PYRAMID,
@@ -44,7 +45,9 @@ from magnet_cli.io.partial_store import (
     partial_name,
 )
 from magnet_cli.io.open import list_images, open_image
+from magnet_cli.io.pixel_size import PixelSize
 from magnet_cli.io.preview import is_magnet_preview, write_preview
+from magnet_cli.io.resampled import FullResolutionWriter, ResampledSource, resampled, working_scale, working_shape
 from magnet_cli.io.vector import VECTOR_SUFFIXES, is_magnet_vector, require_gis, tile_count, write_vector
 from magnet_cli.io.pyramid_cache import ensure_pyramid
 from magnet_cli.io.value_range import resolve_value_range
@@ -56,7 +59,7 @@ from magnet_cli.pyramid import ScalePlan
 from magnet_cli.progress import LevelProgress, counting_bar, progress_enabled
 from magnet_cli.refine import class_labels, uncertainty as uncertainty_of
 from magnet_cli.runtime import one_intra_op_thread
-from magnet_cli.settings import InferenceSettings, ModelSettings, OutputSettings, RunSettings
+from magnet_cli.settings import InferenceSettings, LabelsAt, ModelSettings, OutputSettings, RunSettings
 from magnet_cli.units import BLOCK_SIDE, SUBTREE_LEVELS, Unit
 from magnet_cli.units import shard as shard_units
 
@@ -90,6 +93,8 @@ class SegmentResult:
     selection_seconds: float = 0.0  # choosing and replacing refined points
     precision: str = ""  # the model calls' precision (what --precision auto chose)
     value_range: list[float] | None = None  # input values mapped to [0, 1] (what --value-range auto chose)
+    resolution: str | None = None  # the working pixel size ("0.5 um"), where the input states its own
+    resolution_factor: list[float] | None = None  # input pixels per working pixel (y, x); [1, 1] at full resolution
     preview: str | None = None
     geotiff: str | None = None
     vector: str | None = None
@@ -446,6 +451,33 @@ class ImageJob:
     width: int
     placement: LabelPlacement | None = None  # the labels go beside an OME-Zarr image (IMAGE.zarr/labels/NAME)
     value_range: tuple[float, float] | None = None  # input values that map to [0, 1] (io/value_range.py)
+    # At a coarser --resolution, `height` and `width` are the working size (what the engine segments) and
+    # these the input's; None: the same.
+    full_height: int | None = None
+    full_width: int | None = None
+    labels_full: bool = False  # labels at the input's full resolution (--labels-at full, labels beside their image)
+    pixel_size: PixelSize | None = None  # the input's level-0 pixel size, where it states one
+
+    @property
+    def full_shape(self) -> tuple[int, int]:
+        return self.full_height or self.height, self.full_width or self.width
+
+    @property
+    def label_shape(self) -> tuple[int, int]:
+        """The label image's size: the working one, or the input's."""
+        return self.full_shape if self.labels_full else (self.height, self.width)
+
+    @property
+    def label_scale(self) -> tuple[float, float]:
+        """Input pixels per label pixel (y, x)."""
+        (full_h, full_w), (label_h, label_w) = self.full_shape, self.label_shape
+        return full_h / label_h, full_w / label_w
+
+    @property
+    def working_scale(self) -> tuple[float, float]:
+        """Input pixels per working pixel (y, x)."""
+        full_h, full_w = self.full_shape
+        return full_h / self.height, full_w / self.width
 
 
 @dataclass
@@ -518,8 +550,8 @@ def _finish(engine: Engine, started: _Started, stats: RunStats, run: RunSettings
     return SegmentResult(
         input=str(job.input),
         output=str(job.output),
-        height=job.height,
-        width=job.width,
+        height=job.label_shape[0],
+        width=job.label_shape[1],
         mode=engine.settings.mode.value,
         levels=started.plan.depth,
         windows=stats.windows,
@@ -532,6 +564,8 @@ def _finish(engine: Engine, started: _Started, stats: RunStats, run: RunSettings
         selection_seconds=round(stats.selection_seconds, 3),
         precision=engine.precision,
         value_range=list(job.value_range) if job.value_range is not None else None,
+        resolution=job.attributes["magnet"].get("resolution"),
+        resolution_factor=list(job.working_scale),
         preview=str(side.preview) if side.preview and published else None,
         geotiff=str(side.geotiff) if side.geotiff and published else None,
         vector=str(side.vector) if side.vector and published else None,
@@ -614,33 +648,58 @@ def image_job(
 ) -> ImageJob:
     """Open the input once to plan its run: size, run record and the fingerprint that names its store."""
     with open_image(path, max_pixels=run.max_pixels) as raw:
-        height, width, georeference = raw.height, raw.width, raw.georeference
+        height, width, georeference, native = raw.height, raw.width, raw.georeference, raw.pixel_size
         bands = engine.normalization.bands
         value_range, range_from = resolve_value_range(raw, engine.settings.value_range, engine.bundle.value_range, bands)
+    target, asked_by = _resolution_asked(engine)
+    scale = working_scale(native, target, path, asked_by)
+    working_height, working_width = working_shape(height, width, scale)
     placement = find_placement(output)
     if placement is not None:
         check_fits(placement, height, width, path)
         prepare_labels_folder(placement)
     if side_outputs.geotiff is not None and not has_georeferencing(georeference):
         warnings.warn(f"{path} has no georeferencing: the GeoTIFF is in pixel space", MagnetWarning, stacklevel=2)
-    record = run_record(engine, path, plan_for(height, width, engine.bundle, engine.settings), georeference)
-    record.update(value_range=list(value_range), value_range_from=range_from)
+    record = run_record(engine, path, plan_for(working_height, working_width, engine.bundle, engine.settings), georeference)
+    factor = (height / working_height, width / working_width)
+    labels_full = placement is not None or outputs.labels_at == LabelsAt.full
+    record.update(
+        value_range=list(value_range), value_range_from=range_from,
+        pixel_size=str(native) if native is not None else None,  # the input's
+        resolution=str(native.scaled(*factor)) if native is not None else None,  # the working one
+        resolution_factor=list(factor), working_size=[working_height, working_width],
+        labels_at="full" if labels_full else "working",
+    )
     digest = run_fingerprint(record, path, outputs, side_outputs)
     record["fingerprint"] = digest
     return ImageJob(
         input=path, output=output, model=model, inference=engine.settings, outputs=outputs,
         max_pixels=run.max_pixels, side_outputs=side_outputs, fingerprint=digest,
-        attributes={"magnet": record}, height=height, width=width, placement=placement, value_range=value_range,
+        attributes={"magnet": record}, height=working_height, width=working_width, placement=placement,
+        value_range=value_range, full_height=height, full_width=width, labels_full=labels_full, pixel_size=native,
     )
+
+
+def _resolution_asked(engine: Engine) -> tuple[PixelSize | str | None, str]:
+    """The working resolution asked for, and by whom: --resolution, else the bundle's, else none (full)."""
+    if engine.settings.resolution is not None:
+        return engine.settings.resolution, "--resolution"
+    spec = engine.bundle.spec
+    return (spec.resolution if spec is not None else None), "the model's resolution"
 
 
 def _writer_options(job: ImageJob) -> dict:
     # Beside an image, the image's Zarr format (NGFF 0.4 images are Zarr v2), whatever --zarr-format says.
     zarr_format = job.placement.zarr_format if job.placement is not None else int(job.outputs.zarr_format)
+    size, translation = job.pixel_size, (0.0, 0.0)
+    if size is not None:
+        # A label pixel covers s x s input pixels (s = label_scale): its centre lies (s - 1) / 2 of them in.
+        size = size.scaled(*job.label_scale)
+        translation = tuple((s - 1) / 2 * p for s, p in zip(job.label_scale, (job.pixel_size.y, job.pixel_size.x)))
     return dict(
         zarr_format=zarr_format, write_probabilities=job.outputs.write_probabilities,
         write_uncertainty=job.outputs.write_uncertainty, attributes=job.attributes, store_entries=STORE_ENTRIES,
-        placement=job.placement,
+        placement=job.placement, pixel_size=size, translation=translation,
     )
 
 
@@ -648,21 +707,25 @@ def open_store(job: ImageJob, classes: list[ClassInfo], shared: bool) -> Partial
     """Join the image's partial store, or lay it out (an empty label store) and join it."""
 
     def lay_out(folder: Path) -> None:
-        LabelWriter(job.output, job.height, job.width, classes, partial=folder, overwrite=True, **_writer_options(job)).abort()
+        LabelWriter(job.output, *job.label_shape, classes, partial=folder, overwrite=True, **_writer_options(job)).abort()
 
     return PartialStore.open(job.output, job.fingerprint, lay_out, shared=shared)
 
 
 def _job_source(job: ImageJob, store: PartialStore, bundle: ModelBundle) -> ImageSource:
-    """The input, with its temporary pyramid (when it has none) kept in the partial store."""
-    return ensure_pyramid(open_image(job.input, max_pixels=job.max_pixels), min_size=max(bundle.input_size), keep_in=store.path / PYRAMID)
+    """The input at the working resolution, with its temporary pyramid (when it has none) kept in the partial
+    store."""
+    source = ensure_pyramid(open_image(job.input, max_pixels=job.max_pixels), min_size=max(bundle.input_size), keep_in=store.path / PYRAMID)
+    return resampled(source, job.height, job.width)
 
 
 def _work(engine: Engine, job: ImageJob, store: PartialStore, source: ImageSource, units: list[Unit], bars: LevelProgress) -> RunStats:
     """Do `units` of the image in this process, into the partial store."""
-    writer = LabelWriter(job.output, job.height, job.width, engine.bundle.classes, partial=store.path, overwrite=True, **_writer_options(job))
+    writer = LabelWriter(job.output, *job.label_shape, engine.bundle.classes, partial=store.path, overwrite=True, **_writer_options(job))
+    working = (job.height, job.width)
+    target = writer if job.label_shape == working else FullResolutionWriter(writer, working, job.label_shape)
     try:
-        return _stream_into(engine, source, writer, store, units, bars, job.outputs, job.value_range)
+        return _stream_into(engine, source, target, store, units, bars, job.outputs, job.value_range)
     finally:
         writer.abort()  # releases the arrays; the store keeps what was written
 
@@ -687,7 +750,9 @@ def _publish_output(job: ImageJob, store: PartialStore, source: ImageSource, eng
     """Seal the label store, write the side outputs from it, then move everything into place. Side
     outputs go to hidden staging names first, so a failing one publishes nothing."""
     side, classes = job.side_outputs, engine.bundle.classes
-    writer = LabelWriter(job.output, job.height, job.width, classes, partial=store.path, overwrite=run.overwrite, **_writer_options(job))
+    writer = LabelWriter(job.output, *job.label_shape, classes, partial=store.path, overwrite=run.overwrite, **_writer_options(job))
+    # GIS outputs place the label pixels: the input's georeference, scaled when they are coarser.
+    georeference = (source.full_resolution if isinstance(source, ResampledSource) else source).georeference
     staged: list[tuple[Path, Path]] = []
     try:
         levels = writer.seal()
@@ -697,13 +762,13 @@ def _publish_output(job: ImageJob, store: PartialStore, source: ImageSource, eng
             write_preview(levels, staged[-1][0], classes, thumbnail=thumbnail)
         if side.geotiff is not None:
             staged.append((_staging_name(side.geotiff), side.geotiff))
-            write_geotiff(levels, staged[-1][0], source.georeference, classes=classes)
+            write_geotiff(levels, staged[-1][0], scaled_georeference(georeference, *job.label_scale), classes=classes)
         if side.vector is not None:
             staged.append((_staging_name(side.vector), side.vector))
-            with counting_bar(run.progress, f"{job.input.name}: polygons", tile_count(job.height, job.width)) as advance:
+            with counting_bar(run.progress, f"{job.input.name}: polygons", tile_count(*job.label_shape)) as advance:
                 write_vector(
-                    levels, staged[-1][0], classes, source.georeference, simplify=job.outputs.vector_simplify,
-                    min_area=job.outputs.vector_min_area, advance=advance,
+                    levels, staged[-1][0], classes, georeference, simplify=job.outputs.vector_simplify,
+                    min_area=job.outputs.vector_min_area, advance=advance, scale=job.label_scale,
                 )
         store.strip()
         writer.finalize()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from magnet_cli.errors import UsageError
+from magnet_cli.io.pixel_size import FULL, PixelSize, parse_resolution
 
 # --- bounds (what memory and the models allow) ----------------------------------------------------------
 MIN_INPUT_SIDE = 32  # the built-in nets downsample 16x; a smaller window has no pixels left at the bottom
@@ -68,6 +69,13 @@ class CoarseFrom(str, Enum):
 
     parent = "parent"
     whole = "whole"
+
+
+class LabelsAt(str, Enum):
+    """The label image's resolution when segmenting at a --resolution: the working one, or the input's."""
+
+    working = "working"
+    full = "full"
 
 
 class ZarrFormat(int, Enum):
@@ -229,6 +237,17 @@ def check_value_range(value: Any, option: str = "--value-range") -> str | tuple[
     return values
 
 
+def check_resolution(value: Any, option: str = "--resolution") -> PixelSize | str | None:
+    """A pixel size with its unit (0.5um, 500nm, 1m, 0.0001deg), `full` (no resampling), or None (the
+    bundle's resolution, else full)."""
+    if value is None or isinstance(value, PixelSize):
+        return value
+    try:
+        return parse_resolution(str(value))
+    except ValueError as error:
+        raise UsageError(f"{option} {error}") from None
+
+
 # --- the settings objects -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelSettings:
@@ -286,6 +305,7 @@ class InferenceSettings:
     value_range: str | tuple[float, float] | None = None  # auto, dtype, (min, max); None: the bundle's, else auto
     crop_size: tuple[int, int] | None = None
     read_threads: int | None = None  # None: chosen for the device (devices.auto_read_threads)
+    resolution: PixelSize | str | None = None  # the working pixel size, "full"; None: the bundle's, else full
 
     def __post_init__(self) -> None:
         _set(self, "mode", _enum(Mode, self.mode, "--mode"))
@@ -303,6 +323,7 @@ class InferenceSettings:
         _set(self, "crop_size", check_size(self.crop_size, "crop size", 1, MAX_LEVEL_SIDE))
         if self.read_threads is not None:
             check_whole_number(self.read_threads, "read threads", 1, 64)
+        _set(self, "resolution", check_resolution(self.resolution))
 
     def record(self) -> dict:
         """Every setting that shapes the labels, for the output's run metadata."""
@@ -317,6 +338,7 @@ class InferenceSettings:
             "bands": list(self.bands) if self.bands else None,
             "value_range_option": list(self.value_range) if isinstance(self.value_range, tuple) else self.value_range,
             "crop_size": list(self.crop_size) if self.crop_size else None,
+            "resolution_option": self.resolution.text() if isinstance(self.resolution, PixelSize) else self.resolution,
         }
 
 
@@ -332,9 +354,11 @@ class OutputSettings:
     vector_simplify: float = 0.0  # pixels: Douglas-Peucker tolerance of the polygons
     vector_min_area: float = 0.0  # pixels: smaller regions are dropped, smaller holes filled
     zarr_format: ZarrFormat = ZarrFormat.v3
+    labels_at: LabelsAt = LabelsAt.working  # with a --resolution: labels at it, or at the input's full resolution
 
     def __post_init__(self) -> None:
         _set(self, "zarr_format", _enum(ZarrFormat, self.zarr_format, "--zarr-format"))
+        _set(self, "labels_at", _enum(LabelsAt, self.labels_at, "--labels-at"))
         for name in ("preview", "geotiff", "vector"):
             value = getattr(self, name)
             if value is not None:

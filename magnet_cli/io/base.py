@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from magnet_cli.errors import InputError
+from magnet_cli.io.pixel_size import PixelSize
 from magnet_cli.settings import DEFAULT_MAX_PIXELS  # re-exported: the readers' default limit
 
 # Above this many source pixels a region is read and reduced band by band, so that a coarse window
@@ -84,6 +85,8 @@ class ImageSource(ABC):
     # What the headers show is wrong (declared size not backed by data, unsupported bit depth, ...), one
     # phrase each without the path: open_image refuses the image on the first, `magnet info` lists them.
     problems: list[str] = field(default_factory=list)
+    # The physical size of a level-0 pixel, where the file says it (io/pixel_size.py); None when it does not.
+    pixel_size: PixelSize | None = None
 
     @abstractmethod
     def read_level(self, level: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:

@@ -43,6 +43,7 @@ from zarr.codecs import BloscCodec
 from magnet_cli.classes import ClassInfo
 from magnet_cli.errors import InputError, OutputError
 from magnet_cli.io.chunk_buffer import ChunkAssembler
+from magnet_cli.io.pixel_size import NGFF_UNITS, PixelSize
 
 if TYPE_CHECKING:
     from magnet_cli.io.label_placement import LabelPlacement
@@ -217,10 +218,14 @@ class LabelWriter:
         partial: Path | None = None,
         store_entries: tuple[str, ...] = (),
         placement: LabelPlacement | None = None,
+        pixel_size: PixelSize | None = None,
+        translation: tuple[float, float] = (0.0, 0.0),
     ) -> None:
         """`partial`: build in this directory (created by the caller, who also owns removing it), opening
         the store already in it if there is one; `store_entries`: the caller's own entries in it;
-        `placement`: the labels go beside an OME-Zarr image and follow its levels (label_placement.py)."""
+        `placement`: the labels go beside an OME-Zarr image and follow its levels (label_placement.py);
+        `pixel_size`: the physical size of a level-0 label pixel and `translation` where the centre of
+        pixel (0, 0) lies, in its unit, written as the NGFF coordinateTransformations (None: pixel units)."""
         if zarr_format not in NGFF_VERSION:
             raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format}")
         if height < 1 or width < 1 or chunk_size < 1:
@@ -238,6 +243,7 @@ class LabelWriter:
         self.overwrite = overwrite
         self.dtype = label_dtype(len(classes))
         self.placement = placement
+        self.pixel_size, self.translation = pixel_size, tuple(float(t) for t in translation)
         if placement is not None:
             if placement.zarr_format != zarr_format:
                 raise ValueError(f"labels beside a Zarr v{placement.zarr_format} image must be Zarr v{placement.zarr_format}")
@@ -501,13 +507,20 @@ class LabelWriter:
         fmt = self.zarr_format
         placement = self.placement
         if placement is None:
-            transforms = [[{"type": "scale", "scale": [float(fy), float(fx)]}] for fy, fx in self.factors]
+            size = self.pixel_size
+            py, px = (size.y, size.x) if size is not None else (1.0, 1.0)
+            # Level k samples level 0 at every 2^k-th pixel, from its first: the same translation at every level.
+            shift = [{"type": "translation", "translation": list(self.translation)}] if any(self.translation) else []
+            transforms = [[{"type": "scale", "scale": [float(fy) * py, float(fx) * px]}, *shift] for fy, fx in self.factors]
+            unit = NGFF_UNITS.get(size.unit) if size is not None else None
+            axes = [{**axis, "unit": unit} if unit else dict(axis) for axis in AXES_YX]
         else:  # the parent's, so the labels overlay it at every level
             transforms = [list(t) for t in placement.transforms]
+            axes = [dict(a) for a in placement.axes]
         datasets = [{"path": str(level), "coordinateTransformations": t} for level, t in enumerate(transforms)]
         multiscale = {
             "name": self.path.name,
-            "axes": AXES_YX if placement is None else [dict(a) for a in placement.axes],
+            "axes": axes,
             "datasets": datasets,
             "type": "nearest",
             "metadata": {"description": "each level samples level 0 at every f-th pixel in y and x (no filtering), "

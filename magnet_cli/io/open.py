@@ -138,14 +138,12 @@ def describe(source: ImageSource) -> dict:
             for level in source.levels
         ],
         "chunks": list(source.chunks) if source.chunks is not None else None,
-        **map_placement(source),
+        # The level-0 pixel size in its unit ("0.25 um", "0.5 m"), from whichever metadata the reader found;
+        # a georeference without a named CRS gives its pixel size in unnamed map units (x, y) instead.
+        **({"pixel_size": str(source.pixel_size)} if source.pixel_size is not None else {}),
+        **{k: v for k, v in map_placement(source).items() if not (k == "pixel_size" and source.pixel_size)},
         "georeference": source.georeference,
-        # Micrometres per level-0 pixel (y, x), where the reader knows them (OpenSlide slides).
-        **({"mpp": [source.extra.get("mpp_y"), source.extra.get("mpp_x")]} if _has_mpp(source) else {}),
         # Header problems (open_image refuses such images) and what tifffile noticed while parsing.
         "warnings": list(source.problems) + list(source.extra.get("warnings", [])),
     }
 
-
-def _has_mpp(source: ImageSource) -> bool:
-    return "mpp_x" in source.extra or "mpp_y" in source.extra

@@ -15,6 +15,7 @@ import numpy as np
 
 from magnet_cli.errors import InputError
 from magnet_cli.io.base import MAX_SOURCE_PIXELS_PER_READ, ImageSource, PyramidLevel, check_image
+from magnet_cli.io.pixel_size import pixel_size
 from magnet_cli.io.zarr_source import region_index
 
 # Slide formats that are not TIFF, by the suffix OpenSlide itself recognises them by (a MIRAX .mrxs file
@@ -106,7 +107,10 @@ class OpenSlideSource(ImageSource):
                 extra[f"mpp_{axis}"] = mpp  # micrometres per level-0 pixel
         tile = [properties.get(f"openslide.level[0].tile-{side}") for side in ("height", "width")]
         chunks = (int(tile[0]), int(tile[1])) if all(t and t.isdigit() for t in tile) else None
-        super().__init__(path, height, width, 3, np.dtype(np.uint8), levels, chunks, f"OpenSlide ({vendor})", None, extra)
+        size = pixel_size(extra.get("mpp_y"), extra.get("mpp_x"), "um")
+        super().__init__(
+            path, height, width, 3, np.dtype(np.uint8), levels, chunks, f"OpenSlide ({vendor})", None, extra, pixel_size=size
+        )
 
     def read_level(self, level: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         if self._slide is None:

@@ -11,6 +11,8 @@ import enum
 import itertools
 import logging
 import math
+import re
+import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +25,8 @@ from zarr.storage import WrapperStore
 
 from magnet_cli.errors import InputError
 from magnet_cli.io.base import ImageSource, PyramidLevel, check_axes, check_image
+from magnet_cli.io.georeference import map_pixel_size
+from magnet_cli.io.pixel_size import PixelSize, pixel_size, tiff_resolution
 from magnet_cli.io.zarr_source import region_index, to_yxc
 
 # GeoTIFF and GDAL tags copied into `ImageSource.georeference` under these names (GeoTIFF writers map the
@@ -43,6 +47,8 @@ PROBE_MAX_CHUNK_PIXELS = 1 << 24
 # Bits per sample of the sample types the model input is normalised from (uint8, uint16, float16/32/64).
 # Others (1-bit bilevel, 7- or 12-bit packed) would be read as something they are not.
 SUPPORTED_BITS_PER_SAMPLE = (8, 16, 32, 64)
+# Microns per pixel in an Aperio (SVS) ImageDescription: "Aperio Image Library ...|AppMag = 20|MPP = 0.4990|..."
+SVS_MPP = re.compile(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)")
 
 
 class TiffSource(ImageSource):
@@ -71,6 +77,7 @@ class TiffSource(ImageSource):
                 opened = [self._open_level(path, series, index) for index in range(len(series.levels))]
                 keyframe = series.keyframe
                 georeference = _georeference(keyframe)
+                size = _pixel_size(self._tif, series_index, keyframe, georeference)
         except (InputError, MemoryError):
             raise
         except Exception as exc:  # tifffile/zarr errors on a malformed file
@@ -113,7 +120,7 @@ class TiffSource(ImageSource):
         base_axes, base_shape = self._axes[0], self._arrays[0].shape
         bands = base_shape[base_axes.index("C")] if "C" in base_axes else 1
         levels = [PyramidLevel(h, w, height / h, width / w) for h, w in shapes]
-        super().__init__(path, height, width, bands, dtype, levels, chunks, kind, georeference, extra, problems)
+        super().__init__(path, height, width, bands, dtype, levels, chunks, kind, georeference, extra, problems, size)
         if problems:  # refused by open_image, or only described by `magnet info`: decode nothing
             return
         if not isinstance(self._arrays[0], np.memmap) and chunks[0] * chunks[1] <= PROBE_MAX_CHUNK_PIXELS:
@@ -307,6 +314,40 @@ def _georeference(page: tifffile.TiffPage) -> dict | None:
             if key not in ("ModelPixelScale", "ModelTiepoint", "ModelTransformation", "IntergraphMatrix")
         }
     return found
+
+
+def _pixel_size(tif: tifffile.TiffFile, series: int, page: tifffile.TiffPage, georeference: dict | None) -> PixelSize | None:
+    """The level-0 pixel size the file states: a GeoTIFF's pixel scale (map units), else OME's
+    PhysicalSizeX/Y, else an SVS description's MPP, else the TIFF resolution tags (NDPI's among them).
+    Metadata that cannot be parsed states none: the pixels are still readable."""
+    try:
+        return _stated_pixel_size(tif, series, page, georeference)
+    except Exception:  # malformed OME-XML, tags of the wrong type: no pixel size rather than no image
+        return None
+
+
+def _stated_pixel_size(tif: tifffile.TiffFile, series: int, page: tifffile.TiffPage, georeference: dict | None) -> PixelSize | None:
+    found = map_pixel_size(georeference)
+    if found is None and tif.is_ome:
+        found = _ome_pixel_size(tif.ome_metadata, series)
+    if found is None and tif.is_svs:
+        mpp = SVS_MPP.search(tif.pages.first.description or "")
+        found = pixel_size(mpp.group(1), mpp.group(1), "um") if mpp else None
+    if found is None:
+        found = tiff_resolution(page.tags.valueof(282), page.tags.valueof(283), page.tags.valueof(296))
+    return found
+
+
+def _ome_pixel_size(xml: str | None, series: int) -> PixelSize | None:
+    """PhysicalSizeY/X of the OME image of the series read (units default to micrometres, as OME says)."""
+    images = [e for e in ElementTree.fromstring(xml or "<OME/>").iter() if e.tag.endswith("}Pixels") or e.tag == "Pixels"]
+    if not images:
+        return None
+    pixels = images[series] if series < len(images) else images[0]
+    y_unit, x_unit = (pixels.get(f"PhysicalSize{a}Unit", "µm") for a in "YX")
+    if y_unit != x_unit:
+        return None
+    return pixel_size(pixels.get("PhysicalSizeY"), pixels.get("PhysicalSizeX"), x_unit)
 
 
 def _jsonable(value: Any) -> Any:

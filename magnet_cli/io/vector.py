@@ -26,7 +26,7 @@ import numpy as np
 
 from magnet_cli.classes import ClassInfo
 from magnet_cli.errors import UsageError
-from magnet_cli.io.georeference import Transform, epsg_code, geo_transform
+from magnet_cli.io.georeference import Transform, epsg_code, geo_transform, scaled_transform
 from magnet_cli.io.labels import open_label_levels, replace_file_atomically
 
 VECTOR_SUFFIXES = (".geojson", ".gpkg")
@@ -83,13 +83,16 @@ def write_vector(
     min_area: float = 0.0,
     tile: int = TILE,
     advance: Callable[[int], None] = lambda tiles: None,
+    scale: tuple[float, float] = (1.0, 1.0),
 ) -> Path:
     """Write the regions of level 0 of the label image at `label_path` (or of its levels, finest first) to
     `vector_path` (.geojson or .gpkg), in the map coordinates and CRS of `georeference` when it has them.
 
     `min_area` (pixels) drops smaller regions and fills smaller holes; `simplify` (pixels) is the
     Douglas-Peucker tolerance, applied to each polygon on its own. `advance(n)` is called as tiles are
-    done (`tile_count` of them). An existing file is replaced atomically; callers enforce --overwrite.
+    done (`tile_count` of them). `scale`: input pixels per label pixel (y, x), for labels made at a
+    --resolution, so the polygons still lie in the input's level-0 pixels or map coordinates. An existing
+    file is replaced atomically; callers enforce --overwrite.
     """
     require_gis()
     if tile < 1:
@@ -101,6 +104,7 @@ def write_vector(
     array = (open_label_levels(label_path) if isinstance(label_path, (str, Path)) else label_path)[0]
     transform = geo_transform(georeference)
     epsg = epsg_code(georeference) if transform is not None else None
+    transform = scaled_transform(transform, *scale)
     with replace_file_atomically(vector_path) as temporary:
         with (_GeoJsonSink if suffix == ".geojson" else _GeoPackageSink)(temporary, epsg, classes) as sink:
             for class_ids, polygons in region_polygons(array, tile, advance):

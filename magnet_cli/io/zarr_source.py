@@ -15,6 +15,7 @@ import zarr
 
 from magnet_cli.errors import InputError
 from magnet_cli.io.base import ImageSource, PyramidLevel, check_axes, check_image
+from magnet_cli.io.pixel_size import PixelSize, pixel_size
 
 # One-letter axis codes used by the array-backed readers: 'Y' rows, 'X' columns, 'C' bands; any other
 # letter is a non-spatial axis (time, z, ...) read at index 0.
@@ -66,11 +67,13 @@ class ZarrSource(ImageSource):
             arrays, axes, scales, names, version, base_path = _multiscales(path, node)
             array_dir = path / image_path / base_path
             format_name = f"OME-Zarr {version}" if version else "OME-Zarr"
+            size = _ngff_pixel_size(multiscales_meta(node)[0][0], base_path, axes)
             extra.update(image=image_path, axes=names)
         else:
             arrays, axes = [node], _plain_axes(path, node)
             scales = [(1.0, 1.0)]
             format_name = f"Zarr v{node.metadata.zarr_format}"
+            size = None
             extra["axes"] = axes
             array_dir = path
         base = arrays[0]
@@ -97,6 +100,7 @@ class ZarrSource(ImageSource):
             format_name=format_name,
             extra=extra,
             problems=_empty_array_problems(array_dir, height * width),
+            pixel_size=size,
         )
         self._arrays = arrays
         self._axes = axes
@@ -196,6 +200,18 @@ def _multiscales(
         raise InputError(f"{path}: the first OME-Zarr dataset is not the finest resolution")
     base_path = str(image["datasets"][order[0]]["path"])
     return [arrays[i] for i in order], axes, [downsamples[i] for i in order], names, version, base_path
+
+
+def _ngff_pixel_size(image: dict, base_path: str, axes: str) -> PixelSize | None:
+    """The finest dataset's y and x scale in the unit of its axes (NGFF: a UDUNITS-2 name such as
+    "micrometer"); None when the axes carry no unit, since a scale without one is not physical."""
+    units = [a.get("unit") if isinstance(a, dict) else None for a in image.get("axes") or []]
+    dataset = next(d for d in image["datasets"] if str(d["path"]) == base_path)
+    scale = _scale(dataset, len(axes))
+    iy, ix = axes.index("Y"), axes.index("X")
+    if scale is None or len(units) != len(axes) or units[iy] != units[ix]:
+        return None
+    return pixel_size(scale[iy], scale[ix], units[ix])
 
 
 def _check_dataset_path(path: Path, dataset: Any) -> None:

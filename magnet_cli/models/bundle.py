@@ -16,11 +16,14 @@ from torch import nn
 
 from magnet_cli.classes import ClassInfo, default_classes
 from magnet_cli.errors import ModelError, UsageError
+from magnet_cli.io.pixel_size import PixelSize
 from magnet_cli.models.refiner import INPUT_ORDERS, Refiner, load_refiner, save_refiner
 from magnet_cli.models.segmenter import OUTPUTS, Segmenter
 from magnet_cli.models.sources import KINDS, SOURCES, Contract, source_for
 from magnet_cli.models.weights import first_non_finite, read_state, segmenter_digest, state_digest
-from magnet_cli.settings import MAX_LEVELS, check_channel_stats, check_levels, check_points, check_size, check_smooth_kernel
+from magnet_cli.settings import (
+    MAX_LEVELS, check_channel_stats, check_levels, check_points, check_resolution, check_size, check_smooth_kernel,
+)
 from magnet_cli.toml_writer import dumps
 
 MODEL_FILE = "model.toml"
@@ -80,6 +83,7 @@ class BundleSpec:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     value_range: tuple[float, float] | None = None
+    resolution: PixelSize | None = None  # the pixel size the model was trained at ("0.5um", "1m")
     points: float = 0.5
     smooth_kernel: int = 11
     levels: int | tuple[int, ...] | None = None  # None: "auto"
@@ -119,6 +123,7 @@ class BundleSpec:
             "mean": _list(self.mean),
             "std": _list(self.std),
             "value_range": _list(self.value_range),
+            "resolution": self.resolution.text() if self.resolution is not None else None,
             "points": self.points,
             "smooth_kernel": self.smooth_kernel,
             "levels": "auto" if self.levels is None else _list(self.levels) if isinstance(self.levels, tuple) else self.levels,
@@ -147,6 +152,7 @@ class BundleSpec:
             mean=check.stats(document, "mean"),
             std=check.stats(document, "std"),
             value_range=check.value_range(document.get("value_range")),
+            resolution=check.settled("resolution", lambda: _resolution(check.text(document, "resolution", None))),
             points=check.settled("points", lambda: float(check_points(check.number(document, "points", 0.5), "points"))),
             smooth_kernel=check.settled(
                 "smooth_kernel", lambda: check_smooth_kernel(check.typed(document, "smooth_kernel", int, 11), "smooth_kernel")
@@ -195,6 +201,13 @@ def _table(spec: Any) -> dict[str, Any]:
     """A nested spec as a TOML table, unset (None) and empty entries left out."""
     values = {f.name: getattr(spec, f.name) for f in fields(spec)}
     return {k: v for k, v in values.items() if v is not None and v != {}}
+
+
+def _resolution(text: str | None) -> PixelSize | None:
+    value = check_resolution(text, "resolution")
+    if value is not None and not isinstance(value, PixelSize):
+        raise UsageError(f"resolution {text!r}: a bundle records the pixel size it was trained at, such as 0.5um or 1m")
+    return value
 
 
 def _size(value: list) -> tuple[int, int]:
@@ -578,6 +591,7 @@ def describe_bundle(directory: Path | str) -> dict[str, Any]:
         "mean": _list(spec.mean),
         "std": _list(spec.std),
         "value_range": _list(spec.value_range),
+        "resolution": str(spec.resolution) if spec.resolution is not None else None,
         "inference": {
             "points": spec.points,
             "smooth_kernel": spec.smooth_kernel,

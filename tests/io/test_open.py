@@ -120,7 +120,7 @@ def test_describe_names_the_crs_and_gives_pixel_size_and_bounds(geotiff):
     with open_image(geotiff) as source:
         info = describe(source)
     assert info["crs"] == "WGS 84 / UTM zone 33N (EPSG:32633)"
-    assert info["pixel_size"] == [GEO_PIXEL_SCALE[0], GEO_PIXEL_SCALE[1]]
+    assert info["pixel_size"] == f"{GEO_PIXEL_SCALE[0]:g} m"  # UTM: metres
     left, top = GEO_TIEPOINT[3], GEO_TIEPOINT[4]
     assert info["bounds"] == {"left": left, "top": top, "right": left + 400 * GEO_PIXEL_SCALE[0],
                               "bottom": top - 300 * GEO_PIXEL_SCALE[1]}

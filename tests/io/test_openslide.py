@@ -21,6 +21,7 @@ from magnet_cli.io import openslide_source
 from magnet_cli.io.labels import read_labels
 from magnet_cli.io.open import describe, list_images, open_image
 from magnet_cli.io.openslide_source import OpenSlideSource, _over_background
+from magnet_cli.io.pixel_size import PixelSize
 from magnet_cli.io.tiff import TiffSource
 
 from .conftest import HEIGHT, VMS_MPP, WIDTH
@@ -65,14 +66,15 @@ def test_openslide_reads_the_same_levels_and_pixels_as_tifffile(slide_tiff):
                 slide.read_level(level, 0, 0, h + 1, w)
 
 
-def test_the_slides_microns_per_pixel_are_in_extra_and_in_info(slide_tiff):
+def test_the_slides_microns_per_pixel_are_its_pixel_size_and_in_info(slide_tiff):
     with OpenSlideSource(slide_tiff) as slide:
         assert (slide.extra["mpp_x"], slide.extra["mpp_y"]) == (MPP_X, MPP_Y)
+        assert slide.pixel_size == PixelSize(MPP_Y, MPP_X, "um")
         assert slide.extra["vendor"] == "generic-tiff"
         info = json.loads(json.dumps(describe(slide)))
-    assert info["mpp"] == [MPP_Y, MPP_X] and info["format"] == "OpenSlide (generic-tiff)"
-    with open_image(slide_tiff) as tiff:  # tifffile does not report mpp: no key rather than a guess
-        assert "mpp" not in describe(tiff)
+    assert info["pixel_size"] == "0.5 x 0.25 um (y x)" and info["format"] == "OpenSlide (generic-tiff)"
+    with open_image(slide_tiff) as tiff:  # tifffile reads the same resolution tags OpenSlide's mpp comes from
+        assert tiff.pixel_size == PixelSize(MPP_Y, MPP_X, "um")
 
 
 def test_large_reads_go_to_openslide_in_bounded_strips(slide_tiff, monkeypatch):
@@ -151,7 +153,7 @@ def test_a_hamamatsu_vms_slide_opens_through_openslide_with_its_levels_and_mpp(v
     result = CliRunner().invoke(app, ["info", str(vms_slide), "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
-    assert info["format"] == "OpenSlide (hamamatsu)" and info["mpp"] == [VMS_MPP, VMS_MPP]
+    assert info["format"] == "OpenSlide (hamamatsu)" and info["pixel_size"] == f"{VMS_MPP:g} um"
     # A folder lists the slide, not the JPEGs it is made of.
     assert list_images(vms_slide.parent) == [vms_slide]
 

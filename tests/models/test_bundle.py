@@ -12,6 +12,7 @@ import torch
 
 from magnet_cli.classes import ClassInfo
 from magnet_cli.errors import ModelError
+from magnet_cli.io.pixel_size import PixelSize
 from magnet_cli.models.bundle import (
     MODEL_FILE,
     BundleSpec,
@@ -88,6 +89,7 @@ def every_field() -> BundleSpec:
         mean=(0.4, 0.5, 0.6),
         std=(0.2, 0.25, 0.3),
         value_range=(0.0, 4095.0),
+        resolution=PixelSize(0.5, 0.5, "um"),
         points=65536.0,
         smooth_kernel=5,
         levels=(256, 1024, 4096),
