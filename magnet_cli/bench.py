@@ -42,6 +42,8 @@ PAPER_POINTS = 65536  # the paper's k (2^16 points per level)
 # The fields that make a variant's method; every other inference field (batch size, device, ...) is the
 # caller's, the same for every variant.
 METHOD_FIELDS = ("mode", "selection", "points", "fast_patches")
+# Fields a variant may also set; only a variant that sets them (away from the default) overrides the caller's.
+OPTIONAL_METHOD_FIELDS = ("precision",)
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,11 @@ class Variant:
 
     def run_with(self, base: InferenceSettings) -> InferenceSettings:
         """This variant's method, run the way `base` says (batch size, device, ...)."""
-        return with_values(base, **{name: getattr(self.settings, name) for name in METHOD_FIELDS})
+        method = {name: getattr(self.settings, name) for name in METHOD_FIELDS}
+        default = InferenceSettings()
+        method.update({name: getattr(self.settings, name) for name in OPTIONAL_METHOD_FIELDS
+                       if getattr(self.settings, name) != getattr(default, name)})
+        return with_values(base, **method)
 
 
 def _variant(name: str, description: str, **method: Any) -> Variant:
@@ -67,10 +73,15 @@ VARIANTS: dict[str, Variant] = {
         _variant("downsample", "coarsest level only, upsampled", mode="downsample"),
         _variant("patch", "finest level only, no context", mode="patch"),
         _variant("fast", "MagNet-Fast: the most uncertain half of each level's windows (streaming)", mode="fast"),
+        _variant("fast-3", "MagNet-Fast: the 3 most uncertain windows per level (streaming)", mode="fast", fast_patches=3),
+        _variant("fast-global", "MagNet-Fast ranked on whole level maps, 3 windows per level (the reference's)",
+                 mode="fast", selection="global", fast_patches=3),
         _variant("magnet", "MagNet, points selected per window (streaming)", mode="magnet"),
         _variant("magnet-global", "MagNet, points selected over the whole level", mode="magnet", selection="global"),
         _variant("magnet-all-points", "MagNet, refiner output taken at every pixel", mode="magnet", points=1.0),
         _variant("magnet-paper-k", "MagNet, the paper's k = 2^16 points per level", mode="magnet", points=PAPER_POINTS),
+        _variant("magnet-bf16", "MagNet with bf16 model calls (emulated on CPUs without bf16)", mode="magnet",
+                 precision="bf16"),
     )
 }
 QUICK = {"data": "synth:9100:2:1024", "sizes": (512, 1024, 2048)}
@@ -556,6 +567,15 @@ def markdown(report: BenchmarkReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pareto_front(rows: Sequence[dict]) -> list[dict]:
+    """The modes no other mode beats on both time and mIoU, fastest first."""
+    front: list[dict] = []
+    for row in sorted(rows, key=lambda r: (r["seconds_per_image"], -r["miou"])):
+        if not front or row["miou"] > front[-1]["miou"]:
+            front.append(row)
+    return front
+
+
 def write_plots(report: BenchmarkReport, output_dir: Path) -> list[str]:
     """mIoU vs seconds per image for each mode; peak memory and time vs pixels. PNG files."""
     import matplotlib
@@ -566,12 +586,16 @@ def write_plots(report: BenchmarkReport, output_dir: Path) -> list[str]:
     written = []
     if report.modes:
         figure, axes = plt.subplots(figsize=(6, 4.5), dpi=110)
+        front = pareto_front(report.modes)
+        axes.plot([r["seconds_per_image"] for r in front], [100 * r["miou"] for r in front], "-", color="0.6",
+                  zorder=0, label="Pareto front")
         for row in report.modes:
             axes.scatter(row["seconds_per_image"], 100 * row["miou"], s=40)
             axes.annotate(row["mode"], (row["seconds_per_image"], 100 * row["miou"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
         if report.peer and "miou" in report.peer:
             axes.scatter(report.peer["seconds_per_image"], 100 * report.peer["miou"], marker="x", color="k")
             axes.annotate("monai", (report.peer["seconds_per_image"], 100 * report.peer["miou"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        axes.legend(loc="lower right", fontsize=8)
         axes.set_xlabel("seconds per image")
         axes.set_ylabel("mIoU (%)")
         axes.set_title(f"accuracy vs time ({report.images} images)")

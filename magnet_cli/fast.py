@@ -2,11 +2,13 @@
 segmented and refined; the others keep the coarse map Y cut from their parent (paper section 3.4).
 
 The paper ranks a level's windows by the mean uncertainty of the cumulative map Y over them, which needs
-the whole level map. Here they are ranked by the uncertainty of the coarsest level's map (the whole image
-at model input size: kilobytes) over each window's box, read from a summed-area table, so every level's
-choice is known before streaming starts, memory stays flat, and every process of a run (units, shards,
-Dask workers) makes the same choice. The coarsest map sees less detail than the paper's Y, a trade the
-benchmark measures (benchmarks/README.md).
+the whole level map. Here the few coarse levels (RANKING_WINDOWS windows in all) are computed up front,
+each window alone, Fast's own choice applied level by level; each of them is ranked on its parent level's
+maps, exactly the paper's rule, and every finer level on the finest of these maps above it (a summed-area
+table of its uncertainty over each window's box). So every level's choice is known before streaming
+starts, memory stays flat, and every process of a run (units, shards, Dask workers) makes the same
+choice. The fine levels are ranked on a coarser map than the paper's Y, a trade the benchmark measures
+(benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -29,44 +31,66 @@ def windows_to_refine(count: int, fast_patches: float) -> int:
     return min(count, max(1, math.ceil(fast_patches * count)))
 
 
-class FastChoice:
-    """For each level below the coarsest, the (row, col) of the windows to refine."""
+# The coarse levels computed up front (each window alone) and kept for the run: as many levels as fit
+# this many windows (levels 0-2 of the default model: 1 + 4 + 16), tens of MB of maps.
+RANKING_WINDOWS = 21
 
-    def __init__(self, plan: ScalePlan, root_maps: dict[tuple[int, int], torch.Tensor], fast_patches: float) -> None:
-        """`root_maps`: the coarsest level's refined maps (C, h, w), by (row, col)."""
-        self._tables = {key: _summed_area(host(uncertainty(m[None].float()))[0, 0].numpy()) for key, m in root_maps.items()}
-        self._chosen: list[set[tuple[int, int]]] = [set()]
-        for level in range(1, plan.depth):
-            windows = plan.windows(level)
-            scores = self._scores(plan, windows)
-            # Highest mean uncertainty first, ties to the lower index (the paper's rule, deterministic).
-            order = np.lexsort((np.arange(len(windows)), -scores))
-            keep = order[: windows_to_refine(len(windows), fast_patches)]
-            self._chosen.append({(windows[i].row, windows[i].col) for i in keep})
+
+class FastChoice:
+    """For each level below the coarsest, the (row, col) of the windows to refine, chosen level by level:
+    a level's windows are ranked on the finest ranked-ahead maps above them (`rank`)."""
+
+    def __init__(self, plan: ScalePlan, fast_patches: float) -> None:
+        self.plan = plan
+        self.fast_patches = fast_patches
+        self._chosen: list[set[tuple[int, int]] | None] = [None] * plan.depth  # None: every window
 
     def refines(self, window: Window) -> bool:
-        return window.level == 0 or (window.row, window.col) in self._chosen[window.level]
+        chosen = self._chosen[window.level]
+        return chosen is None or (window.row, window.col) in chosen
 
     def counts(self) -> list[int]:
         """Windows refined per level (the coarsest: all of them)."""
-        return [len(chosen) for chosen in self._chosen]
+        return [self.plan.levels[0].window_count] + [len(c or ()) for c in self._chosen[1:]]
 
-    def _scores(self, plan: ScalePlan, windows: Sequence[Window]) -> np.ndarray:
+    def rank(self, level: int, maps: dict[tuple[int, int, int], torch.Tensor]) -> None:
+        """Choose `level`'s windows by the mean uncertainty, over each window's box, of the map of its
+        ancestor among `maps` (refined maps (C, h, w) of one coarser level, by window key)."""
+        tables = {key: _summed_area(host(uncertainty(m[None].float()))[0, 0].numpy()) for key, m in maps.items()}
+        windows = self.plan.windows(level)
         scores = np.empty(len(windows))
         for index, window in enumerate(windows):
-            root = window
-            while root.level > 0:
-                root = plan.parent(root)  # type: ignore[assignment]
-            table = self._tables[(root.row, root.col)]
-            h, w = table.shape[0] - 1, table.shape[1] - 1
-            sy, sx = h / (root.y1 - root.y0), w / (root.x1 - root.x0)
-            y0 = min(h - 1, max(0, math.floor((window.y0 - root.y0) * sy)))
-            x0 = min(w - 1, max(0, math.floor((window.x0 - root.x0) * sx)))
-            y1 = min(h, max(y0 + 1, math.ceil((window.y1 - root.y0) * sy)))
-            x1 = min(w, max(x0 + 1, math.ceil((window.x1 - root.x0) * sx)))
-            total = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
-            scores[index] = total / ((y1 - y0) * (x1 - x0))
-        return scores
+            ancestor = window
+            while ancestor.key not in tables:
+                ancestor = self.plan.parent(ancestor)  # type: ignore[assignment]
+            scores[index] = _box_mean(tables[ancestor.key], ancestor, window)
+        # Highest mean uncertainty first, ties to the lower index (the paper's rule, deterministic).
+        order = np.lexsort((np.arange(len(windows)), -scores))
+        keep = order[: windows_to_refine(len(windows), self.fast_patches)]
+        self._chosen[level] = {(windows[i].row, windows[i].col) for i in keep}
+
+
+def ranking_depth(plan: ScalePlan) -> int:
+    """How many coarse levels are computed up front (at least the coarsest)."""
+    total, depth = 0, 0
+    for level in plan.levels:
+        total += level.window_count
+        if depth and total > RANKING_WINDOWS:
+            break
+        depth += 1
+    return depth
+
+
+def _box_mean(table: np.ndarray, ancestor: Window, window: Window) -> float:
+    """The mean of the map whose summed-area `table` spans `ancestor`, over `window`'s box."""
+    h, w = table.shape[0] - 1, table.shape[1] - 1
+    sy, sx = h / (ancestor.y1 - ancestor.y0), w / (ancestor.x1 - ancestor.x0)
+    y0 = min(h - 1, max(0, math.floor((window.y0 - ancestor.y0) * sy)))
+    x0 = min(w - 1, max(0, math.floor((window.x0 - ancestor.x0) * sx)))
+    y1 = min(h, max(y0 + 1, math.ceil((window.y1 - ancestor.y0) * sy)))
+    x1 = min(w, max(x0 + 1, math.ceil((window.x1 - ancestor.x0) * sx)))
+    total = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+    return float(total / ((y1 - y0) * (x1 - x0)))
 
 
 def _summed_area(values: np.ndarray) -> np.ndarray:

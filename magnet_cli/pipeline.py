@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from magnet_cli import devices
 from magnet_cli.errors import UsageError
-from magnet_cli.fast import FastChoice, windows_to_refine
+from magnet_cli.fast import FastChoice, ranking_depth, windows_to_refine
 from magnet_cli.io.base import Box, ImageSource, PixelNormalization
 from magnet_cli.models.bundle import ModelBundle
 from magnet_cli.models.refiner import fuse_for_inference
@@ -127,6 +127,7 @@ class Engine:
         self.input_size = bundle.input_size
         self._run_clock: devices.StageClock | None = None  # of the run in progress
         self._fast: FastChoice | None = None  # MagNet-Fast's windows for the run in progress
+        self._fast_maps: dict[tuple[int, int, int], torch.Tensor] = {}  # its coarse levels, computed ahead
 
     @property
     def precision(self) -> str:
@@ -231,11 +232,11 @@ class Engine:
         h, w = self.input_size
 
         normalization = self.normalization_for(value_range)
-        self._fast = None
+        self._fast, self._fast_maps = None, {}
 
         def read(window: Window) -> torch.Tensor | None:
-            if self._fast is not None and not self._fast.refines(window):
-                return None  # Fast leaves this window to its coarse map: no pixels needed
+            if self._fast is not None and (not self._fast.refines(window) or window.key in self._fast_maps):
+                return None  # Fast leaves this window to its coarse map, or computed it ahead: no pixels needed
             return source.read(Box(window.y0, window.x0, window.y1, window.x1), h, w, normalization)
 
         with self.timed(stats), devices.device_errors(self.device, self.batch_size), ThreadPoolExecutor(
@@ -254,6 +255,7 @@ class Engine:
                     self._run_unit(plan, tree, unit, chain, read, pool, sink, progress or _ignore, stats)
                     if unit_done is not None:
                         unit_done(unit)
+        self._fast_maps = {}  # the maps computed ahead belong to this run only
         if self.whole_levels and units and unit_done is not None:
             unit_done(units[0])
         stats.total_seconds = time.perf_counter() - start
@@ -303,6 +305,8 @@ class Engine:
     def _process(self, plan: ScalePlan, level: int, tasks: list[Task], stats: RunStats) -> torch.Tensor:
         """Segment a batch of one level's windows and refine each with its parent's map: (N, C, h, w)."""
         h, w = self.input_size
+        if self._fast_maps and all(t.window.key in self._fast_maps for t in tasks):  # ranked ahead
+            return torch.stack([self._fast_maps[t.window.key] for t in tasks])
         if level == 0 or self.refiner is None:
             return self.segment_windows(self._gather(tasks, stats), stats)
         boxes = torch.tensor(
@@ -325,12 +329,24 @@ class Engine:
         return coarse
 
     def _choose_fast_windows(self, plan: ScalePlan, read, pool, stats: RunStats) -> FastChoice:
-        """MagNet-Fast's windows for the whole run, ranked on the coarsest level's maps (fast.py), each
-        computed alone (a batch of 1) so that every process of the run chooses the same windows."""
-        roots = {}
-        for root in plan.roots():
-            roots[(root.row, root.col)] = self._process(plan, 0, [Task(root, image=pool.submit(read, root))], stats)[0]
-        return FastChoice(plan, roots, self.settings.fast_patches)
+        """MagNet-Fast's windows for the whole run (fast.py). The coarse levels are computed here, each
+        window alone (a batch of 1) so that every process of the run chooses the same windows; their maps
+        are kept for the run (`_fast_maps`) and the streaming pass takes them instead of recomputing."""
+        choice = FastChoice(plan, self.settings.fast_patches)
+        self._fast, self._fast_maps = choice, {}
+        ranked_ahead = ranking_depth(plan)
+        for level in range(ranked_ahead):
+            if level > 0:
+                choice.rank(level, {w.key: self._fast_maps[w.key] for w in plan.windows(level - 1)})
+            for window in plan.windows(level):
+                parent = plan.parent(window)
+                parent_map = None if parent is None else self._fast_maps[parent.key]
+                task = Task(window, parent, parent_map, image=pool.submit(read, window))
+                self._fast_maps[window.key] = self._process(plan, level, [task], stats)[0]
+        finest = {w.key: self._fast_maps[w.key] for w in plan.windows(ranked_ahead - 1)}
+        for level in range(ranked_ahead, plan.depth):
+            choice.rank(level, finest)
+        return choice
 
     def _gather(self, tasks: list, stats: RunStats) -> torch.Tensor:
         start = time.perf_counter()

@@ -295,7 +295,7 @@ class InferenceSettings:
     points: float | None = None  # None: the bundle's default
     smooth_kernel: int | None = None  # None: the bundle's default
     # Windows refined per level in --mode fast: a count (>= 1) or a fraction (< 1). Half of each level kept
-    # 67% of MagNet's gain over patches at 42% of its time on held-out scenes (benchmarks/fast_tradeoff.py).
+    # 89% of MagNet's gain over patches at 54% of its time on held-out scenes (benchmarks/fast_tradeoff.py).
     fast_patches: float = 0.5
     selection: Selection = Selection.window
     batch_size: int | None = None  # None: chosen for the device (devices.auto_batch_size)

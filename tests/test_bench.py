@@ -93,7 +93,7 @@ def test_each_variant_runs_its_own_method_with_the_shared_batch_size_and_device(
 
 
 def test_unknown_mode_is_refused_naming_the_valid_ones(tmp_path, bundle_dir):
-    with pytest.raises(UsageError, match="turbo: unknown; expected some of downsample, patch, fast, magnet"):
+    with pytest.raises(UsageError, match="turbo: unknown; expected some of downsample, patch, fast, fast-3, fast-global, magnet"):
         benchmark(tmp_path / "absent", tmp_path / "out", model=ModelSettings(model=bundle_dir), modes=["magnet", "turbo"])
     assert not (tmp_path / "out").exists()
 
@@ -199,3 +199,19 @@ def test_mode_rows_report_throughput_device_busy_share_and_precision():
     report = BenchmarkReport("test machine", "tiny", "synth", 2)
     report.modes.append(row)
     assert "| 1200.0 | 200.0 | 10.0 | 80.00 | bf16 |" in markdown(report)
+
+
+def test_a_variant_sets_precision_only_where_it_names_one():
+    base = InferenceSettings(device="cpu", precision="fp32")
+    assert VARIANTS["magnet-bf16"].run_with(base).precision == "bf16"
+    assert VARIANTS["magnet"].run_with(base).precision == "fp32"  # the caller's --precision holds
+    assert VARIANTS["fast-3"].run_with(base).fast_patches == 3
+    assert VARIANTS["fast-global"].run_with(base).selection == Selection.global_
+
+
+def test_the_pareto_front_keeps_only_modes_nothing_beats_on_time_and_miou():
+    from magnet_cli.bench import pareto_front
+
+    rows = [{"mode": m, "seconds_per_image": s, "miou": q} for m, s, q in
+            [("patch", 2, 0.70), ("fast", 9, 0.85), ("slow-bad", 20, 0.80), ("magnet", 21, 0.92), ("tie", 21, 0.90)]]
+    assert [r["mode"] for r in pareto_front(rows)] == ["patch", "fast", "magnet"]
