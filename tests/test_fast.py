@@ -1,0 +1,44 @@
+"""MagNet-Fast's choice of windows (fast.py): the most uncertain first, by count or fraction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from magnet_cli.fast import FastChoice, ranking_depth, windows_to_refine
+from magnet_cli.pyramid import make_plan
+
+
+def test_the_most_uncertain_windows_are_chosen():
+    plan = make_plan(512, 512, (256, 256), 2, None)  # level 0: the whole image; level 1: 2 x 2 windows
+    (root,) = plan.windows(0)
+    certain = torch.zeros(2, 256, 256)
+    certain[0] = 1.0
+    certain[:, 128:, 128:] = 0.5  # the bottom-right quarter is a coin toss
+    certain[:, :128, :100] = torch.tensor([0.7, 0.3])[:, None, None]  # top-left: a little unsure
+    choice = FastChoice(plan, 1)
+    choice.rank(1, {root.key: certain})
+    assert [(w.row, w.col) for w in plan.windows(1) if choice.refines(w)] == [(1, 1)]
+    choice = FastChoice(plan, 2)
+    choice.rank(1, {root.key: certain})
+    assert {(w.row, w.col) for w in plan.windows(1) if choice.refines(w)} == {(1, 1), (0, 0)}
+    assert choice.counts() == [1, 2] and choice.refines(root)
+
+
+def test_ties_go_to_the_lower_index():
+    plan = make_plan(512, 512, (256, 256), 2, None)
+    (root,) = plan.windows(0)
+    choice = FastChoice(plan, 3)
+    choice.rank(1, {root.key: torch.full((2, 256, 256), 0.5)})
+    assert {(w.row, w.col) for w in plan.windows(1) if choice.refines(w)} == {(0, 0), (0, 1), (1, 0)}
+
+
+@pytest.mark.parametrize("count, setting, expected", [(64, 3, 3), (2, 3, 2), (64, 0.25, 16), (3, 0.1, 1), (10, 0.5, 5)])
+def test_a_count_or_a_fraction_of_each_level(count, setting, expected):
+    assert windows_to_refine(count, setting) == expected
+
+
+def test_the_coarse_levels_ranked_ahead_stay_few():
+    plan = make_plan(4096, 4096, (256, 256), 5, None)  # 1, 4, 16, 64, 256 windows
+    assert ranking_depth(plan) == 3
+    assert ranking_depth(make_plan(256, 256, (256, 256), 1, None)) == 1
