@@ -51,7 +51,7 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
     from magnet_cli.io.labels import read_labels
 
     labels = read_labels(tmp_path / "slide.zarr")
-    assert labels.shape == (512, 512) and int(labels.max()) < 6 and np.unique(labels).size >= 1
+    assert labels.shape == (256, 256) and int(labels.max()) < 6 and np.unique(labels).size >= 1
 
 
 def test_a_broken_walkthrough_step_fails_the_run(tmp_path):
