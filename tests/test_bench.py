@@ -199,3 +199,21 @@ def test_mode_rows_report_throughput_device_busy_share_and_precision():
     report = BenchmarkReport("test machine", "tiny", "synth", 2)
     report.modes.append(row)
     assert "| 1200.0 | 200.0 | 10.0 | 80.00 | bf16 |" in markdown(report)
+
+
+def test_benchmark_runs_a_bring_your_own_onnx_segmenter_with_its_contract(tmp_path, bundle_dir):
+    # Issue 13 item 2: --segmenter, --classes, --mean/--std and --refiner reach every measured child.
+    pytest.importorskip("onnxruntime")
+    from magnet_cli.models.bundle import load_bundle
+    from magnet_cli.models.sources.onnx import export_onnx
+
+    onnx = export_onnx(load_bundle(bundle_dir).segmenter.module, tmp_path / "mine.onnx", (64, 64))
+    model = ModelSettings(segmenter=str(onnx), classes=str(NUM_CLASSES), mean=(0.5,) * 3, std=(0.25,) * 3,
+                          refiner=bundle_dir / "refiner.pt")
+    data = blocky_dataset(tmp_path / "data", count=1)
+    report = benchmark(data, tmp_path / "out", model=model, modes=["patch", "magnet"], sizes=[], inference=CPU,
+                       peer=False, limit=False, run=QUIET)
+    assert report.model == "mine" and [row["mode"] for row in report.modes] == ["patch", "magnet"]
+    masks = tmp_path / "out" / "work" / "masks"
+    record = json.loads((masks / "magnet" / "img0.zarr" / "zarr.json").read_text())
+    assert '"mean": [0.5, 0.5, 0.5]' in json.dumps(record)  # the child segmented with the given contract
