@@ -335,16 +335,20 @@ def monai_segment(image: Path, output: Path, model: ModelSettings, inference: In
     from monai.inferers import sliding_window_inference
 
     from magnet_cli.devices import auto_batch_size, resolve_device
-    from magnet_cli.io.base import PixelNormalization, to_unit_rgb
+    from magnet_cli.io.base import to_unit_rgb
     from magnet_cli.io.open import open_image
+    from magnet_cli.io.value_range import normalization_for
+    from magnet_cli.segmentation import with_bundle_reading
 
     bundle = load_model(model)
+    reading = with_bundle_reading(inference, bundle)  # the pixels `segment` gives the model
     torch_device = resolve_device(inference.device)
     segmenter = bundle.segmenter.to(torch_device)
     start = time.perf_counter()
     with open_image(image) as source:
         pixels = source.read_level(0, 0, 0, source.height, source.width)
-        whole = to_unit_rgb(pixels, PixelNormalization(inference.bands, bundle.value_range), image)[None]
+        normalization = normalization_for(source, reading.bands, reading.value_range, bundle.value_range)
+        whole = to_unit_rgb(pixels, normalization, image)[None]
     with torch.inference_mode():
         probabilities = sliding_window_inference(
             whole, roi_size=bundle.input_size, sw_batch_size=inference.batch_size or auto_batch_size(torch_device), overlap=0.0,

@@ -296,8 +296,14 @@ def train_segmenter_command(
     data: O.Data,
     output: O.Output,
     architecture: O.Architecture = S.SegmenterTraining.architecture,
-    input_size: O.InputSize = None,
+    segmenter: O.Segmenter = None,
     classes: O.Classes = None,
+    input_size: O.InputSize = None,
+    mean: O.Mean = None,
+    std: O.Std = None,
+    bands: O.Bands = None,
+    value_range: O.ValueRange = None,
+    trust_model: O.TrustModel = False,
     epochs: O.Epochs = None,
     steps: O.Steps = S.TrainingSettings.steps,
     batch_size: O.BatchSize = None,
@@ -318,7 +324,8 @@ def train_segmenter_command(
 
     def action():
         training = S.build(
-            S.SegmenterTraining, architecture=architecture, input_size=input_size, classes=classes, epochs=epochs,
+            S.SegmenterTraining, architecture=architecture, segmenter=segmenter, input_size=input_size, classes=classes,
+            mean=mean, std=std, bands=bands, value_range=value_range, trust_model=trust_model, epochs=epochs,
             steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed, device=device, val=val,
             ignore_index=ignore_index,
         )
@@ -338,6 +345,8 @@ def train_refiner_command(
     input_size: O.InputSize = None,
     mean: O.Mean = None,
     std: O.Std = None,
+    bands: O.Bands = None,
+    value_range: O.ValueRange = None,
     trust_model: O.TrustModel = False,
     epochs: O.Epochs = None,
     steps: O.Steps = S.TrainingSettings.steps,
@@ -369,6 +378,7 @@ def train_refiner_command(
         training = S.build(
             S.RefinerTraining, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, milestones=milestones,
             ohem=ohem, coarse_from=coarse_from, crop=crop, seed=seed, device=device, val=val, ignore_index=ignore_index,
+            bands=bands, value_range=value_range,
         )
         run = S.RunSettings(progress=not no_progress, overwrite=overwrite, resume=resume)
         return train_refiner(data, output, model=model_settings, training=training, run=run)
@@ -441,6 +451,15 @@ def benchmark_command(
     output: O.Output,
     data: O.BenchmarkData = None,
     model: O.Model = None,
+    segmenter: O.Segmenter = None,
+    classes: O.Classes = None,
+    input_size: O.InputSize = None,
+    mean: O.Mean = None,
+    std: O.Std = None,
+    refiner: O.Refiner = None,
+    refiner_input_order: O.RefinerInputOrder = None,
+    bands: O.Bands = None,
+    value_range: O.ValueRange = None,
     trust_model: O.TrustModel = False,
     modes: O.Modes = None,
     sizes: O.Sizes = None,
@@ -462,8 +481,15 @@ def benchmark_command(
 
     def action():
         return benchmark(
-            data, output, model=S.build(S.ModelSettings, model=model, trust_model=trust_model), modes=modes, sizes=sizes,
-            inference=S.build(S.InferenceSettings, batch_size=batch_size, device=device, precision=precision), quick=quick,
+            data, output, modes=modes, sizes=sizes, quick=quick,
+            model=S.build(
+                S.ModelSettings, model=model, segmenter=segmenter, classes=classes, input_size=input_size, mean=mean,
+                std=std, refiner=refiner, refiner_input_order=refiner_input_order, trust_model=trust_model,
+            ),
+            inference=S.build(
+                S.InferenceSettings, batch_size=batch_size, device=device, precision=precision, bands=bands,
+                value_range=value_range,
+            ),
             peer=not no_peer, limit=not no_limit, workdir=workdir, run=S.RunSettings(progress=not no_progress, cluster=cluster),
             log=(lambda message: None) if json_output else (lambda message: err.print(Text(message))),
         )

@@ -273,7 +273,7 @@ Selection = Annotated[S.Selection, typer.Option("--selection", help="Where point
 Bands = Annotated[
     Optional[str],
     typer.Option(
-        "--bands", help="Bands of a multi-band raster to use as RGB, counted from 1 as in GDAL, e.g. 5,3,2.",
+        "--bands", help="Bands of a multi-band raster to use as RGB, counted from 1 as in GDAL, e.g. 5,3,2 (default: the bundle's).",
         callback=_callback(parse_whole_numbers), show_default=False, metavar="B1,B2,B3",
     ),
 ]

@@ -59,7 +59,7 @@ from magnet_cli.pyramid import ScalePlan
 from magnet_cli.progress import LevelProgress, counting_bar, progress_enabled
 from magnet_cli.refine import class_labels, uncertainty as uncertainty_of
 from magnet_cli.runtime import one_intra_op_thread
-from magnet_cli.settings import InferenceSettings, LabelsAt, ModelSettings, OutputSettings, RunSettings
+from magnet_cli.settings import InferenceSettings, LabelsAt, ModelSettings, OutputSettings, RunSettings, with_values
 from magnet_cli.units import BLOCK_SIDE, SUBTREE_LEVELS, Unit
 from magnet_cli.units import shard as shard_units
 
@@ -156,6 +156,16 @@ def resolve_model(settings: ModelSettings | None = None) -> ModelBundle:
     if settings.mean is not None:
         bundle.segmenter.mean, bundle.segmenter.std = settings.mean, settings.std  # type: ignore[assignment]
     return bundle
+
+
+def with_bundle_reading(inference: InferenceSettings, bundle: ModelBundle) -> InferenceSettings:
+    """`inference` with the bundle's bands and value-range rule where no option gives them (option > bundle >
+    default). A bundle's MIN,MAX range stays the bundle's (`Engine` and `resolve_value_range` name it so)."""
+    bands, value_range = bundle.reading(inference.bands, inference.value_range)
+    values = {"bands": bands} if bands != inference.bands else {}
+    if isinstance(value_range, str) and inference.value_range is None:
+        values["value_range"] = value_range
+    return with_values(inference, **values) if values else inference
 
 
 def expand_inputs(inputs: Sequence[Path | str], problems: dict[Path, str] | None = None) -> list[Path]:
@@ -262,7 +272,7 @@ def segment(
         warnings.warn(warning, MagnetWarning, stacklevel=2)
     if any(side.geotiff is not None for side in sides) and not cog_supported():
         warnings.warn(NO_COG_WARNING, MagnetWarning, stacklevel=2)
-    engine = Engine(bundle, inference)
+    engine = Engine(bundle, with_bundle_reading(inference, bundle))
     make_output_folder(Path(output) if multiple else Path(output).parent, "-o")
     for side in sides:
         for option, path in side.given():

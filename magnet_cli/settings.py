@@ -421,6 +421,10 @@ class TrainingSettings:
     val: str | None = None  # a validation dataset (folder or synth:SEED:COUNT:SIZE)
     ignore_index: int = 255
     name: str | None = None  # the bundle's name (default: the output folder's)
+    # How images are read, as `segment` reads them (InferenceSettings), recorded in the bundle so that
+    # `segment --model` reads the same way. None: the source bundle's (train-refiner --model), else the default.
+    bands: tuple[int, ...] | None = None  # counted from 1
+    value_range: str | tuple[float, float] | None = None  # auto, dtype or (min, max)
 
     def __post_init__(self) -> None:
         check_whole_number(self.epochs, "--epochs", 1, MAX_EPOCHS)
@@ -433,6 +437,8 @@ class TrainingSettings:
         check_whole_number(self.ignore_index, "--ignore-index", 0, MAX_IGNORE_INDEX)
         if self.val is not None and not str(self.val).strip():
             raise UsageError("--val: empty dataset path")
+        _set(self, "bands", check_bands(self.bands))
+        _set(self, "value_range", check_value_range(self.value_range))
 
 
 @dataclass(frozen=True)
@@ -441,14 +447,24 @@ class SegmenterTraining(TrainingSettings):
 
     architecture: str = "small_unet"
     architecture_options: tuple[tuple[str, Any], ...] = ()
+    segmenter: str | None = None  # package.module:factory, trained instead of `architecture`
     input_size: tuple[int, int] = (256, 256)
     classes: str | None = None  # default: the dataset's classes.json
+    mean: tuple[float, ...] | None = None  # the segmenter sees (x - mean) / std, in training and in the bundle
+    std: tuple[float, ...] | None = None
     optimizer: Optimizer = Optimizer.adamw
     val_windows: int = 32
+    # A factory is Python code: it runs only when this is set (never recorded: it permits, it shapes nothing).
+    trust_model: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _set(self, "input_size", check_size(self.input_size, "--input-size"))
+        mean, std = check_channel_stats(self.mean, self.std)
+        _set(self, "mean", mean)
+        _set(self, "std", std)
+        if self.segmenter is not None and not str(self.segmenter).strip():
+            raise UsageError("--segmenter: empty path")
         _set(self, "optimizer", _enum(Optimizer, self.optimizer, "--optimizer"))
         check_whole_number(self.val_windows, "validation windows", 0, 100_000)
 

@@ -217,3 +217,21 @@ def test_the_pareto_front_keeps_only_modes_nothing_beats_on_time_and_miou():
     rows = [{"mode": m, "seconds_per_image": s, "miou": q} for m, s, q in
             [("patch", 2, 0.70), ("fast", 9, 0.85), ("slow-bad", 20, 0.80), ("magnet", 21, 0.92), ("tie", 21, 0.90)]]
     assert [r["mode"] for r in pareto_front(rows)] == ["patch", "fast", "magnet"]
+
+
+def test_benchmark_runs_a_bring_your_own_onnx_segmenter_with_its_contract(tmp_path, bundle_dir):
+    # Issue 13 item 2: --segmenter, --classes, --mean/--std and --refiner reach every measured child.
+    pytest.importorskip("onnxruntime")
+    from magnet_cli.models.bundle import load_bundle
+    from magnet_cli.models.sources.onnx import export_onnx
+
+    onnx = export_onnx(load_bundle(bundle_dir).segmenter.module, tmp_path / "mine.onnx", (64, 64))
+    model = ModelSettings(segmenter=str(onnx), classes=str(NUM_CLASSES), mean=(0.5,) * 3, std=(0.25,) * 3,
+                          refiner=bundle_dir / "refiner.pt")
+    data = blocky_dataset(tmp_path / "data", count=1)
+    report = benchmark(data, tmp_path / "out", model=model, modes=["patch", "magnet"], sizes=[], inference=CPU,
+                       peer=False, limit=False, run=QUIET)
+    assert report.model == "mine" and [row["mode"] for row in report.modes] == ["patch", "magnet"]
+    masks = tmp_path / "out" / "work" / "masks"
+    record = json.loads((masks / "magnet" / "img0.zarr" / "zarr.json").read_text())
+    assert '"mean": [0.5, 0.5, 0.5]' in json.dumps(record)  # the child segmented with the given contract

@@ -220,7 +220,7 @@ def to_unit_rgb(raw: np.ndarray, normalization: PixelNormalization, path: Path |
         raw = raw[:, :, :1]
     elif bands >= 3:
         if bands > 4:
-            raise InputError(f"{path}: {bands} bands; choose three with --bands (for example --bands 0,1,2)")
+            raise InputError(f"{path}: {bands} bands; choose three with --bands (counted from 1, for example --bands 1,2,3)")
         raw = raw[:, :, :3]  # RGBA drops alpha
     if raw.shape[2] == 1:
         raw = np.repeat(raw, 3, axis=2)

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from magnet_cli.io.base import ImageSource, default_value_range
+from magnet_cli.io.base import ImageSource, PixelNormalization, default_value_range
 
 AUTO, DTYPE = "auto", "dtype"
 STRETCH_PERCENTILE = 99.9
@@ -50,6 +50,19 @@ def resolve_value_range(
     if 0 < high < dtype_range[1]:
         return (0.0, high), f"a {STRETCH_PERCENTILE}th-percentile stretch of the coarsest level"
     return dtype_range, f"the sample type ({np.dtype(source.dtype).name})"
+
+
+def normalization_for(
+    source: ImageSource,
+    bands: Sequence[int] | None,
+    requested: str | tuple[float, float] | None,
+    bundle_range: tuple[float, float] | None = None,
+) -> PixelNormalization:
+    """How `source` is read for a model: `bands` counted from 1 as --bands counts them (None: the default
+    band rules), the value range resolved as `resolve_value_range` does. The trainers read this way."""
+    zero_based = tuple(b - 1 for b in bands) if bands else None  # the readers count from 0
+    value_range, _ = resolve_value_range(source, requested, bundle_range, zero_based)
+    return PixelNormalization(zero_based, value_range)
 
 
 def _wider_than_8_bits(dtype: np.dtype) -> bool:

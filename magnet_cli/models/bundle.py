@@ -22,11 +22,19 @@ from magnet_cli.models.segmenter import OUTPUTS, Segmenter
 from magnet_cli.models.sources import KINDS, SOURCES, Contract, source_for
 from magnet_cli.models.weights import first_non_finite, read_state, segmenter_digest, state_digest
 from magnet_cli.settings import (
-    MAX_LEVELS, check_channel_stats, check_levels, check_points, check_resolution, check_size, check_smooth_kernel,
+    MAX_LEVELS,
+    check_bands,
+    check_channel_stats,
+    check_levels,
+    check_points,
+    check_resolution,
+    check_size,
+    check_smooth_kernel,
 )
 from magnet_cli.toml_writer import dumps
 
 MODEL_FILE = "model.toml"
+DTYPE = "dtype"  # value_range = "dtype": the sample type's range (uint8 0..255, uint16 0..65535, float 0..1)
 SEGMENTER_WEIGHTS = "segmenter.pt"
 SEGMENTER_EXPORT = "segmenter.ts"
 REFINER_WEIGHTS = "refiner.pt"
@@ -82,7 +90,8 @@ class BundleSpec:
     description: str | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    value_range: tuple[float, float] | None = None
+    value_range: tuple[float, float] | str | None = None  # [low, high] or "dtype"; None: auto (io/value_range.py)
+    bands: tuple[int, ...] | None = None  # the image bands the model sees, counted from 1 (as --bands)
     resolution: PixelSize | None = None  # the pixel size the model was trained at ("0.5um", "1m")
     points: float = 0.5
     smooth_kernel: int = 11
@@ -122,7 +131,8 @@ class BundleSpec:
             "input_size": list(self.input_size),
             "mean": _list(self.mean),
             "std": _list(self.std),
-            "value_range": _list(self.value_range),
+            "value_range": self.value_range if isinstance(self.value_range, str) else _list(self.value_range),
+            "bands": _list(self.bands),
             "resolution": self.resolution.text() if self.resolution is not None else None,
             "points": self.points,
             "smooth_kernel": self.smooth_kernel,
@@ -153,6 +163,7 @@ class BundleSpec:
             std=check.stats(document, "std"),
             value_range=check.value_range(document.get("value_range")),
             resolution=check.settled("resolution", lambda: _resolution(check.text(document, "resolution", None))),
+            bands=check.bands(document.get("bands")),
             points=check.settled("points", lambda: float(check_points(check.number(document, "points", 0.5), "points"))),
             smooth_kernel=check.settled(
                 "smooth_kernel", lambda: check_smooth_kernel(check.typed(document, "smooth_kernel", int, 11), "smooth_kernel")
@@ -274,16 +285,25 @@ class _Checker:
             raise self.fail(f"{key} must be a list of numbers, one per channel, got {values!r}")
         return tuple(float(v) for v in values)
 
-    def value_range(self, value: Any) -> tuple[float, float] | None:
+    def value_range(self, value: Any) -> tuple[float, float] | str | None:
         if value is None:
             return None
+        if value == DTYPE:
+            return value
         if (
             not isinstance(value, list) or len(value) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
             or not value[0] < value[1]
         ):
-            raise self.fail(f"value_range must be [low, high] with low < high, got {value!r}")
+            raise self.fail(f'value_range must be [low, high] with low < high, or "{DTYPE}", got {value!r}')
         return float(value[0]), float(value[1])
+
+    def bands(self, value: Any) -> tuple[int, ...] | None:
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise self.fail(f"bands must be a list of band numbers counted from 1, got {value!r}")
+        return self.settled("bands", lambda: check_bands(value, "bands"))
 
     def levels(self, value: Any) -> int | tuple[int, ...] | None:
         """"auto", a level count, or each level's long side in pixels."""
@@ -387,7 +407,8 @@ class ModelBundle:
     refiner: Refiner | None
     points: float = 0.5  # count (> 1) or fraction of each level's pixels
     smooth_kernel: int = 11
-    value_range: tuple[float, float] | None = None
+    value_range: tuple[float, float] | None = None  # numbers only; "dtype" is read from `spec` (`reading`)
+    bands: tuple[int, ...] | None = None  # counted from 1, as --bands
     levels: int | tuple[int, ...] | None = None  # default scale levels (as --levels); None: automatic
     # Automatic levels stop at this many: the coarsest level then shows the model no coarser a view
     # than it was trained on, however large the image. None: no cap.
@@ -402,6 +423,13 @@ class ModelBundle:
     @property
     def input_size(self) -> tuple[int, int]:
         return self.segmenter.input_size
+
+    def reading(self, bands: tuple[int, ...] | None, value_range: str | tuple[float, float] | None
+                ) -> tuple[tuple[int, ...] | None, str | tuple[float, float] | None]:
+        """How images are read for this model: each option where given, else the bundle's; None: the default
+        (every band rule of DESIGN section 4; value range auto). `segment` and both trainers read this way."""
+        recorded = self.spec.value_range if self.spec is not None else self.value_range
+        return (bands if bands is not None else self.bands, value_range if value_range is not None else recorded)
 
 
 def load_bundle(directory: Path | str, *, trust_model: bool = False) -> ModelBundle:
@@ -420,7 +448,8 @@ def load_bundle(directory: Path | str, *, trust_model: bool = False) -> ModelBun
 def _bundle(spec: BundleSpec, segmenter: Segmenter, refiner: Refiner | None, path: Path | None) -> ModelBundle:
     return ModelBundle(
         name=spec.name, classes=list(spec.classes), segmenter=segmenter, refiner=refiner, points=spec.points,
-        smooth_kernel=spec.smooth_kernel, value_range=spec.value_range, levels=spec.levels,
+        smooth_kernel=spec.smooth_kernel, value_range=spec.value_range if isinstance(spec.value_range, tuple) else None,
+        bands=spec.bands, levels=spec.levels,
         max_levels=spec.max_levels, path=path, spec=spec,
     )
 
@@ -590,7 +619,8 @@ def describe_bundle(directory: Path | str) -> dict[str, Any]:
         "input_size": list(spec.input_size),
         "mean": _list(spec.mean),
         "std": _list(spec.std),
-        "value_range": _list(spec.value_range),
+        "value_range": spec.value_range if isinstance(spec.value_range, str) else _list(spec.value_range),
+        "bands": _list(spec.bands),
         "resolution": str(spec.resolution) if spec.resolution is not None else None,
         "inference": {
             "points": spec.points,

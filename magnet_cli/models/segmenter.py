@@ -60,10 +60,7 @@ class Segmenter:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """The model's output (`outputs` says which) for normalised `images`, checked for shape."""
-        if self.mean is not None and self.std is not None:
-            mean = torch.tensor(self.mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
-            std = torch.tensor(self.std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
-            images = (images - mean) / std
+        images = standardize(images, self.mean, self.std)
         out = self._in_fixed_batches(images) if self.fixed_batch not in (None, images.shape[0]) else self.run(images)
         if out.ndim != 4 or out.shape[1] != self.num_classes:
             raise ModelError(f"segmenter returned shape {tuple(out.shape)}; expected (N, {self.num_classes}, h, w)")
@@ -97,6 +94,16 @@ class Segmenter:
                 group = torch.cat([group, blank])
             parts.append(self.run(group))
         return torch.cat(parts)[: images.shape[0]]
+
+
+def standardize(images: torch.Tensor, mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> torch.Tensor:
+    """(images - mean) / std per channel (--mean/--std), or the images as they are when none is given:
+    what a segmenter sees, in inference and in training."""
+    if mean is None or std is None:
+        return images
+    mean_ = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+    std_ = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+    return (images - mean_) / std_
 
 
 def _eval(module: nn.Module) -> None:

@@ -19,8 +19,9 @@ import torch
 
 from magnet_cli.classes import ClassInfo, default_classes, parse_classes
 from magnet_cli.errors import InputError, UsageError
-from magnet_cli.io.base import Box, ImageSource
+from magnet_cli.io.base import Box, ImageSource, PixelNormalization
 from magnet_cli.io.open import list_images, open_image
+from magnet_cli.io.value_range import normalization_for
 from magnet_cli.pyramid import ScalePlan, Window, make_plan
 from magnet_cli.refine import crop_resize
 from magnet_cli.settings import CoarseFrom
@@ -52,7 +53,12 @@ class SegmentationDataset:
     ignore_index: int = IGNORE_INDEX
     description: str = ""
     cache: int = OPEN_CACHE
+    # How images become the model's [0, 1] input, as `segment` reads them: bands counted from 1 (None: the
+    # default rules) and the value range asked for (auto, dtype, (min, max); None: auto), resolved per image.
+    bands: tuple[int, ...] | None = None
+    value_range: str | tuple[float, float] | None = None
     _open: "OrderedDict[int, tuple[ImageSource, ImageSource]]" = field(default_factory=OrderedDict, repr=False)
+    _normalization: dict[int, PixelNormalization] = field(default_factory=dict, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -67,6 +73,8 @@ class SegmentationDataset:
             return self._open[index]
         pair = self.items[index].open_pair()
         self._open[index] = pair
+        if index not in self._normalization:
+            self._normalization[index] = self.normalization(pair[0])
         while len(self._open) > self.cache:
             _, (image, mask) = self._open.popitem(last=False)
             image.close()
@@ -79,9 +87,15 @@ class SegmentationDataset:
             image.close()
             mask.close()
 
+    def normalization(self, image: ImageSource) -> PixelNormalization:
+        """How `segment` would read `image` with this dataset's bands and value range (auto resolved from the
+        file, io/value_range.py)."""
+        return normalization_for(image, self.bands, self.value_range)
+
     def read_image(self, index: int, box: Box, size: tuple[int, int]) -> torch.Tensor:
-        """Float RGB (3, h, w) in [0, 1] of a full-resolution box."""
-        return self.sources(index)[0].read(box, size[0], size[1])
+        """Float RGB (3, h, w) in [0, 1] of a full-resolution box, read as `segment` reads it."""
+        image = self.sources(index)[0]
+        return image.read(box, size[0], size[1], self._normalization[index])
 
     def read_mask(self, index: int, box: Box, size: tuple[int, int]) -> torch.Tensor:
         """Class ids (h, w) int64 of a full-resolution box, resampled nearest, ids checked."""
@@ -148,16 +162,27 @@ def load_dataset(
     classes: list[ClassInfo] | str | None = None,
     ignore_index: int = IGNORE_INDEX,
     validate: bool = True,
+    bands: tuple[int, ...] | None = None,
+    value_range: str | tuple[float, float] | None = None,
 ) -> SegmentationDataset:
-    """A dataset folder (images/, masks/, optional classes.json) or `synth:SEED:COUNT:SIZE`.
+    """A dataset folder (images/, masks/, optional classes.json) or `synth:SEED:COUNT:SIZE`, its images read
+    with `bands` (counted from 1) and `value_range` as `segment` reads them.
 
     Every pair is opened once to check sizes and (for masks up to SCAN_PIXELS) class ids; without a
     classes.json the class count is the largest id found plus one.
     """
+    if isinstance(data, SegmentationDataset):  # already loaded, with its own reading
+        return data
+    dataset = _load_dataset(data, classes, ignore_index, validate)
+    dataset.bands, dataset.value_range = bands, value_range
+    return dataset
+
+
+def _load_dataset(
+    data: str | Path, classes: list[ClassInfo] | str | None, ignore_index: int, validate: bool
+) -> SegmentationDataset:
     if isinstance(data, str) and data.startswith("synth:"):
         return synth_dataset(data)
-    if isinstance(data, SegmentationDataset):  # already loaded
-        return data
     folder = Path(data)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such dataset folder (expected images/ and masks/ inside)")

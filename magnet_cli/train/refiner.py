@@ -14,6 +14,7 @@ from magnet_cli.classes import parse_classes
 from magnet_cli.devices import host
 from magnet_cli.errors import ModelError, UsageError
 from magnet_cli.evaluation import confusion, mean_iou
+from magnet_cli.io.value_range import AUTO
 from magnet_cli.models.bundle import (
     SEGMENTER_WEIGHTS,
     BundleSpec,
@@ -121,9 +122,11 @@ def frozen_model(model: ModelSettings | ModelBundle | Segmenter | None) -> tuple
     return bundle, record
 
 
-def output_spec(bundle: ModelBundle, name: str, classes: list, record: dict[str, Any]) -> BundleSpec:
+def output_spec(bundle: ModelBundle, name: str, classes: list, record: dict[str, Any], reading: tuple = (None, None)) -> BundleSpec:
     """The source bundle's spec with the new refiner: every inference field of the source survives, with
-    the segmenter's current normalisation and classes; held-out scores of the old pairing are dropped."""
+    the segmenter's current normalisation and classes and the `reading` (bands, value range) the refiner
+    was trained with; held-out scores of the old pairing are dropped."""
+    bands, value_range = reading
     segmenter = bundle.segmenter
     base = bundle.spec
     if base is None:  # a bare module travels as TorchScript, a bare ONNX graph as ONNX
@@ -142,6 +145,8 @@ def output_spec(bundle: ModelBundle, name: str, classes: list, record: dict[str,
         segmenter=source,
         mean=tuple(segmenter.mean) if segmenter.mean is not None else None,
         std=tuple(segmenter.std) if segmenter.std is not None else None,
+        bands=bands,
+        value_range=None if value_range == AUTO else value_range,  # auto is what a bundle without one means
         refiner=RefinerSpec(),
         training=without_none({"segmenter": previous if isinstance(previous, dict) else None, "refiner": record}),
         evaluation={},
@@ -162,14 +167,19 @@ class RefinerTask(Task):
         self.bundle, self.model_record = frozen_model(model)
         segmenter = self.bundle.segmenter
         self.num_classes = segmenter.num_classes
-        self.dataset = load_dataset(data, classes=self.bundle.classes or None, ignore_index=training.ignore_index)
+        # Images are read as `segment --model OUTPUT` will read them: the options, else the source bundle's.
+        self.reading = self.bundle.reading(training.bands, training.value_range)
+        bands, value_range = self.reading
+        self.dataset = load_dataset(data, classes=self.bundle.classes or None, ignore_index=training.ignore_index,
+                                    bands=bands, value_range=value_range)
         if self.dataset.num_classes != self.num_classes:
             raise ModelError(
                 f"{self.model_record.get('model') or self.model_record.get('segmenter')}: segmenter outputs "
                 f"{self.num_classes} classes but the dataset has {self.dataset.num_classes}"
             )
         self.validation = (
-            load_dataset(training.val, classes=self.dataset.classes, ignore_index=training.ignore_index)
+            load_dataset(training.val, classes=self.dataset.classes, ignore_index=training.ignore_index,
+                         bands=bands, value_range=value_range)
             if training.val is not None else self.dataset
         )
         if training.crop is not None and training.crop > min(segmenter.input_size):
@@ -232,7 +242,7 @@ class RefinerTask(Task):
         record = {**record, "milestones": self.milestones}  # the schedule that ran, not "the paper's"
         refiner = self.refiner.cpu().eval()
         refiner.segmenter_sha256 = self.segmenter_sha256
-        spec = output_spec(self.bundle, self.training.name or output.name, self.dataset.classes, record)
+        spec = output_spec(self.bundle, self.training.name or output.name, self.dataset.classes, record, self.reading)
         write_bundle(output, spec, self.bundle.segmenter, refiner)
 
     def close(self) -> None:

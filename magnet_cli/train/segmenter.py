@@ -10,9 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from magnet_cli.devices import host
+from magnet_cli.errors import UsageError
 from magnet_cli.evaluation import confusion, mean_iou
+from magnet_cli.io.value_range import AUTO
 from magnet_cli.models.builtin import build_architecture, check_input_size
 from magnet_cli.models.bundle import SEGMENTER_EXPORT, SEGMENTER_WEIGHTS, BundleSpec, SegmenterSpec, write_bundle
+from magnet_cli.models.segmenter import standardize
+from magnet_cli.models.sources import Contract, source_for
 from magnet_cli.settings import Optimizer, RunSettings, SegmenterTraining
 from magnet_cli.train.common import eval_mode, plain, seeded_init, without_none
 from magnet_cli.train.dataset import IGNORE_INDEX, SegmentationDataset, WindowSampler, epoch_rng, load_dataset
@@ -63,6 +67,22 @@ def fixed_windows(
     return [sampler.batch(rng, min(batch_size, count - start)) for start in range(0, count, batch_size)]
 
 
+def build_segmenter(training: SegmenterTraining, num_classes: int, options: dict[str, Any]) -> nn.Module:
+    """The module to train: the --segmenter factory's (Python code: only with --trust-model), else the
+    built-in architecture; weights initialised from the seed alone."""
+    if training.segmenter is None:
+        return seeded_init(training.seed, lambda: build_architecture(training.architecture, num_classes, **options))
+    source = source_for(training.segmenter)
+    if source.kind != "factory":
+        raise UsageError(
+            f"--segmenter {training.segmenter}: train-segmenter trains a torch module from package.module:factory; "
+            f"a {source.description} file is trained elsewhere (train-refiner trains a refiner over it)"
+        )
+    spec = SegmenterSpec(factory=training.segmenter)
+    contract = Contract(num_classes, training.input_size, training.mean, training.std)
+    return seeded_init(training.seed, lambda: source.load(spec, None, contract, trust_model=training.trust_model).module)
+
+
 class SegmenterTask(Task):
     """A built-in architecture on windows of every scale level, cross-entropy, AdamW or SGD."""
 
@@ -71,9 +91,10 @@ class SegmenterTask(Task):
 
     def __init__(self, data: str | Path | SegmentationDataset, training: SegmenterTraining) -> None:
         super().__init__(training)
-        self.dataset = load_dataset(data, classes=training.classes, ignore_index=training.ignore_index)
+        reading = {"bands": training.bands, "value_range": training.value_range}  # as `segment` will read
+        self.dataset = load_dataset(data, classes=training.classes, ignore_index=training.ignore_index, **reading)
         self.validation = (
-            load_dataset(training.val, classes=self.dataset.classes, ignore_index=training.ignore_index)
+            load_dataset(training.val, classes=self.dataset.classes, ignore_index=training.ignore_index, **reading)
             if training.val is not None else self.dataset
         )
         self.num_classes = self.dataset.num_classes
@@ -88,17 +109,23 @@ class SegmenterTask(Task):
             classes=[c.name for c in self.dataset.classes],
         )
         values.pop("epochs")
+        values.pop("trust_model")  # it permits loading a factory; it shapes nothing
+        if self.training.segmenter is not None:  # the factory replaces the architecture
+            values.pop("architecture")
+            values.pop("architecture_options")
         return values
 
     def configure(self, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
         t = self.training
         self.device = device
-        model = seeded_init(t.seed, lambda: build_architecture(t.architecture, self.num_classes, **self.options))
-        self.model = model.to(device)
+        self.model = build_segmenter(t, self.num_classes, self.options).to(device)
         check_input_size(self.model, t.input_size, self.num_classes)
         self.optimizer = make_optimizer(t.optimizer, self.model.parameters(), t.lr, t.weight_decay)
         self.sampler = WindowSampler(self.dataset, t.input_size)
-        self.val_batches = fixed_windows(self.validation, t.input_size, t.val_windows, t.batch_size, t.seed)
+        self.val_batches = [
+            (standardize(images, t.mean, t.std), masks)
+            for images, masks in fixed_windows(self.validation, t.input_size, t.val_windows, t.batch_size, t.seed)
+        ]
         return self.model, self.optimizer
 
     def draw(self, rng: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,9 +133,8 @@ class SegmenterTask(Task):
 
     def step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, torch.Tensor, torch.Tensor]:
         images, masks = batch
-        loss, logits = segmenter_step(
-            self.model, self.optimizer, images.to(self.device), masks.to(self.device), self.training.ignore_index
-        )
+        images = standardize(images.to(self.device), self.training.mean, self.training.std)
+        loss, logits = segmenter_step(self.model, self.optimizer, images, masks.to(self.device), self.training.ignore_index)
         return loss, logits.argmax(1), masks
 
     def validate(self) -> dict[str, Any]:
@@ -122,14 +148,22 @@ class SegmenterTask(Task):
 
     def export(self, output: Path, record: dict[str, Any]) -> None:
         t = self.training
+        if t.segmenter is not None:
+            source = SegmenterSpec(factory=t.segmenter, weights=SEGMENTER_WEIGHTS)
+        else:
+            source = SegmenterSpec(
+                architecture=t.architecture, options=plain(self.options), weights=SEGMENTER_WEIGHTS,
+                torchscript_export=SEGMENTER_EXPORT,
+            )
         spec = BundleSpec(
             name=t.name or output.name,
             input_size=t.input_size,
             classes=tuple(self.dataset.classes),
-            segmenter=SegmenterSpec(
-                architecture=t.architecture, options=plain(self.options), weights=SEGMENTER_WEIGHTS,
-                torchscript_export=SEGMENTER_EXPORT,
-            ),
+            segmenter=source,
+            mean=t.mean,
+            std=t.std,
+            bands=t.bands,
+            value_range=None if t.value_range == AUTO else t.value_range,  # auto: what a bundle without one means
             training={"segmenter": without_none(record)},
         )
         write_bundle(output, spec, self.model)

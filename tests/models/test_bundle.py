@@ -4,6 +4,7 @@ segmenter/refiner pairing, and the shipped default bundle."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -90,6 +91,7 @@ def every_field() -> BundleSpec:
         std=(0.2, 0.25, 0.3),
         value_range=(0.0, 4095.0),
         resolution=PixelSize(0.5, 0.5, "um"),
+        bands=(5, 3, 2),
         points=65536.0,
         smooth_kernel=5,
         levels=(256, 1024, 4096),
@@ -98,6 +100,29 @@ def every_field() -> BundleSpec:
         training={"segmenter": {"commands": ["magnet train-segmenter x"], "lr": 0.001, "input_size": [48, 64]}},
         evaluation={"miou": {"magnet": 0.9, "magnet-global": 0.8}, "data": "synth:1:2:64"},
     )
+
+
+@pytest.mark.parametrize("reading", [{"value_range": "dtype"}, {"value_range": (0.0, 2047.0), "bands": (1,)}, {}])
+def test_bands_and_value_range_round_trip(tmp_path, reading):
+    spec = replace(every_field(), **{"bands": None, "value_range": None, **reading})
+    spec.write(tmp_path)
+    assert BundleSpec.read(tmp_path) == spec
+    for key in ("bands", "value_range"):
+        assert (key in (tmp_path / MODEL_FILE).read_text()) == (key in reading)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [("bands = [0, 1, 2]", "bands 0: expected a whole number from 1"), ('bands = "1,2,3"', "bands must be a list"),
+     ('value_range = "auto"', "value_range must be")],
+)
+def test_bad_bands_and_value_range_name_the_key(tmp_path, line, message):
+    every_field().write(tmp_path)
+    path = tmp_path / MODEL_FILE
+    text = "\n".join(l for l in path.read_text().splitlines() if not l.startswith(("bands", "value_range")))
+    path.write_text(f"{line}\n{text}\n")
+    with pytest.raises(ModelError, match=re.escape(message)):
+        BundleSpec.read(tmp_path)
 
 
 def test_spec_write_then_read_gives_every_field_back(tmp_path):
