@@ -14,7 +14,6 @@ choice. The fine levels are ranked on a coarser map than the paper's Y, a trade 
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from magnet_cli.errors import UsageError
-from magnet_cli.io.pixel_size import FULL, PixelSize, parse_resolution
+from magnet_cli.io.pixel_size import PixelSize, parse_resolution
 
 # --- bounds (what memory and the models allow) ----------------------------------------------------------
 MIN_INPUT_SIDE = 32  # the built-in nets downsample 16x; a smaller window has no pixels left at the bottom
