@@ -269,6 +269,7 @@ def synth_command(
     seed: O.Seed = 0,
     count: O.SceneCount = 1,
     format: O.SceneFormat = "tiff",
+    blank: O.SceneBlank = 0.0,
     overwrite: O.Overwrite = False,
     no_progress: O.NoProgress = False,
     json_output: O.Json = False,
@@ -279,7 +280,7 @@ def synth_command(
 
     pairs = _run(
         lambda: synth(
-            outdir, size=size, seed=seed, count=count, format=format,  # type: ignore[arg-type]
+            outdir, size=size, seed=seed, count=count, format=format, blank=blank,  # type: ignore[arg-type]
             run=S.RunSettings(progress=not no_progress, overwrite=overwrite),
         )
     )

@@ -411,6 +411,10 @@ SceneSize = Annotated[
 ]
 SceneCount = Annotated[int, typer.Option("--count", help="Number of scenes.")]
 SceneFormat = Annotated[str, typer.Option("--format", help="png (small scenes), tiff (tiled pyramid) or zarr.")]
+SceneBlank = Annotated[
+    float,
+    typer.Option("--blank", help="Slide-like scenes: about this fraction empty glass around tissue islands (masked 255, no class).", min=0.0, max=0.99),
+]
 
 # --- benchmark ------------------------------------------------------------------------------------------
 Modes = Annotated[
