@@ -6,6 +6,7 @@ band k (of those it is fed) is the brightest, so feeding bands in another order 
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +218,45 @@ def test_train_segmenter_on_4_band_data_trains_a_4_channel_net_that_segment_read
     assert np.array_equal(read_labels(tmp_path / "a.zarr"), read_labels(tmp_path / "b.zarr"))
     three = segment(image, tmp_path / "c.zarr", "--model", out, "--bands", "1,2,3")
     assert_clean_failure(three, "--bands names 3 band(s) but the model takes 4 channel(s)")
+
+
+def test_train_refiner_over_a_4_channel_onnx_model_then_segment_model_needs_no_bands(four_band_dataset, folder, tmp_path):
+    out = tmp_path / "ref"
+    args = ["train-refiner", four_band_dataset, "-o", out, "--segmenter", folder / "four.onnx", "--classes", "4",
+            "--mean", "0.5", "--std", "0.25", *TINY[:-2]]
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert tomllib.loads((out / "model.toml").read_text())["mean"] == [0.5]
+    image = four_band_dataset / "images" / "0.tif"
+    by_bundle = runner.invoke(app, [str(a) for a in ["segment", image, "-o", tmp_path / "a.zarr", "--model", out,
+                                                      "--no-progress", "--device", "cpu"]], catch_exceptions=False)
+    assert by_bundle.exit_code == 0, by_bundle.output
+    reversed_ = segment(four_band_dataset / "images" / "0.tif", tmp_path / "b.zarr", "--model", out, "--bands", "4,3,2,1")
+    assert reversed_.exit_code == 0, reversed_.output
+    assert not np.array_equal(read_labels(tmp_path / "a.zarr"), read_labels(tmp_path / "b.zarr"))
+
+
+def test_benchmark_feeds_a_4_channel_model_the_chosen_bands(folder, tmp_path):
+    from magnet_cli.bench import benchmark, load_model, make_engine, model_only_seconds
+    from magnet_cli.settings import InferenceSettings, ModelSettings, RunSettings
+
+    from tests.test_bench import blocky_dataset
+
+    data = blocky_dataset(tmp_path / "data", count=1)  # RGB scenes: band 1 repeated makes a 4th channel
+    model = ModelSettings(segmenter=str(folder / "four.onnx"))
+    inference = InferenceSettings(device="cpu", bands=(1, 2, 3, 1))
+    report = benchmark(data, tmp_path / "out", model=model, modes=["patch"], sizes=[], inference=inference,
+                       peer=False, limit=False, run=RunSettings(progress=False))
+    assert [row["mode"] for row in report.modes] == ["patch"]
+    # The model-only limit feeds the model windows of its own channel count.
+    engine = make_engine(load_model(model), replace(inference, mode="patch"))
+    assert model_only_seconds(engine, [2], 2, refine=False) > 0
+
+
+def test_the_preview_thumbnail_shows_the_first_three_chosen_bands_or_one_as_grey():
+    from magnet_cli.io.preview import _as_rgb_uint8
+
+    five = np.arange(5, dtype=np.uint8)[None, None, :].repeat(2, 0).repeat(2, 1)
+    assert _as_rgb_uint8(five)[0, 0].tolist() == [0, 1, 2]
+    two = np.array([[[7, 9]]], np.uint8)
+    assert _as_rgb_uint8(two)[0, 0].tolist() == [7, 7, 7]
