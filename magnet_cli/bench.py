@@ -275,7 +275,7 @@ def model_only_seconds(engine, windows_per_level: Sequence[int], batch_size: int
     c = engine.bundle.num_classes
     stats = RunStats()
     generator = torch.Generator().manual_seed(0)
-    images = torch.rand(batch_size, 3, h, w, generator=generator)
+    images = torch.rand(batch_size, engine.bundle.segmenter.input_channels, h, w, generator=generator)
     maps = torch.rand(batch_size, c, h, w, generator=generator).softmax(1)
     maps = maps.to(engine.device)
     start = time.perf_counter()
@@ -335,7 +335,7 @@ def monai_segment(image: Path, output: Path, model: ModelSettings, inference: In
     from monai.inferers import sliding_window_inference
 
     from magnet_cli.devices import auto_batch_size, resolve_device
-    from magnet_cli.io.base import to_unit_rgb
+    from magnet_cli.io.base import to_model_input
     from magnet_cli.io.open import open_image
     from magnet_cli.io.value_range import normalization_for
     from magnet_cli.segmentation import with_bundle_reading
@@ -347,8 +347,9 @@ def monai_segment(image: Path, output: Path, model: ModelSettings, inference: In
     start = time.perf_counter()
     with open_image(image) as source:
         pixels = source.read_level(0, 0, 0, source.height, source.width)
-        normalization = normalization_for(source, reading.bands, reading.value_range, bundle.value_range)
-        whole = to_unit_rgb(pixels, normalization, image)[None]
+        normalization = normalization_for(source, reading.bands, reading.value_range, bundle.value_range,
+                                          segmenter.input_channels)
+        whole = to_model_input(pixels, normalization, image)[None]
     with torch.inference_mode():
         probabilities = sliding_window_inference(
             whole, roi_size=bundle.input_size, sw_batch_size=inference.batch_size or auto_batch_size(torch_device), overlap=0.0,

@@ -218,7 +218,7 @@ InputSize = Annotated[
 Mean = Annotated[
     Optional[str],
     typer.Option(
-        "--mean", help="Per-channel mean the segmenter expects, e.g. 0.485,0.456,0.406 (with --std).",
+        "--mean", help="Per-channel mean the segmenter expects, one per input channel in --bands order (or one for all), e.g. 0.485,0.456,0.406 (with --std).",
         callback=_callback(parse_numbers), show_default=False, metavar="M1,M2,..",
     ),
 ]
@@ -273,8 +273,9 @@ Selection = Annotated[S.Selection, typer.Option("--selection", help="Where point
 Bands = Annotated[
     Optional[str],
     typer.Option(
-        "--bands", help="Bands of a multi-band raster to use as RGB, counted from 1 as in GDAL, e.g. 5,3,2 (default: the bundle's).",
-        callback=_callback(parse_whole_numbers), show_default=False, metavar="B1,B2,B3",
+        "--bands", help="The bands the model sees, in order, one per model input channel, counted from 1 as in GDAL, "
+        "e.g. 5,3,2 or 4,3,2,1 (default: the bundle's, else bands 1..N of an image with the model's N channels).",
+        callback=_callback(parse_whole_numbers), show_default=False, metavar="B1,B2,..",
     ),
 ]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -113,7 +113,7 @@ class Engine:
         # it to `run`; this default serves direct callers: the option's MIN,MAX, else the bundle's, else
         # the sample type's range.
         explicit = settings.value_range if isinstance(settings.value_range, tuple) else None
-        self.normalization = PixelNormalization(bands, explicit or bundle.value_range)
+        self.normalization = PixelNormalization(bands, explicit or bundle.value_range, bundle.segmenter.input_channels)
         self.device = devices.resolve_device(settings.device)
         self.dtype = devices.compute_dtype(settings.precision, self.device)
         self.batch_size = settings.batch_size or devices.auto_batch_size(self.device)
@@ -159,7 +159,7 @@ class Engine:
         """How this engine reads an image whose values in `value_range` map to [0, 1] (None: the default)."""
         if value_range is None:
             return self.normalization
-        return PixelNormalization(self.normalization.bands, tuple(value_range))
+        return replace(self.normalization, value_range=tuple(value_range))
 
     @contextlib.contextmanager
     def timed(self, stats: RunStats) -> Iterator[None]:

@@ -20,7 +20,7 @@ from magnet_cli.classes import ClassInfo, parse_classes
 from magnet_cli.errors import InputError, MagnetError, MagnetWarning, ModelError, OutputError, UsageError
 from magnet_cli.io.background import BackgroundWriter
 from magnet_cli.io.folders import check_off_inputs, make_output_folder
-from magnet_cli.io.base import Box, ImageSource, PixelNormalization
+from magnet_cli.io.base import Box, ImageSource, PixelNormalization, choose_bands
 from magnet_cli.io.geotiff import NO_COG_WARNING, cog_supported, has_georeferencing, is_magnet_geotiff, write_geotiff
 from magnet_cli.io.label_placement import LabelPlacement, check_fits, find_placement, prepare_labels_folder
 from magnet_cli.io.label_placement import register as register_label
@@ -659,7 +659,7 @@ def image_job(
     """Open the input once to plan its run: size, run record and the fingerprint that names its store."""
     with open_image(path, max_pixels=run.max_pixels) as raw:
         height, width, georeference, native = raw.height, raw.width, raw.georeference, raw.pixel_size
-        bands = engine.normalization.bands
+        bands = choose_bands(raw.bands, engine.normalization, path)  # the model's bands; a mismatch fails here
         value_range, range_from = resolve_value_range(raw, engine.settings.value_range, engine.bundle.value_range, bands)
     target, asked_by = _resolution_asked(engine)
     scale = working_scale(native, target, path, asked_by)

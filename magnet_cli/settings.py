@@ -165,14 +165,15 @@ def check_levels(value: Any, option: str = "--levels") -> int | tuple[int, ...] 
 
 
 def check_channel_stats(mean: Any, std: Any) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
-    """`--mean` and `--std` come together, one finite value per channel, every std above zero."""
+    """`--mean` and `--std` come together, one finite value per channel (or one for every channel), every
+    std above zero."""
     if (mean is None) != (std is None):
         raise UsageError("--mean and --std go together: give both or neither")
     if mean is None:
         return None, None
     mean_values = tuple(_finite(v, "--mean") for v in mean)
     std_values = tuple(_finite(v, "--std", 0.0, open_low=True) for v in std)
-    if len(mean_values) != len(std_values) or not mean_values:
+    if (len(mean_values) != len(std_values) and 1 not in (len(mean_values), len(std_values))) or not mean_values:
         raise UsageError(f"--mean has {len(mean_values)} values but --std has {len(std_values)}")
     return mean_values, std_values
 

@@ -260,14 +260,15 @@ def _resize_nearest(labels: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _as_rgb_uint8(thumbnail: np.ndarray) -> np.ndarray:
-    """(h, w, 3) uint8 from an RGB(A) or gray thumbnail; floats are taken as [0, 1]."""
+    """(h, w, 3) uint8 from a thumbnail of any band count: its first three bands (an N-band model's first
+    three chosen bands; RGBA loses alpha), or its first band as grey when it has fewer; floats are taken as [0, 1]."""
     image = np.asarray(thumbnail)
     if image.ndim == 2:
         image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise ValueError(f"thumbnail must be (h, w), (h, w, 3) or (h, w, 4), got shape {image.shape}")
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
+    if image.ndim != 3 or image.shape[2] < 1:
+        raise ValueError(f"thumbnail must be (h, w) or (h, w, bands), got shape {image.shape}")
+    if image.shape[2] < 3:
+        image = np.repeat(image[:, :, :1], 3, axis=2)
     image = image[:, :, :3]
     if image.dtype.kind == "f":
         image = np.rint(np.clip(image, 0.0, 1.0) * 255.0)

@@ -19,7 +19,7 @@ from magnet_cli.errors import ModelError, UsageError
 from magnet_cli.io.pixel_size import PixelSize
 from magnet_cli.models.refiner import INPUT_ORDERS, Refiner, load_refiner, save_refiner
 from magnet_cli.models.segmenter import OUTPUTS, Segmenter
-from magnet_cli.models.sources import KINDS, SOURCES, Contract, source_for
+from magnet_cli.models.sources import KINDS, SOURCES, Contract, bands_channels, source_for
 from magnet_cli.models.weights import first_non_finite, read_state, segmenter_digest, state_digest
 from magnet_cli.settings import (
     MAX_LEVELS,
@@ -456,7 +456,7 @@ def _bundle(spec: BundleSpec, segmenter: Segmenter, refiner: Refiner | None, pat
 
 def load_segmenter(directory: Path, spec: BundleSpec, *, trust_model: bool = False) -> Segmenter:
     """The segmenter a bundle's spec names, through its source (models/sources/), in eval mode on the CPU."""
-    contract = Contract(len(spec.classes), spec.input_size, spec.mean, spec.std)
+    contract = Contract(len(spec.classes), spec.input_size, spec.mean, spec.std, bands_channels(spec.bands))
     source = SOURCES[spec.segmenter.kind]
     return source.load(spec.segmenter, directory, contract, trust_model=trust_model, named_by=str(directory / MODEL_FILE))
 

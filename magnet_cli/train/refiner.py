@@ -172,6 +172,7 @@ class RefinerTask(Task):
         bands, value_range = self.reading
         self.dataset = load_dataset(data, classes=self.bundle.classes or None, ignore_index=training.ignore_index,
                                     bands=bands, value_range=value_range)
+        self.dataset.channels = segmenter.input_channels
         if self.dataset.num_classes != self.num_classes:
             raise ModelError(
                 f"{self.model_record.get('model') or self.model_record.get('segmenter')}: segmenter outputs "
@@ -182,6 +183,7 @@ class RefinerTask(Task):
                          bands=bands, value_range=value_range)
             if training.val is not None else self.dataset
         )
+        self.validation.channels = segmenter.input_channels
         if training.crop is not None and training.crop > min(segmenter.input_size):
             raise UsageError(f"--crop {training.crop}: must be at most the model input size {segmenter.input_size}")
         self.segmenter_sha256 = segmenter.digest()
