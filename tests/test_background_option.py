@@ -98,10 +98,15 @@ def test_alpha_zero_of_an_rgba_png_is_no_data(tmp_path, bundle_dir):
     rgba[64:, :, 3] = 0
     path = tmp_path / "rgba.png"
     skio.imsave(path, rgba, check_contrast=False)
-    output, result = run(tmp_path, bundle_dir, path, "rgba")
+    outputs = OutputSettings(write_probabilities=True, write_uncertainty=True)
+    output, result = run(tmp_path, bundle_dir, path, "rgba", outputs=outputs)
     labels, _ = labels_of(output)
     assert (labels[64:] == NODATA).all() and (labels[:64] < 3).all()
     assert result.nodata_pixels == 64 * 128
+    root = zarr.open_group(str(output), mode="r")
+    probabilities, uncertainty = np.asarray(root["probabilities/0"][...]), np.asarray(root["uncertainty/0"][...])
+    assert not probabilities[:, 64:].any() and not uncertainty[64:].any()  # zeros where nothing was segmented
+    assert (probabilities[:, :64].sum(0) > 0).all()
 
 
 def test_a_mask_file_at_another_size_marks_the_background(tmp_path, bundle_dir):
@@ -169,3 +174,33 @@ def test_the_preview_draws_no_data_without_a_class_colour(tmp_path):
     write_preview([labels], tmp_path / "over.png", default_classes(3), thumbnail=thumbnail, nodata=NODATA)
     assert (skio.imread(tmp_path / "bare.png")[:64, :32, :3] == NODATA_GREY).all()
     assert (skio.imread(tmp_path / "over.png")[:64, :32, :3] == 200).all()
+
+
+def test_auto_skips_glass_and_keeps_tissue_labels(tmp_path, bundle_dir):
+    rng = np.random.default_rng(1)
+    slide = (236 + rng.integers(-3, 4, size=(256, 256, 3))).astype(np.uint8)
+    slide[64:160, 96:192] = random_rgb(96, 96, seed=3)  # a tissue island on glass
+    path = tmp_path / "slide.png"
+    skio.imsave(path, slide, check_contrast=False)
+    auto, result = run(tmp_path, bundle_dir, path, "auto", background="auto")
+    plain, _ = run(tmp_path, bundle_dir, path, "plain", background="none")
+    labels, attributes = labels_of(auto)
+    assert attributes["magnet"]["nodata"] == NODATA
+    assert not (labels[60:164, 92:196] == NODATA).any()  # tissue and its edge
+    assert (labels[:32] == NODATA).all() and (labels[224:] == NODATA).all()  # glass far from it
+    on_tissue = labels != NODATA
+    assert np.array_equal(labels[on_tissue], labels_of(plain)[0][on_tissue])
+    assert result.nodata_pixels > 256 * 256 // 2
+
+
+def test_the_device_fed_writer_masks_blank_pixels(tmp_path, bundle_dir, half_nodata, monkeypatch):
+    """On a GPU labels and counts are made on the device; the stand-in (meta) device takes that path."""
+    import torch
+
+    from magnet_cli import devices
+
+    monkeypatch.setattr(devices, "resolve_device", lambda name="auto": torch.device("meta"))
+    output, result = run(tmp_path, bundle_dir, half_nodata, "device", selection="global")
+    labels, _ = labels_of(output)
+    assert (labels[:, :128] == NODATA).all() and not labels[:, 128:].any()  # meta values read back as 0
+    assert result.nodata_pixels == 256 * 128  # counted on the host; the class counts come from the device

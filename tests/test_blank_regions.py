@@ -66,3 +66,28 @@ def test_blank_windows_are_not_read_and_the_rest_is_unchanged(bundle, mode):
     if mode != "fast":  # Fast chooses among the tissue windows only, so its choice may differ
         assert torch.equal(with_mask[:, ~blank], without[:, ~blank])
 
+
+
+def test_units_run_apart_prune_the_same_subtrees_and_give_the_same_maps():
+    from tests.conftest import tiny_bundle
+
+    bundle = tiny_bundle(input_size=32)
+    image = random_rgb(512, 512, seed=9)
+    cells = np.ones((128, 128), dtype=bool)
+    cells[:20, :20] = False  # tissue only in the top-left 80 x 80 pixels
+    mask = BlankMask(cells, 0.25, 0.25)
+    options = {"mode": "magnet", "levels": 5}
+    whole, writes, reads, stats = run(bundle, image, mask, **options)
+    assert (writes == 1).all() and torch.isnan(whole[0, 100:, :]).all() and torch.isnan(whole[0, :, 100:]).all()
+    assert not torch.isnan(whole[0, :80, :80]).any()
+    assert sum(stats.windows_per_level) < 20  # of 341 windows without the mask
+    engine = Engine(bundle, InferenceSettings(device="cpu", **options))
+    units = engine.units(engine.plan(512, 512))
+    assert len(units) == 4
+    apart = torch.zeros_like(whole)
+    for unit in units:  # each unit as its own process would run it
+        part, part_writes, _, _ = run(bundle, image, mask, units=[unit], **options)
+        owned = torch.from_numpy(part_writes == 1)
+        apart[:, owned] = part[:, owned]
+    assert torch.equal(torch.isnan(apart), torch.isnan(whole))
+    assert torch.equal(apart.nan_to_num(-1), whole.nan_to_num(-1))
