@@ -175,6 +175,7 @@ def segment_command(
     bands: O.Bands = None,
     value_range: O.ValueRange = None,
     resolution: O.Resolution = None,
+    background: O.Background = S.InferenceSettings.background,
     write_probabilities: O.WriteProbabilities = False,
     write_uncertainty: O.WriteUncertainty = False,
     preview: O.Preview = None,
@@ -207,7 +208,7 @@ def segment_command(
             inference=S.build(
                 S.InferenceSettings, mode=mode, levels=levels, points=points, smooth_kernel=smooth_kernel,
                 fast_patches=fast_patches, selection=selection, batch_size=batch_size, device=device, bands=bands,
-                precision=precision, value_range=value_range, resolution=resolution,
+                precision=precision, value_range=value_range, resolution=resolution, background=background,
             ),
             outputs=S.build(
                 S.OutputSettings, write_probabilities=write_probabilities, write_uncertainty=write_uncertainty,
@@ -440,6 +441,9 @@ def evaluate_command(
             f"frequency-weighted IoU {_percent(summary['fw_iou'])}  boundary F {_percent(summary['boundary_f'])}"
         )
     )
+    if summary["unsegmented_pixels"]:
+        out.print(Text(f"{_percent(summary['unsegmented_share'])}% of the truth pixels were left as no data "
+                       "(--background) and not scored"))
 
 
 def _percent(value: Optional[float]) -> str:

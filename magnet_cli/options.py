@@ -301,6 +301,17 @@ Resolution = Annotated[
     ),
 ]
 
+Background = Annotated[
+    str,
+    typer.Option(
+        "--background",
+        help="Blank regions to skip and write as the no-data label (the top of the label type: 255, or 65535): "
+        "nodata (the input's own no-data value and alpha 0), auto (also uniform glass and flat borders found "
+        "on a thumbnail), none, or a mask image FILE at any size (0 = background, as QuPath/TIAToolbox export).",
+        metavar="nodata|auto|none|FILE",
+    ),
+]
+
 # --- segment's side outputs (OutputSettings) ------------------------------------------------------------
 WriteProbabilities = Annotated[bool, typer.Option("--write-probabilities", help="Also store the class probabilities.")]
 WriteUncertainty = Annotated[bool, typer.Option("--write-uncertainty", help="Also store the uncertainty map.")]

@@ -238,6 +238,19 @@ def check_value_range(value: Any, option: str = "--value-range") -> str | tuple[
     return values
 
 
+BACKGROUND_WORDS = ("nodata", "auto", "none")
+
+
+def check_background(value: Any, option: str = "--background") -> str:
+    """nodata, auto, none, or the path of an existing mask image (0 = background)."""
+    text = str(value).strip()
+    if text.lower() in BACKGROUND_WORDS:
+        return text.lower()
+    if not text or not Path(text).exists():
+        raise UsageError(f"{option} {text!r}: expected nodata, auto, none or an existing mask image file")
+    return text
+
+
 def check_resolution(value: Any, option: str = "--resolution") -> PixelSize | str | None:
     """A pixel size with its unit (0.5um, 500nm, 1m, 0.0001deg), `full` (no resampling), or None (the
     bundle's resolution, else full)."""
@@ -307,6 +320,7 @@ class InferenceSettings:
     crop_size: tuple[int, int] | None = None
     read_threads: int | None = None  # None: chosen for the device (devices.auto_read_threads)
     resolution: PixelSize | str | None = None  # the working pixel size, "full"; None: the bundle's, else full
+    background: str = "nodata"  # blank regions skipped: nodata, auto, none or a mask file (io/blank_mask.py)
 
     def __post_init__(self) -> None:
         _set(self, "mode", _enum(Mode, self.mode, "--mode"))
@@ -325,6 +339,7 @@ class InferenceSettings:
         if self.read_threads is not None:
             check_whole_number(self.read_threads, "read threads", 1, 64)
         _set(self, "resolution", check_resolution(self.resolution))
+        _set(self, "background", check_background(self.background))
 
     def record(self) -> dict:
         """Every setting that shapes the labels, for the output's run metadata."""
@@ -340,6 +355,7 @@ class InferenceSettings:
             "value_range_option": list(self.value_range) if isinstance(self.value_range, tuple) else self.value_range,
             "crop_size": list(self.crop_size) if self.crop_size else None,
             "resolution_option": self.resolution.text() if isinstance(self.resolution, PixelSize) else self.resolution,
+            "background": self.background,
         }
 
 

@@ -94,6 +94,21 @@ class ImageSource(ABC):
     def read_level(self, level: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         """Raw samples of an integer region of one stored level, shape (y1-y0, x1-x0, bands)."""
 
+    @property
+    def nodata(self) -> float | None:
+        """The no-data value the input declares (GeoTIFF GDAL_NODATA), None when it declares none."""
+        text = (self.georeference or {}).get("GDAL_NODATA")
+        try:
+            value = float(str(text).strip().strip("\x00")) if text is not None else None
+        except ValueError:
+            return None
+        return value if value is not None and math.isfinite(value) else None
+
+    @property
+    def alpha_band(self) -> int | None:
+        """The index (from 0) of the input's alpha band, where its format says it has one (`extra`)."""
+        return self.extra.get("alpha_band")
+
     def close(self) -> None:
         """Release file handles. Idempotent."""
 
