@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from magnet_cli.errors import InputError
-from magnet_cli.io.base import Box, ImageSource, PixelNormalization, to_unit_rgb
+from magnet_cli.io.base import Box, ImageSource, PixelNormalization, to_model_input
 from magnet_cli.settings import BACKGROUND_WORDS
 
 MASK_SIDE = 1024  # cells per side at most: 1 MB of booleans; a 100k^2 slide gets ~100 px cells
@@ -168,7 +168,7 @@ def _cell_statistics(
         band = slice(y0 // per_cell, math.ceil(y1 / per_cell))
         declared[band] = _blocks(blank, per_cell, True).all(axis=(1, 3))
         if grey:
-            values = to_unit_rgb(raw, normalization, source.path).mean(dim=0).numpy()
+            values = to_model_input(raw, normalization, source.path).mean(dim=0).numpy()
             blocks = _blocks(values, per_cell, np.nan)
             mean[band] = np.nanmean(blocks, axis=(1, 3))  # type: ignore[index]
             spread[band] = np.nanstd(blocks, axis=(1, 3))  # type: ignore[index]
