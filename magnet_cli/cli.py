@@ -474,6 +474,7 @@ def benchmark_command(
     quick: O.Quick = False,
     no_peer: O.NoPeer = False,
     no_limit: O.NoLimit = False,
+    slide_size: O.SlideSize = None,
     workdir: O.Workdir = None,
     cluster: O.Cluster = None,
     no_progress: O.NoProgress = False,
@@ -495,7 +496,7 @@ def benchmark_command(
                 S.InferenceSettings, batch_size=batch_size, device=device, precision=precision, bands=bands,
                 value_range=value_range,
             ),
-            peer=not no_peer, limit=not no_limit, workdir=workdir, run=S.RunSettings(progress=not no_progress, cluster=cluster),
+            peer=not no_peer, limit=not no_limit, slide_size=slide_size, workdir=workdir, run=S.RunSettings(progress=not no_progress, cluster=cluster),
             log=(lambda message: None) if json_output else (lambda message: err.print(Text(message))),
         )
 

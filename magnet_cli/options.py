@@ -447,4 +447,8 @@ Sizes = Annotated[
 Quick = Annotated[bool, typer.Option("--quick", help="Small scenes and sizes: a few minutes on a CPU.")]
 NoPeer = Annotated[bool, typer.Option("--no-peer", help="Skip the MONAI baseline even when it is installed.")]
 NoLimit = Annotated[bool, typer.Option("--no-limit", help="Skip the model-only limit measurement.")]
+SlideSize = Annotated[
+    Optional[int],
+    typer.Option("--slide-size", help="Side of the slide-like scene run with and without --background auto (0 skips it; default 4096, 2048 with --quick).", show_default=False),
+]
 Workdir = Annotated[Optional[str], typer.Option("--workdir", callback=_callback(parse_path), help="Scratch folder for scenes and masks (default: OUTPUT/work).", show_default=False)]

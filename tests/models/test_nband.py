@@ -245,7 +245,7 @@ def test_benchmark_feeds_a_4_channel_model_the_chosen_bands(folder, tmp_path):
     data = blocky_dataset(tmp_path / "data", count=1)  # RGB scenes: band 1 repeated makes a 4th channel
     model = ModelSettings(segmenter=str(folder / "four.onnx"))
     inference = InferenceSettings(device="cpu", bands=(1, 2, 3, 1))
-    report = benchmark(data, tmp_path / "out", model=model, modes=["patch"], sizes=[], inference=inference,
+    report = benchmark(data, tmp_path / "out", model=model, modes=["patch"], sizes=[], slide_size=0, inference=inference,
                        peer=False, limit=False, run=RunSettings(progress=False))
     assert [row["mode"] for row in report.modes] == ["patch"]
     # The model-only limit feeds the model windows of its own channel count.
