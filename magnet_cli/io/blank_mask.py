@@ -161,7 +161,7 @@ def _cell_statistics(
         if raw.ndim == 2:
             raw = raw[:, :, None]
         blank = np.zeros(raw.shape[:2], dtype=bool)
-        if nodata is not None:
+        if nodata is not None and _representable(nodata, raw.dtype):
             blank |= (raw == np.asarray(nodata, dtype=raw.dtype) if raw.dtype.kind != "f" else np.isclose(raw, nodata)).all(axis=2)
         if alpha is not None and alpha < raw.shape[2]:
             blank |= raw[:, :, alpha] == 0
@@ -173,6 +173,14 @@ def _cell_statistics(
             mean[band] = np.nanmean(blocks, axis=(1, 3))  # type: ignore[index]
             spread[band] = np.nanstd(blocks, axis=(1, 3))  # type: ignore[index]
     return declared, mean, spread
+
+
+def _representable(value: float, dtype: np.dtype) -> bool:
+    """Whether samples of `dtype` can hold `value` (-9999 declared for uint16 data matches no pixel)."""
+    if dtype.kind == "f":
+        return True
+    info = np.iinfo(dtype) if dtype.kind in "iu" else None
+    return info is not None and float(value).is_integer() and info.min <= value <= info.max
 
 
 def _blocks(values: np.ndarray, side: int, pad: object) -> np.ndarray:

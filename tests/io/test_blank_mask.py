@@ -80,3 +80,9 @@ def test_auto_finds_glass_and_keeps_a_margin_around_tissue():
     assert not blank[188:324, 156:356].any()  # nor its edge (the margin)
     assert blank[:128].all() and blank[400:].all()  # glass far from tissue is
     assert mask.fraction > 0.6
+
+
+def test_a_nodata_value_the_sample_type_cannot_hold_matches_nothing():
+    source = ArraySource(np.zeros((16, 16), np.uint16))
+    source.georeference = {"GDAL_NODATA": "-9999"}
+    assert not blank_mask(source, "nodata").blank.any()
