@@ -210,7 +210,11 @@ def _uniform_background(mean: np.ndarray, spread: np.ndarray, declared: np.ndarr
             plateau = centres[side][np.argmax(counts[side])]
             blank |= flat & (np.abs(mean - plateau) <= PLATEAU_TOLERANCE)
     structure = np.ones((OPENING_CELLS, OPENING_CELLS), dtype=bool)
-    blank = ndimage.binary_opening(blank | declared, structure=structure, border_value=1) & ~declared
+    # Outside the image counts as blank while eroding (glass running off the edge is not a speck), but an
+    # opening must never add cells: ndimage's dilation with that border would grow glass over tissue
+    # slivers along the edge.
+    candidates = blank | declared
+    blank = ndimage.binary_opening(candidates, structure=structure, border_value=1) & candidates & ~declared
     tissue = ~(blank | declared)
     kept = ndimage.binary_dilation(tissue, iterations=margin) if tissue.any() else tissue
     return blank & ~kept

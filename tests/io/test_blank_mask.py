@@ -86,3 +86,19 @@ def test_a_nodata_value_the_sample_type_cannot_hold_matches_nothing():
     source = ArraySource(np.zeros((16, 16), np.uint16))
     source.georeference = {"GDAL_NODATA": "-9999"}
     assert not blank_mask(source, "nodata").blank.any()
+
+
+@pytest.mark.parametrize("edge", ["bottom", "top", "left", "right"])
+def test_auto_keeps_a_thin_sliver_of_tissue_at_the_image_edge(edge):
+    """Tissue a few pixels thin along an edge of the image (a section cut by the scan's border) stays
+    tissue: the clean-up of small blank specks must not grow glass over it from outside the image."""
+    rng = np.random.default_rng(0)
+    slide = (235 + rng.integers(-3, 4, size=(1024, 1024, 3))).astype(np.uint8)
+    sliver = {"bottom": np.s_[1021:, 400:500], "top": np.s_[:3, 400:500],
+              "left": np.s_[400:500, :3], "right": np.s_[400:500, 1021:]}[edge]
+    slide[sliver] = random_rgb(*slide[sliver].shape[:2], seed=2)
+    slide[100:300, 100:300] = random_rgb(200, 200, seed=3)  # the section itself
+    mask = blank_mask(ArraySource(slide), "auto")
+    blank = mask.pixels(0, 0, 1024, 1024)
+    assert not blank[sliver].any()
+    assert not blank[100:300, 100:300].any() and blank[600:900, 600:900].all()
