@@ -6,8 +6,9 @@
     python benchmarks/refiner_cost.py --size 0                         # per-window costs only
 
 Per window: the network as the engine runs it (BatchNorms folded, channels_last, inference mode, one
-window per call as on CPU), timed with forward hooks on every leaf module; the whole forward is timed
-separately without hooks. Weights do not change the time, so untrained networks are timed.
+window per call as on CPU), on one thread, in CPU seconds (robust to other jobs on the machine): the
+whole forward, and each leaf layer alone on the input it gets in a forward pass. Weights do not change
+the time, so untrained networks are timed.
 Whole run: the default bundle with each architecture's refiner (untrained: for time only) and each
 trained bundle given with --models (time and mIoU), through the same Engine as `magnet segment`.
 Timings on shared machines are noisy: compare the ratios inside one run.
@@ -35,6 +36,11 @@ from magnet_cli.pipeline import Engine
 from magnet_cli.settings import InferenceSettings, RunSettings
 from magnet_cli.synthetic import synth
 from precision import HELD_OUT_SEED, labels_of  # benchmarks/precision.py: one engine run on one scene
+
+# CPU time of this process, not wall time: on a machine other jobs share, a forward pass preempted
+# halfway costs no more CPU, so the per-window figures hold under load (on one thread, CPU time is the
+# time the window takes; with more threads it adds up their spinning too).
+CLOCK = time.process_time
 
 
 def inference_form(refiner: RefinerNet) -> nn.Module:
@@ -79,9 +85,9 @@ def per_layer(net: nn.Module, pair: tuple[torch.Tensor, torch.Tensor], repeats: 
             module(*inputs)  # warm-up
             runs = []
             for _ in range(repeats):
-                start = time.perf_counter()
+                start = CLOCK()
                 module(*inputs)
-                runs.append(time.perf_counter() - start)
+                runs.append(CLOCK() - start)
             seconds[name] = min(runs)
     return {name: (seconds[name], macs[name]) for name in calls}
 
@@ -95,9 +101,9 @@ def whole_forward(nets: dict[str, nn.Module], pair: tuple[torch.Tensor, torch.Te
             net(*pair)
         for _ in range(repeats):
             for name, net in nets.items():
-                start = time.perf_counter()
+                start = CLOCK()
                 net(*pair)
-                times[name].append(time.perf_counter() - start)
+                times[name].append(CLOCK() - start)
     return {name: min(values) for name, values in times.items()}
 
 
@@ -108,8 +114,8 @@ def window_costs(architectures: list[str], classes: int, window: int, repeats: i
     pair = tuple(m.contiguous(memory_format=torch.channels_last) for m in (maps[:, :classes], maps[:, classes:]))
     whole = whole_forward(nets, pair, repeats)  # type: ignore[arg-type]
     reference = whole[architectures[0]]
-    print(f"\n### Per window ({window}x{window}, {classes} classes, fastest of {repeats}; BatchNorms folded, channels_last)\n")
-    print("| architecture | parameters | GMAC / window | ms / window | vs " + architectures[0] + " |")
+    print(f"\n### Per window ({window}x{window}, {classes} classes, CPU time, fastest of {repeats}; BatchNorms folded, channels_last)\n")
+    print("| architecture | parameters | GMAC / window | CPU ms / window | vs " + architectures[0] + " |")
     print("|---|---|---|---|---|")
     layers = {arch: per_layer(net, pair, repeats) for arch, net in nets.items()}  # type: ignore[arg-type]
     for arch, net in nets.items():
@@ -125,7 +131,7 @@ def window_costs(architectures: list[str], classes: int, window: int, repeats: i
         blocks["rest (concatenation, residual adds, upsampling, calls)"] = [max(whole[arch] - hooked, 0.0), 0]
         print(f"\n{arch}: per block, each layer timed alone (sum of layers {1000 * hooked:.1f} ms, "
               f"whole forward {1000 * whole[arch]:.1f} ms)\n")
-        print("| block | ms / window | share of the forward | GMAC |")
+        print("| block | CPU ms / window | share of the forward | GMAC |")
         print("|---|---|---|---|")
         for block, (seconds, mac) in blocks.items():
             print(f"| {block} | {1000 * seconds:.2f} | {100 * seconds / max(whole[arch], hooked):.0f}% | {mac / 1e9:.3f} |")
@@ -151,17 +157,19 @@ def whole_runs(architectures: list[str], models: list[str], size: int, device: s
         image, mask = synth(scratch, size=size, seed=HELD_OUT_SEED, count=1, run=RunSettings(progress=False))[0]
         truth = torch.from_numpy(tifffile.imread(mask).astype(np.int64))
         print(f"\n### Whole MagNet run (synth seed {HELD_OUT_SEED}, {size}^2, --mode magnet, --device {device})\n")
-        print("| model | s | segmenter s | refiner s | refiner share | vs patch | mIoU |")
-        print("|---|---|---|---|---|---|---|")
+        print("| model | s | CPU s | segmenter s | refiner s | refiner share | vs patch (CPU s) | mIoU |")
+        print("|---|---|---|---|---|---|---|---|")
         patch = None
         for label, bundle, trained in [("patch processing (default bundle, no refiner)", base, True), *runs]:
             mode = "patch" if patch is None else "magnet"
             engine = Engine(bundle, InferenceSettings(mode=mode, device=device, precision="fp32"))  # type: ignore[arg-type]
+            cpu = CLOCK()
             labels, times = labels_of(engine, image, size)
-            patch = patch or times["seconds"]
+            cpu = CLOCK() - cpu
+            patch = patch or cpu
             miou = f"{100 * mean_iou(confusion(torch.from_numpy(labels), truth, bundle.num_classes, 255)):.2f}" if trained else "-"  # type: ignore[attr-defined]
-            print(f"| {label} | {times['seconds']:.2f} | {times['segmenter']:.2f} | {times['refiner']:.2f} | "
-                  f"{100 * times['refiner'] / times['seconds']:.0f}% | {times['seconds'] / patch:.1f}x | {miou} |", flush=True)
+            print(f"| {label} | {times['seconds']:.2f} | {cpu:.2f} | {times['segmenter']:.2f} | {times['refiner']:.2f} | "
+                  f"{100 * times['refiner'] / times['seconds']:.0f}% | {cpu / patch:.1f}x | {miou} |", flush=True)
 
 
 def main() -> None:
@@ -173,15 +181,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--size", type=int, default=4096, help="whole-run scene size; 0: no whole run")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 is the "
-                        "steadiest on a machine other jobs share")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the per-window timing (0: torch's "
+                        "default); the whole run uses torch's default")
     args = parser.parse_args()
+    threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
     architectures = args.architectures.split(",")
-    print(f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}.")
+    print(f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}; per window on "
+          f"{torch.get_num_threads()} thread(s), whole run on {threads}.")
     window_costs(architectures, args.classes, args.window, args.repeats)
+    torch.set_num_threads(threads)
     if args.size:
         whole_runs(architectures, [m for m in args.models.split(",") if m], args.size, args.device)
 
