@@ -115,13 +115,13 @@ def window_costs(architectures: list[str], classes: int, window: int, repeats: i
     whole = whole_forward(nets, pair, repeats)  # type: ignore[arg-type]
     reference = whole[architectures[0]]
     print(f"\n### Per window ({window}x{window}, {classes} classes, CPU time, fastest of {repeats}; BatchNorms folded, channels_last)\n")
-    print("| architecture | parameters | GMAC / window | CPU ms / window | vs " + architectures[0] + " |")
+    print("| architecture | parameters | GMAC / window | CPU ms / window | speed-up vs " + architectures[0] + " |")
     print("|---|---|---|---|---|")
     layers = {arch: per_layer(net, pair, repeats) for arch, net in nets.items()}  # type: ignore[arg-type]
     for arch, net in nets.items():
         parameters = sum(p.numel() for p in build_refiner(arch, classes).parameters())
         gmac = sum(m for _, m in layers[arch].values()) / 1e9
-        print(f"| {arch} | {parameters:,} | {gmac:.2f} | {1000 * whole[arch]:.1f} | {reference / whole[arch]:.1f}x faster |")
+        print(f"| {arch} | {parameters:,} | {gmac:.2f} | {1000 * whole[arch]:.1f} | {reference / whole[arch]:.1f}x |")
     for arch in architectures:
         blocks: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
         for name, (seconds, mac) in layers[arch].items():
