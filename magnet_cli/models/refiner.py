@@ -120,8 +120,9 @@ LITE_WIDTH = 32
 
 
 class LiteRefiner(RefinerNet):
-    """Four 3x3 conv+BN+ReLU layers of 32 channels, then the 1x1 to classes. The reference spends ~85% of
-    its time in 64- and 128-channel layers at full resolution (benchmarks/refiner_cost.py); this keeps its
+    """Four 3x3 conv+BN+ReLU layers of 32 channels, then the 1x1 to classes. The reference spends ~70% of
+    its time in 64- and 128-channel layers at full resolution and most of the rest in element-wise work on
+    128-channel maps (benchmarks/refiner_cost.py); this keeps its
     9 px receptive field and full resolution (roads are 2-6 px wide) at 32 channels, a multiple of
     oneDNN's channel block (24 channels measured no faster than 32)."""
 
@@ -142,8 +143,8 @@ class LiteRefiner(RefinerNet):
 class HalfRefiner(RefinerNet):
     """A 3x3 stride-2 conv+BN+ReLU to half resolution, two more 3x3 layers there (32 channels), the 1x1 to
     classes, bilinear upsampling to the window, plus a full-resolution 3x3 skip from the input straight to
-    the classes so a 2 px road in O can survive. A quarter of the pixels for the body: ~1/12 of the
-    reference's time, with the receptive field of the reference's at the coarse scale."""
+    the classes so a 2 px road in O can survive. A quarter of the pixels for the body: ~1/15 of the
+    reference's CPU time per window (benchmarks/refiner_cost.py), seeing 2x farther at the coarse scale."""
 
     architecture = "half"
 
