@@ -358,6 +358,7 @@ def train_refiner_command(
     ohem: O.Ohem = False,
     coarse_from: O.CoarseFrom = S.RefinerTraining.coarse_from,
     crop: O.Crop = None,
+    refiner_arch: O.RefinerArch = None,
     seed: O.Seed = 0,
     device: O.Device = O.DEVICE_DEFAULT,
     val: O.Val = None,
@@ -379,7 +380,7 @@ def train_refiner_command(
         )
         training = S.build(
             S.RefinerTraining, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, milestones=milestones,
-            ohem=ohem, coarse_from=coarse_from, crop=crop, seed=seed, device=device, val=val, ignore_index=ignore_index,
+            ohem=ohem, coarse_from=coarse_from, crop=crop, architecture=refiner_arch, seed=seed, device=device, val=val, ignore_index=ignore_index,
             bands=bands, value_range=value_range,
         )
         run = S.RunSettings(progress=not no_progress, overwrite=overwrite, resume=resume)

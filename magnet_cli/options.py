@@ -15,6 +15,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from magnet_cli import settings as S
+from magnet_cli.models.refiner_names import REFINER_ARCHITECTURES
 
 # --- parsers: text -> values (a bad text is a usage error naming the option) -------------------------------
 
@@ -384,6 +385,10 @@ Milestones = Annotated[
 ]
 Ohem = Annotated[bool, typer.Option("--ohem", help="Online hard example mining cross-entropy (the reference's loss).")]
 CoarseFrom = Annotated[S.CoarseFrom, typer.Option("--coarse-from", help="Coarse map of a pair: parent (adjacent levels) or whole (reference code).")]
+RefinerArch = Annotated[
+    Optional[str],
+    typer.Option("--refiner-arch", help=f"Refiner architecture to train: {', '.join(REFINER_ARCHITECTURES)} (default reference).", show_default=False),
+]
 Crop = Annotated[Optional[int], typer.Option("--crop", help="Train on random CROP x CROP squares of each pair.", show_default=False)]
 
 # --- arguments ---------------------------------------------------------------------------------------------

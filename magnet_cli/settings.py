@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from magnet_cli.errors import UsageError
 from magnet_cli.io.pixel_size import PixelSize, parse_resolution
+from magnet_cli.models.refiner_names import REFERENCE, REFINER_ARCHITECTURES
 
 # --- bounds (what memory and the models allow) ----------------------------------------------------------
 MIN_INPUT_SIDE = 32  # the built-in nets downsample 16x; a smaller window has no pixels left at the bottom
@@ -500,9 +501,12 @@ class RefinerTraining(TrainingSettings):
     coarse_from: CoarseFrom = CoarseFrom.parent
     crop: int | None = None
     val_pairs: int = 32
+    architecture: str = REFERENCE  # models/refiner_names.py
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.architecture not in REFINER_ARCHITECTURES:
+            raise UsageError(f"--refiner-arch {self.architecture!r}: expected one of {', '.join(REFINER_ARCHITECTURES)}")
         _set(self, "momentum", _finite(self.momentum, "momentum", 0.0, 1.0))
         _set(self, "gamma", _finite(self.gamma, "gamma", 0.0, 1.0, open_low=True))
         _set(self, "coarse_from", _enum(CoarseFrom, self.coarse_from, "--coarse-from"))
