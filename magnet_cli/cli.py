@@ -175,6 +175,7 @@ def segment_command(
     bands: O.Bands = None,
     value_range: O.ValueRange = None,
     resolution: O.Resolution = None,
+    background: O.Background = S.InferenceSettings.background,
     write_probabilities: O.WriteProbabilities = False,
     write_uncertainty: O.WriteUncertainty = False,
     preview: O.Preview = None,
@@ -207,7 +208,7 @@ def segment_command(
             inference=S.build(
                 S.InferenceSettings, mode=mode, levels=levels, points=points, smooth_kernel=smooth_kernel,
                 fast_patches=fast_patches, selection=selection, batch_size=batch_size, device=device, bands=bands,
-                precision=precision, value_range=value_range, resolution=resolution,
+                precision=precision, value_range=value_range, resolution=resolution, background=background,
             ),
             outputs=S.build(
                 S.OutputSettings, write_probabilities=write_probabilities, write_uncertainty=write_uncertainty,
@@ -269,6 +270,7 @@ def synth_command(
     seed: O.Seed = 0,
     count: O.SceneCount = 1,
     format: O.SceneFormat = "tiff",
+    blank: O.SceneBlank = 0.0,
     overwrite: O.Overwrite = False,
     no_progress: O.NoProgress = False,
     json_output: O.Json = False,
@@ -279,7 +281,7 @@ def synth_command(
 
     pairs = _run(
         lambda: synth(
-            outdir, size=size, seed=seed, count=count, format=format,  # type: ignore[arg-type]
+            outdir, size=size, seed=seed, count=count, format=format, blank=blank,  # type: ignore[arg-type]
             run=S.RunSettings(progress=not no_progress, overwrite=overwrite),
         )
     )
@@ -356,6 +358,7 @@ def train_refiner_command(
     ohem: O.Ohem = False,
     coarse_from: O.CoarseFrom = S.RefinerTraining.coarse_from,
     crop: O.Crop = None,
+    refiner_arch: O.RefinerArch = None,
     seed: O.Seed = 0,
     device: O.Device = O.DEVICE_DEFAULT,
     val: O.Val = None,
@@ -377,7 +380,7 @@ def train_refiner_command(
         )
         training = S.build(
             S.RefinerTraining, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, milestones=milestones,
-            ohem=ohem, coarse_from=coarse_from, crop=crop, seed=seed, device=device, val=val, ignore_index=ignore_index,
+            ohem=ohem, coarse_from=coarse_from, crop=crop, architecture=refiner_arch, seed=seed, device=device, val=val, ignore_index=ignore_index,
             bands=bands, value_range=value_range,
         )
         run = S.RunSettings(progress=not no_progress, overwrite=overwrite, resume=resume)
@@ -439,6 +442,9 @@ def evaluate_command(
             f"frequency-weighted IoU {_percent(summary['fw_iou'])}  boundary F {_percent(summary['boundary_f'])}"
         )
     )
+    if summary["unsegmented_pixels"]:
+        out.print(Text(f"{_percent(summary['unsegmented_share'])}% of the truth pixels were left as no data "
+                       "(--background) and not scored"))
 
 
 def _percent(value: Optional[float]) -> str:
@@ -469,6 +475,7 @@ def benchmark_command(
     quick: O.Quick = False,
     no_peer: O.NoPeer = False,
     no_limit: O.NoLimit = False,
+    slide_size: O.SlideSize = None,
     workdir: O.Workdir = None,
     cluster: O.Cluster = None,
     no_progress: O.NoProgress = False,
@@ -490,7 +497,7 @@ def benchmark_command(
                 S.InferenceSettings, batch_size=batch_size, device=device, precision=precision, bands=bands,
                 value_range=value_range,
             ),
-            peer=not no_peer, limit=not no_limit, workdir=workdir, run=S.RunSettings(progress=not no_progress, cluster=cluster),
+            peer=not no_peer, limit=not no_limit, slide_size=slide_size, workdir=workdir, run=S.RunSettings(progress=not no_progress, cluster=cluster),
             log=(lambda message: None) if json_output else (lambda message: err.print(Text(message))),
         )
 

@@ -13,6 +13,10 @@ is matched when a true boundary pixel of c lies within `tolerance` pixels (Cheby
 the other way round; per class, precision = matched predicted / predicted boundary pixels, recall =
 matched true / true boundary pixels, F = 2PR / (P + R). Thin structures are mostly boundary, so this
 is where methods that keep fine detail differ.
+
+Predicted no-data (the label value `segment --background` writes for blank regions, read from the
+prediction's `magnet` metadata or its GeoTIFF GDAL_NODATA tag) is no class: those pixels are left out of
+every score, and the share of scored truth pixels they cover is reported as `unsegmented_share`.
 """
 
 from __future__ import annotations
@@ -165,6 +169,7 @@ class Scores:
     matrix: np.ndarray
     boundary: BoundaryCounts
     tolerance: int = DEFAULT_TOLERANCE
+    unsegmented: int = 0  # truth pixels (not ignored) the prediction left as no data
 
     @classmethod
     def empty(cls, classes: list[ClassInfo], tolerance: int = DEFAULT_TOLERANCE) -> Scores:
@@ -174,6 +179,7 @@ class Scores:
     def add(self, other: Scores) -> None:
         self.matrix += other.matrix
         self.boundary += other.boundary
+        self.unsegmented += other.unsegmented
 
     @property
     def miou(self) -> float:
@@ -189,6 +195,8 @@ class Scores:
             "boundary_f": float(np.mean(present_bf)) if present_bf else None,
             "boundary_tolerance": self.tolerance,
             "pixels": int(self.matrix.sum()),
+            "unsegmented_pixels": self.unsegmented,
+            "unsegmented_share": self.unsegmented / max(1, self.unsegmented + int(self.matrix.sum())),
             "per_class": [
                 {"class": info.name, "iou": iou, "boundary_f": bf, "true_pixels": int(self.matrix[c].sum())}
                 for c, (info, iou, bf) in enumerate(zip(self.classes, ious, bfs))
@@ -258,21 +266,47 @@ def evaluate_pair(
                 f"{truth.path} is {truth.height} x {truth.width}"
             )
         height, width = truth.height, truth.width
+        nodata = prediction_nodata(predicted)
         for y0, x0, y1, x1 in tiles(height, width, tile):
             ry0, rx0, ry1, rx1 = max(0, y0 - halo), max(0, x0 - halo), min(height, y1 + halo), min(width, x1 + halo)
             pred_ids = _read_ids(predicted, ry0, rx0, ry1, rx1)
             true_ids = _read_ids(truth, ry0, rx0, ry1, rx1)
-            _check_range(pred_ids, num_classes, None, predicted.path, "predicted")
+            _check_range(pred_ids, num_classes, nodata, predicted.path, "predicted")
             _check_range(true_ids, num_classes, ignore_index, truth.path, "true")
             pred_t = torch.from_numpy(pred_ids.astype(np.int64))
             true_t = torch.from_numpy(true_ids.astype(np.int64))
             core = (y0 - ry0, x0 - rx0, y1 - ry0, x1 - rx0)
             inner = (slice(core[0], core[2]), slice(core[1], core[3]))
+            if nodata is not None:  # not segmented: scored as ignored truth, counted apart
+                blank = pred_t == nodata
+                scores.unsegmented += int((blank & (true_t != ignore_index))[inner].sum())
+                true_t = torch.where(blank, torch.tensor(ignore_index, dtype=true_t.dtype), true_t)
             scores.matrix += confusion(pred_t[inner], true_t[inner], num_classes, ignore_index).numpy()
             scores.boundary += boundary_counts(pred_t, true_t, num_classes, ignore_index, tolerance, core)
             if advance is not None:
                 advance((y1 - y0) * (x1 - x0))
     return scores
+
+
+def prediction_nodata(source: ImageSource) -> int | None:
+    """The no-data label value of a prediction: `segment`'s record in an OME-Zarr label image, else a
+    GeoTIFF's GDAL_NODATA; None when it declares none."""
+    recorded = _magnet_record(source.path).get("nodata")
+    if recorded is not None:
+        return int(recorded)
+    return int(source.nodata) if source.nodata is not None and float(source.nodata).is_integer() else None
+
+
+def _magnet_record(path: Path) -> dict:
+    """The `magnet` attributes of an OME-Zarr label image segment wrote ({} for anything else)."""
+    if not _is_zarr(path):
+        return {}
+    import zarr
+
+    try:
+        return dict(dict(zarr.open_group(path, mode="r").attrs).get("magnet") or {})
+    except Exception:  # not a group, or unreadable: no record
+        return {}
 
 
 def mask_name(path: Path) -> str:
@@ -348,7 +382,8 @@ def label_classes(path: Path) -> list[ClassInfo] | None:
     except Exception:  # not a group, or unreadable: no metadata to use
         return None
     label = (attributes.get("ome") or attributes).get("image-label") or {}
-    properties = {p.get("label-value"): p.get("class") for p in label.get("properties", [])}
+    nodata = _magnet_record(path).get("nodata")  # the no-data label is no class
+    properties = {p.get("label-value"): p.get("class") for p in label.get("properties", []) if p.get("label-value") != nodata}
     colors = {c.get("label-value"): c.get("rgba", [0, 0, 0])[:3] for c in label.get("colors", [])}
     if not properties or sorted(properties) != list(range(len(properties))):
         return None
@@ -377,6 +412,7 @@ def resolve_classes(classes: str | list[ClassInfo] | None, model: str | Path | N
     for predicted, truth in pairs:
         for path, skip in ((predicted, None), (truth, ignore_index)):
             with open_image(path) as source:
+                skip = prediction_nodata(source) if skip is None else skip
                 for y0, x0, y1, x1 in tiles(source.height, source.width, TILE):
                     ids = _read_ids(source, y0, x0, y1, x1)
                     if skip is not None:

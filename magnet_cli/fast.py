@@ -14,6 +14,7 @@ choice. The fine levels are ranked on a coarser map than the paper's Y, a trade 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -39,9 +40,11 @@ class FastChoice:
     """For each level below the coarsest, the (row, col) of the windows to refine, chosen level by level:
     a level's windows are ranked on the finest ranked-ahead maps above them (`rank`)."""
 
-    def __init__(self, plan: ScalePlan, fast_patches: float) -> None:
+    def __init__(self, plan: ScalePlan, fast_patches: float, skips: Callable[[Window], bool] | None = None) -> None:
+        """`skips(window)`: windows left out for blank regions (--background); Fast chooses among the rest."""
         self.plan = plan
         self.fast_patches = fast_patches
+        self._skips = skips
         self._chosen: list[set[tuple[int, int]] | None] = [None] * plan.depth  # None: every window
 
     def refines(self, window: Window) -> bool:
@@ -56,7 +59,7 @@ class FastChoice:
         """Choose `level`'s windows by the mean uncertainty, over each window's box, of the map of its
         ancestor among `maps` (refined maps (C, h, w) of one coarser level, by window key)."""
         tables = {key: _summed_area(host(uncertainty(m[None].float()))[0, 0].numpy()) for key, m in maps.items()}
-        windows = self.plan.windows(level)
+        windows = [w for w in self.plan.windows(level) if self._skips is None or not self._skips(w)]
         scores = np.empty(len(windows))
         for index, window in enumerate(windows):
             ancestor = window

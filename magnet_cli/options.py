@@ -15,6 +15,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from magnet_cli import settings as S
+from magnet_cli.models.refiner_names import REFINER_ARCHITECTURES
 
 # --- parsers: text -> values (a bad text is a usage error naming the option) -------------------------------
 
@@ -218,7 +219,7 @@ InputSize = Annotated[
 Mean = Annotated[
     Optional[str],
     typer.Option(
-        "--mean", help="Per-channel mean the segmenter expects, e.g. 0.485,0.456,0.406 (with --std).",
+        "--mean", help="Per-channel mean the segmenter expects, one per input channel in --bands order (or one for all), e.g. 0.485,0.456,0.406 (with --std).",
         callback=_callback(parse_numbers), show_default=False, metavar="M1,M2,..",
     ),
 ]
@@ -273,8 +274,9 @@ Selection = Annotated[S.Selection, typer.Option("--selection", help="Where point
 Bands = Annotated[
     Optional[str],
     typer.Option(
-        "--bands", help="Bands of a multi-band raster to use as RGB, counted from 1 as in GDAL, e.g. 5,3,2 (default: the bundle's).",
-        callback=_callback(parse_whole_numbers), show_default=False, metavar="B1,B2,B3",
+        "--bands", help="The bands the model sees, in order, one per model input channel, counted from 1 as in GDAL, "
+        "e.g. 5,3,2 or 4,3,2,1 (default: the bundle's, else bands 1..N of an image with the model's N channels).",
+        callback=_callback(parse_whole_numbers), show_default=False, metavar="B1,B2,..",
     ),
 ]
 
@@ -297,6 +299,17 @@ Resolution = Annotated[
         "microscopy, 1m (or 0.0001deg) in a GeoTIFF's map units, or full (no resampling). Default: the model "
         "bundle's resolution, else full. Needs an input that states its pixel size (see magnet info).",
         callback=_callback(S.check_resolution), show_default=False, metavar="SIZE|full",
+    ),
+]
+
+Background = Annotated[
+    str,
+    typer.Option(
+        "--background",
+        help="Blank regions to skip and write as the no-data label (the top of the label type: 255, or 65535): "
+        "nodata (the input's own no-data value and alpha 0), auto (also uniform glass and flat borders found "
+        "on a thumbnail), none, or a mask image FILE at any size (0 = background, as QuPath/TIAToolbox export).",
+        metavar="nodata|auto|none|FILE",
     ),
 ]
 
@@ -372,6 +385,10 @@ Milestones = Annotated[
 ]
 Ohem = Annotated[bool, typer.Option("--ohem", help="Online hard example mining cross-entropy (the reference's loss).")]
 CoarseFrom = Annotated[S.CoarseFrom, typer.Option("--coarse-from", help="Coarse map of a pair: parent (adjacent levels) or whole (reference code).")]
+RefinerArch = Annotated[
+    Optional[str],
+    typer.Option("--refiner-arch", help=f"Refiner architecture to train: {', '.join(REFINER_ARCHITECTURES)} (default reference).", show_default=False),
+]
 Crop = Annotated[Optional[int], typer.Option("--crop", help="Train on random CROP x CROP squares of each pair.", show_default=False)]
 
 # --- arguments ---------------------------------------------------------------------------------------------
@@ -411,6 +428,10 @@ SceneSize = Annotated[
 ]
 SceneCount = Annotated[int, typer.Option("--count", help="Number of scenes.")]
 SceneFormat = Annotated[str, typer.Option("--format", help="png (small scenes), tiff (tiled pyramid) or zarr.")]
+SceneBlank = Annotated[
+    float,
+    typer.Option("--blank", help="Slide-like scenes: about this fraction empty glass around tissue islands (masked 255, no class).", min=0.0, max=0.99),
+]
 
 # --- benchmark ------------------------------------------------------------------------------------------
 Modes = Annotated[
@@ -431,4 +452,8 @@ Sizes = Annotated[
 Quick = Annotated[bool, typer.Option("--quick", help="Small scenes and sizes: a few minutes on a CPU.")]
 NoPeer = Annotated[bool, typer.Option("--no-peer", help="Skip the MONAI baseline even when it is installed.")]
 NoLimit = Annotated[bool, typer.Option("--no-limit", help="Skip the model-only limit measurement.")]
+SlideSize = Annotated[
+    Optional[int],
+    typer.Option("--slide-size", help="Side of the slide-like scene run with and without --background auto (0 skips it; default 4096, 2048 with --quick).", show_default=False),
+]
 Workdir = Annotated[Optional[str], typer.Option("--workdir", callback=_callback(parse_path), help="Scratch folder for scenes and masks (default: OUTPUT/work).", show_default=False)]

@@ -6,7 +6,9 @@ Two engines share the pieces:
   MagNet-Fast there refines only the windows fast.py chooses from the coarsest level's map;
 - the level engine keeps each level's whole map, like the reference implementation, for whole-level
   point selection and whole-level Fast ranking (--selection global).
-Both hand finished full-resolution regions of class probabilities to a sink.
+Both hand finished full-resolution regions of class probabilities to a sink. With a blank mask
+(`--background`), the streaming engine skips windows whose subtree is all blank and hands their regions
+to the sink as None (no data); the level engine computes everything and leaves the masking to the sink.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -24,18 +26,20 @@ from magnet_cli import devices
 from magnet_cli.errors import UsageError
 from magnet_cli.fast import FastChoice, ranking_depth, windows_to_refine
 from magnet_cli.io.base import Box, ImageSource, PixelNormalization
+from magnet_cli.io.blank_mask import BlankMask
 from magnet_cli.models.bundle import ModelBundle
 from magnet_cli.models.refiner import fuse_for_inference
 from magnet_cli.pyramid import Level, ScalePlan, Window, default_depth, make_plan
 from magnet_cli.refine import crop_resize, most_uncertain_windows, points_for_level, refine, window_points
 from magnet_cli.runtime import keep_freed_memory_in_heap, one_intra_op_thread
 from magnet_cli.settings import InferenceSettings, Mode, check_points, check_smooth_kernel
-from magnet_cli.scheduler import Task, TreeScheduler
+from magnet_cli.scheduler import BlankSubtrees, Task, TreeScheduler
 from magnet_cli.units import Tree, Unit, split_units
 
 
-# (y0, x0, y1, x1) full-resolution region, class probabilities (C, y1 - y0, x1 - x0)
-Sink = Callable[[tuple[int, int, int, int], torch.Tensor], None]
+# (y0, x0, y1, x1) full-resolution region, class probabilities (C, y1 - y0, x1 - x0); None: a blank
+# region that was not segmented (--background)
+Sink = Callable[[tuple[int, int, int, int], "torch.Tensor | None"], None]
 # (level, windows just finished)
 Progress = Callable[[int, int], None]
 
@@ -113,7 +117,7 @@ class Engine:
         # it to `run`; this default serves direct callers: the option's MIN,MAX, else the bundle's, else
         # the sample type's range.
         explicit = settings.value_range if isinstance(settings.value_range, tuple) else None
-        self.normalization = PixelNormalization(bands, explicit or bundle.value_range)
+        self.normalization = PixelNormalization(bands, explicit or bundle.value_range, bundle.segmenter.input_channels)
         self.device = devices.resolve_device(settings.device)
         self.dtype = devices.compute_dtype(settings.precision, self.device)
         self.batch_size = settings.batch_size or devices.auto_batch_size(self.device)
@@ -128,6 +132,7 @@ class Engine:
         self._run_clock: devices.StageClock | None = None  # of the run in progress
         self._fast: FastChoice | None = None  # MagNet-Fast's windows for the run in progress
         self._fast_maps: dict[tuple[int, int, int], torch.Tensor] = {}  # its coarse levels, computed ahead
+        self._blank: BlankSubtrees | None = None  # the run's skipped subtrees (--background)
 
     @property
     def precision(self) -> str:
@@ -159,7 +164,7 @@ class Engine:
         """How this engine reads an image whose values in `value_range` map to [0, 1] (None: the default)."""
         if value_range is None:
             return self.normalization
-        return PixelNormalization(self.normalization.bands, tuple(value_range))
+        return replace(self.normalization, value_range=tuple(value_range))
 
     @contextlib.contextmanager
     def timed(self, stats: RunStats) -> Iterator[None]:
@@ -220,10 +225,12 @@ class Engine:
         units: Sequence[Unit] | None = None,
         unit_done: Callable[[Unit], None] | None = None,
         value_range: tuple[float, float] | None = None,
+        blank: BlankMask | None = None,
     ) -> RunStats:
         """Segment `units` of one image (all of them by default); every full-resolution pixel they own
         reaches `sink` exactly once, and `unit_done(unit)` follows the last pixel of each unit.
-        `value_range`: the input values that map to [0, 1] for this image (default: see __init__)."""
+        `value_range`: the input values that map to [0, 1] for this image (default: see __init__);
+        `blank`: the image's blank cells, whose all-blank subtrees are neither read nor segmented."""
         plan = self.plan(source.height, source.width)
         units = list(units) if units is not None else self.units(plan)
         stats = RunStats(device=str(self.device), precision=self.precision)
@@ -233,6 +240,7 @@ class Engine:
 
         normalization = self.normalization_for(value_range)
         self._fast, self._fast_maps = None, {}
+        self._blank = BlankSubtrees(plan, blank) if blank is not None and not self.whole_levels else None
 
         def read(window: Window) -> torch.Tensor | None:
             if self._fast is not None and (not self._fast.refines(window) or window.key in self._fast_maps):
@@ -255,7 +263,7 @@ class Engine:
                     self._run_unit(plan, tree, unit, chain, read, pool, sink, progress or _ignore, stats)
                     if unit_done is not None:
                         unit_done(unit)
-        self._fast_maps = {}  # the maps computed ahead belong to this run only
+        self._fast_maps, self._blank = {}, None  # the maps computed ahead belong to this run only
         if self.whole_levels and units and unit_done is not None:
             unit_done(units[0])
         stats.total_seconds = time.perf_counter() - start
@@ -267,12 +275,15 @@ class Engine:
         """One unit: its roots take their coarse maps from their ancestors, then its subtree streams."""
         roots = []
         for root in unit.roots(plan):
+            if self._pruned(plan, root, sink, progress):
+                continue
             parent = plan.parent(root)
             if parent is None:
                 roots.append(Task(root))
             else:
                 roots.append(Task(root, parent, self._ancestor_map(plan, tree, parent, chain, read, pool, progress, stats)))
-        scheduler = TreeScheduler(plan, self.batch_size, read, pool, roots=roots, tree=tree)
+        prune = None if self._blank is None else lambda window: self._pruned(plan, window, sink, progress)
+        scheduler = TreeScheduler(plan, self.batch_size, read, pool, roots=roots, tree=tree, prune=prune)
         last = plan.depth - 1
         for level, tasks in scheduler:
             maps = self._process(plan, level, tasks, stats)
@@ -284,6 +295,21 @@ class Engine:
             stats.windows_per_level[level] += len(tasks)
             progress(level, len(tasks))
         stats.peak_queued_windows = max(stats.peak_queued_windows, scheduler.peak_queued)
+
+    def _pruned(self, plan: ScalePlan, window: Window, sink: Sink, progress: Progress) -> bool:
+        """Whether `window`'s subtree is blank and skipped; if so its output regions go to the sink as no
+        data and its windows count as done on the progress bars."""
+        if self._blank is None or not self._blank.skips(window):
+            return False
+        subtree = self._blank.subtree(window)
+        for offset, (rows, cols) in enumerate(subtree):
+            progress(window.level + offset, len(rows) * len(cols))
+        last = plan.depth - 1
+        rows, cols = subtree[-1]
+        for row in rows:
+            for col in cols:
+                _emit_blank(plan.owned_region(plan.window(last, row, col)), sink)
+        return True
 
     def _ancestor_map(self, plan: ScalePlan, tree: Tree, window: Window, chain: dict, read, pool,
                       progress: Progress, stats: RunStats) -> torch.Tensor:
@@ -332,18 +358,21 @@ class Engine:
         """MagNet-Fast's windows for the whole run (fast.py). The coarse levels are computed here, each
         window alone (a batch of 1) so that every process of the run chooses the same windows; their maps
         are kept for the run (`_fast_maps`) and the streaming pass takes them instead of recomputing."""
-        choice = FastChoice(plan, self.settings.fast_patches)
+        blank = self._blank
+        choice = FastChoice(plan, self.settings.fast_patches, skips=blank.skips if blank is not None else None)
         self._fast, self._fast_maps = choice, {}
         ranked_ahead = ranking_depth(plan)
         for level in range(ranked_ahead):
             if level > 0:
-                choice.rank(level, {w.key: self._fast_maps[w.key] for w in plan.windows(level - 1)})
+                choice.rank(level, {w.key: self._fast_maps[w.key] for w in plan.windows(level - 1) if w.key in self._fast_maps})
             for window in plan.windows(level):
+                if blank is not None and blank.skips(window):
+                    continue  # pruned in the streaming pass; not ranked
                 parent = plan.parent(window)
                 parent_map = None if parent is None else self._fast_maps[parent.key]
                 task = Task(window, parent, parent_map, image=pool.submit(read, window))
                 self._fast_maps[window.key] = self._process(plan, level, [task], stats)[0]
-        finest = {w.key: self._fast_maps[w.key] for w in plan.windows(ranked_ahead - 1)}
+        finest = {w.key: self._fast_maps[w.key] for w in plan.windows(ranked_ahead - 1) if w.key in self._fast_maps}
         for level in range(ranked_ahead, plan.depth):
             choice.rank(level, finest)
         return choice
@@ -472,6 +501,14 @@ def _emit(plan: ScalePlan, window: Window, window_map: torch.Tensor, sink: Sink)
                 dtype=torch.float64,
             )
             sink((ty, tx, ty1, tx1), _resample(window_map[None], box, (ty1 - ty, tx1 - tx))[0])
+
+
+def _emit_blank(region: tuple[int, int, int, int], sink: Sink) -> None:
+    """A blank region to the sink as None, in pieces of at most EMIT_TILE x EMIT_TILE (as _emit)."""
+    y0, x0, y1, x1 = region
+    for ty in range(y0, y1, EMIT_TILE):
+        for tx in range(x0, x1, EMIT_TILE):
+            sink((ty, tx, min(ty + EMIT_TILE, y1), min(tx + EMIT_TILE, x1)), None)
 
 
 def _resample(maps: torch.Tensor, box: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -3,7 +3,8 @@
 One queue per level. The deepest level with a full batch runs first (depth-first), a shallower level
 runs only when no deeper batch is full, and roots are pulled lazily; so every queue holds fewer than
 (1 + max children) * batch_size windows and live memory does not depend on the image size. Window
-pixels are read by a thread pool ahead of use, a bounded number of batches in advance.
+pixels are read by a thread pool ahead of use, a bounded number of batches in advance. Subtrees that lie
+on blank cells (`--background`, BlankSubtrees) are pruned: never read, never queued.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from magnet_cli.io.blank_mask import BlankMask
 from magnet_cli.pyramid import ScalePlan, Window
 from magnet_cli.units import Tree
 
@@ -43,12 +45,15 @@ class TreeScheduler:
         roots: Iterable[Window | Task] | None = None,
         depth: int | None = None,
         tree: Tree | None = None,
+        prune: Callable[[Window], bool] | None = None,
     ) -> None:
+        """`prune(window)`: True when the window's subtree is skipped (the caller deals with its output)."""
         self.plan = plan
         self._tree = tree or Tree(plan)
         self.batch_size = max(1, batch_size)
         self.depth = depth if depth is not None else plan.depth
         self._read = read
+        self._prune = prune
         self._pool = pool
         self._roots = iter(roots if roots is not None else plan.roots())
         self._roots_left = True
@@ -61,7 +66,8 @@ class TreeScheduler:
         if window.level + 1 >= self.depth:
             return
         for child in self._tree.children(window):
-            self._queues[child.level].append(Task(child, window, refined_map))
+            if self._prune is None or not self._prune(child):
+                self._queues[child.level].append(Task(child, window, refined_map))
 
     def __iter__(self) -> Iterator[tuple[int, list[Task]]]:
         while True:
@@ -85,7 +91,10 @@ class TreeScheduler:
                 except StopIteration:
                     self._roots_left = False
                     return
-                self._next_root = root if isinstance(root, Task) else Task(root)
+                task = root if isinstance(root, Task) else Task(root)
+                if self._prune is not None and self._prune(task.window):
+                    continue
+                self._next_root = task
             queue = self._queues[self._next_root.window.level]
             if len(queue) >= self.batch_size:
                 return
@@ -110,3 +119,60 @@ class TreeScheduler:
         """Start reading the next batch of every level, so I/O overlaps the current batch's compute."""
         for queue in self._queues:
             self._prefetch(list(queue)[: self.batch_size])
+
+
+class BlankSubtrees:
+    """Which windows are skipped for blank regions: those whose whole subtree (the window's box and every
+    descendant's) lies on blank cells of the mask, so no tissue pixel ever loses its windows. Level 0 of a
+    multi-level plan (the whole-image context) always runs."""
+
+    def __init__(self, plan: ScalePlan, mask: BlankMask) -> None:
+        self.plan, self.mask = plan, mask
+        self._rows = _Axis(plan, "y")
+        self._cols = _Axis(plan, "x")
+
+    def skips(self, window: Window) -> bool:
+        if window.level == 0 and self.plan.depth > 1:
+            return False
+        y0, y1 = self._rows.hulls[window.level][window.row]
+        x0, x1 = self._cols.hulls[window.level][window.col]
+        return self.mask.all_blank(y0, x0, y1, x1)
+
+    def subtree(self, window: Window) -> list[tuple[list[int], list[int]]]:
+        """Per level from `window`'s down: the rows and the columns of its subtree's windows."""
+        rows, cols = [window.row], [window.col]
+        out = [(rows, cols)]
+        for level in range(window.level + 1, self.plan.depth):
+            rows, cols = self._rows.children(level, rows), self._cols.children(level, cols)
+            out.append((rows, cols))
+        return out
+
+
+class _Axis:
+    """One axis of the window tree: each level's parent index per window index, and the extent of each
+    index's windows with all their descendants."""
+
+    def __init__(self, plan: ScalePlan, axis: str) -> None:
+        def window(level: int, index: int) -> Window:
+            return plan.window(level, index, 0) if axis == "y" else plan.window(level, 0, index)
+
+        def own(w: Window) -> int:
+            return w.row if axis == "y" else w.col
+
+        counts = [len((spec.rows if axis == "y" else spec.cols).starts) for spec in plan.levels]
+        self.parents: list[list[int]] = [[]] + [
+            [own(plan.parent(window(level, i))) for i in range(counts[level])] for level in range(1, plan.depth)  # type: ignore[arg-type]
+        ]
+        self.hulls: list[list[tuple[float, float]]] = [[] for _ in counts]
+        for level in reversed(range(plan.depth)):
+            spans = [(float(getattr(w, f"{axis}0")), float(getattr(w, f"{axis}1"))) for w in (window(level, i) for i in range(counts[level]))]
+            if level + 1 < plan.depth:
+                for child, parent in enumerate(self.parents[level + 1]):
+                    low, high = self.hulls[level + 1][child]
+                    spans[parent] = (min(spans[parent][0], low), max(spans[parent][1], high))
+            self.hulls[level] = spans
+
+    def children(self, level: int, parents: list[int]) -> list[int]:
+        """The indices at `level` whose parents (at level - 1) are among `parents`."""
+        wanted = set(parents)
+        return [i for i, p in enumerate(self.parents[level]) if p in wanted]

@@ -19,14 +19,16 @@ from magnet_cli import devices
 from magnet_cli.classes import ClassInfo, parse_classes
 from magnet_cli.errors import InputError, MagnetError, MagnetWarning, ModelError, OutputError, UsageError
 from magnet_cli.io.background import BackgroundWriter
+from magnet_cli.io.blank_mask import BlankMask, blank_mask, label_nodata, might_be_blank
 from magnet_cli.io.folders import check_off_inputs, make_output_folder
-from magnet_cli.io.base import Box, ImageSource, PixelNormalization
+from magnet_cli.io.base import Box, ImageSource, PixelNormalization, choose_bands
 from magnet_cli.io.geotiff import NO_COG_WARNING, cog_supported, has_georeferencing, is_magnet_geotiff, write_geotiff
 from magnet_cli.io.label_placement import LabelPlacement, check_fits, find_placement, prepare_labels_folder
 from magnet_cli.io.label_placement import register as register_label
 from magnet_cli.io.labels import (
     PARTIAL_INFIX,
     LabelWriter,
+    label_dtype,
     check_finished,
     foreign_entries,
     leftovers_of,
@@ -59,7 +61,7 @@ from magnet_cli.pyramid import ScalePlan
 from magnet_cli.progress import LevelProgress, counting_bar, progress_enabled
 from magnet_cli.refine import class_labels, uncertainty as uncertainty_of
 from magnet_cli.runtime import one_intra_op_thread
-from magnet_cli.settings import InferenceSettings, LabelsAt, ModelSettings, OutputSettings, RunSettings, with_values
+from magnet_cli.settings import BACKGROUND_WORDS, InferenceSettings, LabelsAt, ModelSettings, OutputSettings, RunSettings, with_values
 from magnet_cli.units import BLOCK_SIDE, SUBTREE_LEVELS, Unit
 from magnet_cli.units import shard as shard_units
 
@@ -99,6 +101,8 @@ class SegmentResult:
     geotiff: str | None = None
     vector: str | None = None
     class_pixels: dict[str, int] = field(default_factory=dict)
+    nodata_pixels: int = 0  # label pixels written as no data (blank regions, --background)
+    nodata: int | None = None  # the no-data label value, when the run may write it
     peak_gpu_mb: float | None = None  # torch's max allocated memory on a CUDA device during this image
     status: str = "ok"  # "ok" | "failed" | "skipped" (finished before, with --resume; or not in this --shard)
     error: str | None = None
@@ -469,6 +473,11 @@ class ImageJob:
     pixel_size: PixelSize | None = None  # the input's level-0 pixel size, where it states one
 
     @property
+    def nodata(self) -> int | None:
+        """The no-data label value of blank regions, when this run may write any (--background)."""
+        return self.attributes["magnet"].get("nodata")
+
+    @property
     def full_shape(self) -> tuple[int, int]:
         return self.full_height or self.height, self.full_width or self.width
 
@@ -556,6 +565,7 @@ def _finish(engine: Engine, started: _Started, stats: RunStats, run: RunSettings
             _publish_output(job, store, source, engine, run)
     store.release()
     histogram = np.sum([entry.get("class_pixels", [0] * bundle.num_classes) for entry in finished.values()], axis=0)
+    nodata_pixels = sum(int(entry.get("nodata_pixels", 0)) for entry in finished.values())
     side = job.side_outputs
     return SegmentResult(
         input=str(job.input),
@@ -580,6 +590,8 @@ def _finish(engine: Engine, started: _Started, stats: RunStats, run: RunSettings
         geotiff=str(side.geotiff) if side.geotiff and published else None,
         vector=str(side.vector) if side.vector and published else None,
         class_pixels={c.name: int(n) for c, n in zip(bundle.classes, histogram)} if published else {},
+        nodata_pixels=nodata_pixels if published else 0,
+        nodata=job.nodata,
         peak_gpu_mb=_peak_gpu_mb(stats.device),
         units=len(started.todo),
         units_total=len(started.units),
@@ -659,8 +671,9 @@ def image_job(
     """Open the input once to plan its run: size, run record and the fingerprint that names its store."""
     with open_image(path, max_pixels=run.max_pixels) as raw:
         height, width, georeference, native = raw.height, raw.width, raw.georeference, raw.pixel_size
-        bands = engine.normalization.bands
+        bands = choose_bands(raw.bands, engine.normalization, path)  # the model's bands; a mismatch fails here
         value_range, range_from = resolve_value_range(raw, engine.settings.value_range, engine.bundle.value_range, bands)
+        blank_possible = might_be_blank(raw, engine.settings.background)
     target, asked_by = _resolution_asked(engine)
     scale = working_scale(native, target, path, asked_by)
     working_height, working_width = working_shape(height, width, scale)
@@ -679,6 +692,8 @@ def image_job(
         resolution=str(native.scaled(*factor)) if native is not None else None,  # the working one
         resolution_factor=list(factor), working_size=[working_height, working_width],
         labels_at="full" if labels_full else "working",
+        # The label value of blank regions (--background), recorded when the run may write it.
+        nodata=label_nodata(label_dtype(engine.bundle.num_classes)) if blank_possible else None,
     )
     digest = run_fingerprint(record, path, outputs, side_outputs)
     record["fingerprint"] = digest
@@ -709,7 +724,7 @@ def _writer_options(job: ImageJob) -> dict:
     return dict(
         zarr_format=zarr_format, write_probabilities=job.outputs.write_probabilities,
         write_uncertainty=job.outputs.write_uncertainty, attributes=job.attributes, store_entries=STORE_ENTRIES,
-        placement=job.placement, pixel_size=size, translation=translation,
+        placement=job.placement, pixel_size=size, translation=translation, nodata=job.nodata,
     )
 
 
@@ -734,8 +749,11 @@ def _work(engine: Engine, job: ImageJob, store: PartialStore, source: ImageSourc
     writer = LabelWriter(job.output, *job.label_shape, engine.bundle.classes, partial=store.path, overwrite=True, **_writer_options(job))
     working = (job.height, job.width)
     target = writer if job.label_shape == working else FullResolutionWriter(writer, working, job.label_shape)
+    mask = None
+    if job.nodata is not None and units:
+        mask = blank_mask(source, engine.settings.background, engine.normalization_for(job.value_range))
     try:
-        return _stream_into(engine, source, target, store, units, bars, job.outputs, job.value_range)
+        return _stream_into(engine, source, target, store, units, bars, job.outputs, job.value_range, mask)
     finally:
         writer.abort()  # releases the arrays; the store keeps what was written
 
@@ -769,16 +787,17 @@ def _publish_output(job: ImageJob, store: PartialStore, source: ImageSource, eng
         if side.preview is not None:
             staged.append((_staging_name(side.preview), side.preview))
             thumbnail = _thumbnail(source, engine.normalization_for(job.value_range))
-            write_preview(levels, staged[-1][0], classes, thumbnail=thumbnail)
+            write_preview(levels, staged[-1][0], classes, thumbnail=thumbnail, nodata=job.nodata)
         if side.geotiff is not None:
             staged.append((_staging_name(side.geotiff), side.geotiff))
-            write_geotiff(levels, staged[-1][0], scaled_georeference(georeference, *job.label_scale), classes=classes)
+            write_geotiff(levels, staged[-1][0], scaled_georeference(georeference, *job.label_scale), classes=classes,
+                          nodata=job.nodata)
         if side.vector is not None:
             staged.append((_staging_name(side.vector), side.vector))
             with counting_bar(run.progress, f"{job.input.name}: polygons", tile_count(*job.label_shape)) as advance:
                 write_vector(
                     levels, staged[-1][0], classes, georeference, simplify=job.outputs.vector_simplify,
-                    min_area=job.outputs.vector_min_area, advance=advance, scale=job.label_scale,
+                    min_area=job.outputs.vector_min_area, advance=advance, scale=job.label_scale, nodata=job.nodata,
                 )
         store.strip()
         writer.finalize()
@@ -816,6 +835,9 @@ def run_fingerprint(record: dict, path: Path, outputs: OutputSettings, side_outp
                 "vector": [outputs.vector_simplify, outputs.vector_min_area],
             },
             "units": [SUBTREE_LEVELS, BLOCK_SIDE],
+            # A --background mask file shapes the labels as the input does.
+            "background": input_identity(Path(record["background"])) if record.get("nodata") is not None
+            and record.get("background") not in BACKGROUND_WORDS else None,
         }
     )
 
@@ -911,38 +933,61 @@ def _stream_into(
     bars: LevelProgress,
     outputs: OutputSettings,
     value_range: tuple[float, float] | None = None,
+    blank: BlankMask | None = None,
 ) -> RunStats:
     """Run the engine over `units` with a sink that turns probabilities into labels and writes them on a
-    thread; after each unit's last window the same thread stores the unit and records it in the ledger."""
+    thread; after each unit's last window the same thread stores the unit and records it in the ledger.
+    Pixels on `blank` cells are written as the no-data label (probabilities and uncertainty 0)."""
     num_classes = engine.bundle.num_classes
-    label_dtype = np.uint16 if num_classes > 255 else np.uint8
-    histogram = np.zeros(num_classes, dtype=np.int64)  # of the unit being written
+    dtype = label_dtype(num_classes)
+    nodata = label_nodata(dtype)
+    histogram = np.zeros(num_classes + 1, dtype=np.int64)  # of the unit being written; last: no-data pixels
     on_device = devices.is_accelerator(engine.device)
+
+    def write_blank(y0: int, x0: int, y1: int, x1: int) -> None:
+        histogram[-1] += (y1 - y0) * (x1 - x0)
+        probs = np.zeros((num_classes, y1 - y0, x1 - x0), np.float32) if outputs.write_probabilities else None
+        unc = np.zeros((y1 - y0, x1 - x0), np.float32) if outputs.write_uncertainty else None
+        writer.write(y0, x0, np.full((y1 - y0, x1 - x0), nodata, dtype), probs, unc)
 
     def write_window(y0: int, x0: int, probabilities: torch.Tensor | None, copies: tuple) -> None:
         if probabilities is not None:
             # On the CPU's writer thread: the argmax and the histogram overlap the main thread's model calls.
-            labels = class_labels(probabilities).numpy().astype(label_dtype)
-            counts = np.bincount(labels.ravel(), minlength=num_classes)
+            labels = class_labels(probabilities).numpy().astype(dtype)
             probs = probabilities.numpy() if outputs.write_probabilities else None
             unc = uncertainty_of(probabilities[None])[0, 0].numpy() if outputs.write_uncertainty else None
+            counts = None
         else:  # computed on the device; wait for its copies here, not on the thread feeding it
             labels, counts, probs, unc = (None if c is None else c.result().numpy() for c in copies)
-            labels = labels.astype(label_dtype, copy=False)
-        histogram[:] += counts
+            labels = labels.astype(dtype, copy=False)
+        if blank is not None:  # a window part blank: computed as without the mask, its blank pixels no data
+            on_blank = blank.pixels(y0, x0, y0 + labels.shape[0], x0 + labels.shape[1])
+            if on_blank.any():
+                labels, counts = np.where(on_blank, nodata, labels).astype(dtype), None
+                histogram[-1] += int(on_blank.sum())
+                probs = None if probs is None else np.where(on_blank, 0, probs)
+                unc = None if unc is None else np.where(on_blank, 0, unc)
+        if counts is None:
+            counts = np.bincount(labels.ravel(), minlength=num_classes + 1)[:num_classes]
+        histogram[:num_classes] += counts
         writer.write(y0, x0, labels, probs, unc)
 
     def finish_unit(unit: Unit) -> None:
         writer.end_unit(unit.name)
-        store.record(unit.name, {"class_pixels": histogram.tolist()})
+        store.record(unit.name, {"class_pixels": histogram[:num_classes].tolist(), "nodata_pixels": int(histogram[-1])})
         histogram[:] = 0
 
+    writes = {"window": write_window, "blank": write_blank, "unit": finish_unit}
+
     def write(kind: str, *args: Any) -> None:
-        (write_window if kind == "window" else finish_unit)(*args)
+        writes[kind](*args)
 
     background = BackgroundWriter(write, initializer=one_intra_op_thread)
 
-    def sink(region: tuple[int, int, int, int], probabilities: torch.Tensor) -> None:
+    def sink(region: tuple[int, int, int, int], probabilities: torch.Tensor | None) -> None:
+        if probabilities is None:  # a blank region the engine skipped
+            background.submit("blank", *region)
+            return
         if not on_device:
             background.submit("window", region[0], region[1], probabilities.float(), ())
             return
@@ -962,7 +1007,7 @@ def _stream_into(
     try:
         with bars:
             stats = engine.run(source, sink, bars.advance, units=units, unit_done=lambda unit: background.submit("unit", unit),
-                               value_range=value_range)
+                               value_range=value_range, blank=blank)
     finally:
         background.close()  # drains queued writes; re-raises a write error
     return stats

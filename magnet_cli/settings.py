@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from magnet_cli.errors import UsageError
 from magnet_cli.io.pixel_size import PixelSize, parse_resolution
+from magnet_cli.models.refiner_names import REFERENCE, REFINER_ARCHITECTURES
 
 # --- bounds (what memory and the models allow) ----------------------------------------------------------
 MIN_INPUT_SIDE = 32  # the built-in nets downsample 16x; a smaller window has no pixels left at the bottom
@@ -165,14 +166,15 @@ def check_levels(value: Any, option: str = "--levels") -> int | tuple[int, ...] 
 
 
 def check_channel_stats(mean: Any, std: Any) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
-    """`--mean` and `--std` come together, one finite value per channel, every std above zero."""
+    """`--mean` and `--std` come together, one finite value per channel (or one for every channel), every
+    std above zero."""
     if (mean is None) != (std is None):
         raise UsageError("--mean and --std go together: give both or neither")
     if mean is None:
         return None, None
     mean_values = tuple(_finite(v, "--mean") for v in mean)
     std_values = tuple(_finite(v, "--std", 0.0, open_low=True) for v in std)
-    if len(mean_values) != len(std_values) or not mean_values:
+    if (len(mean_values) != len(std_values) and 1 not in (len(mean_values), len(std_values))) or not mean_values:
         raise UsageError(f"--mean has {len(mean_values)} values but --std has {len(std_values)}")
     return mean_values, std_values
 
@@ -235,6 +237,19 @@ def check_value_range(value: Any, option: str = "--value-range") -> str | tuple[
     if len(values) != 2 or not all(math.isfinite(v) for v in values) or values[0] >= values[1]:
         raise UsageError(f"{option} {value!r}: expected auto, dtype or MIN,MAX with MIN < MAX, such as 0,4095")
     return values
+
+
+BACKGROUND_WORDS = ("nodata", "auto", "none")
+
+
+def check_background(value: Any, option: str = "--background") -> str:
+    """nodata, auto, none, or the path of an existing mask image (0 = background)."""
+    text = str(value).strip()
+    if text.lower() in BACKGROUND_WORDS:
+        return text.lower()
+    if not text or not Path(text).exists():
+        raise UsageError(f"{option} {text!r}: expected nodata, auto, none or an existing mask image file")
+    return text
 
 
 def check_resolution(value: Any, option: str = "--resolution") -> PixelSize | str | None:
@@ -306,6 +321,7 @@ class InferenceSettings:
     crop_size: tuple[int, int] | None = None
     read_threads: int | None = None  # None: chosen for the device (devices.auto_read_threads)
     resolution: PixelSize | str | None = None  # the working pixel size, "full"; None: the bundle's, else full
+    background: str = "nodata"  # blank regions skipped: nodata, auto, none or a mask file (io/blank_mask.py)
 
     def __post_init__(self) -> None:
         _set(self, "mode", _enum(Mode, self.mode, "--mode"))
@@ -324,6 +340,7 @@ class InferenceSettings:
         if self.read_threads is not None:
             check_whole_number(self.read_threads, "read threads", 1, 64)
         _set(self, "resolution", check_resolution(self.resolution))
+        _set(self, "background", check_background(self.background))
 
     def record(self) -> dict:
         """Every setting that shapes the labels, for the output's run metadata."""
@@ -339,6 +356,7 @@ class InferenceSettings:
             "value_range_option": list(self.value_range) if isinstance(self.value_range, tuple) else self.value_range,
             "crop_size": list(self.crop_size) if self.crop_size else None,
             "resolution_option": self.resolution.text() if isinstance(self.resolution, PixelSize) else self.resolution,
+            "background": self.background,
         }
 
 
@@ -483,9 +501,12 @@ class RefinerTraining(TrainingSettings):
     coarse_from: CoarseFrom = CoarseFrom.parent
     crop: int | None = None
     val_pairs: int = 32
+    architecture: str = REFERENCE  # models/refiner_names.py
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.architecture not in REFINER_ARCHITECTURES:
+            raise UsageError(f"--refiner-arch {self.architecture!r}: expected one of {', '.join(REFINER_ARCHITECTURES)}")
         _set(self, "momentum", _finite(self.momentum, "momentum", 0.0, 1.0))
         _set(self, "gamma", _finite(self.gamma, "gamma", 0.0, 1.0, open_low=True))
         _set(self, "coarse_from", _enum(CoarseFrom, self.coarse_from, "--coarse-from"))

@@ -28,6 +28,12 @@ Classes (`SYNTH_CLASSES`; id, name, mask colour) and the scale each one needs:
                                 one per 40 px grid cell, clustered in villages, never on water or touching
                                 a road. Small objects which downsampling erases.
 
+Slide-like scenes (`SceneSpec.blank`, `magnet synth --blank 0.75`): the same landscape shows only on
+"tissue" islands, one noise-warped disc per ISLAND_CELL lattice cell sized so that about `blank` of the
+plane is empty "glass": a flat near-white with faint per-pixel noise, masked with IGNORE_VALUE (no
+class), as whole-slide scans are mostly blank glass and mosaics have no-data borders. The benchmark
+uses them to measure `--background`.
+
 Photographic textures are scikit-image's bundled `grass`, `gravel` and `brick` images, mirror-tiled
 into seamless 1024 px tiles; houses and roads are equally common on farmland and floodplain, so
 nothing local tells those two apart.
@@ -75,6 +81,7 @@ TIFF_TILE = 512
 TIFF_MIN_LEVEL = 1024  # the image pyramid halves down to this long side
 TIFF_BUFFER = 32 << 20  # bytes of tiles tifffile pulls ahead to compress in parallel
 ZARR_CHUNK = 1024
+IGNORE_VALUE = 255  # mask value of pixels with no class (the glass of slide-like scenes)
 BLOCK_WIDTH = 4096  # render blocks are (tile or chunk rows) x this, so memory does not grow with the scene
 
 # -- scene geometry, all in full-resolution pixels ------------------------------------------------
@@ -99,23 +106,33 @@ HOUSE_SIZE = (8, 20)
 HOUSE_MARGIN = 3  # houses keep this far inside their cell, so two never touch
 VILLAGE_WAVELENGTH = 1700.0
 TEXTURE_PERIOD = 1024
+ISLAND_CELL = 4096  # slide-like scenes: one tissue island (a compact section, as on a slide) per cell of this lattice
+ISLAND_WARP = 120.0  # max shift of an island's edge by noise
+ISLAND_JITTER = 0.3  # island centres lie within +-this fraction of the cell around its middle
+GLASS = (236, 234, 240)  # the blank glass colour of slide-like scenes
+GLASS_NOISE = 3  # glass pixels vary by 0..this in each channel, as a scanner's sensor noise does
 
 # Hash salts: one per independent random quantity.
 (_S_LAKE_Y, _S_LAKE_X, _S_LAKE_R, _S_WARP1, _S_WARP2, _S_FARM1, _S_FARM2, _S_NODE_Y, _S_NODE_X, _S_RIGHT,
- _S_DOWN, _S_BEND0, _S_BEND1, _S_WIDTH, _S_HOUSE, _S_PRESENT, _S_VILLAGE, _S_TEXTURE, _S_WATER) = range(1, 20)
+ _S_DOWN, _S_BEND0, _S_BEND1, _S_WIDTH, _S_HOUSE, _S_PRESENT, _S_VILLAGE, _S_TEXTURE, _S_WATER,
+ _S_ISLAND_Y, _S_ISLAND_X, _S_ISLAND_WARP, _S_GLASS) = range(1, 24)
 
 
 @dataclass(frozen=True)
 class SceneSpec:
-    """A scene: the seed decides every pixel; height and width only bound it."""
+    """A scene: the seed decides every pixel; height and width only bound it. `blank` > 0 makes it
+    slide-like: about that fraction of it is empty glass around islands of the landscape."""
 
     seed: int
     height: int
     width: int
+    blank: float = 0.0
 
     def __post_init__(self) -> None:
         if self.height < 1 or self.width < 1:
             raise UsageError(f"a scene needs a positive size, got {self.height}x{self.width}")
+        if not 0.0 <= self.blank < 1.0:
+            raise UsageError(f"--blank {self.blank}: expected a fraction in [0, 1)")
 
 
 # -- hashing and noise: pure functions of integer coordinates ------------------------------------------
@@ -219,6 +236,44 @@ def _area_classes(seed: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
     np.copyto(classes, np.uint8(WATER), where=lake < 0)
     np.copyto(classes, np.uint8(FARMLAND), where=(lake >= FLOOD_WIDTH + FLOOD_GAP) & (farm > FARM_THRESHOLD))
     return classes
+
+
+def _island_radius(blank: float) -> float:
+    """The disc radius that leaves `blank` of each ISLAND_CELL x ISLAND_CELL cell empty."""
+    return ISLAND_CELL * math.sqrt((1.0 - blank) / math.pi)
+
+
+def _island_field(seed: int, blank: float, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Warped distance (px) beyond the nearest island's edge: tissue where it is below zero."""
+    ys, xs = np.broadcast_arrays(np.asarray(ys, np.float64), np.asarray(xs, np.float64))
+    reach = ISLAND_CELL  # islands of cells farther than one cell away cannot be the nearest edge
+    a = np.arange(math.floor((ys.min() - reach) / ISLAND_CELL), math.floor((ys.max() + reach) / ISLAND_CELL) + 1)
+    b = np.arange(math.floor((xs.min() - reach) / ISLAND_CELL), math.floor((xs.max() + reach) / ISLAND_CELL) + 1)
+    cells_a, cells_b = (c.ravel() for c in np.meshgrid(a, b, indexing="ij"))
+    spread = 2.0 * ISLAND_JITTER
+    centre_y = (cells_a + 0.5 - ISLAND_JITTER + spread * _uniform(seed, _S_ISLAND_Y, cells_a, cells_b)) * ISLAND_CELL
+    centre_x = (cells_b + 0.5 - ISLAND_JITTER + spread * _uniform(seed, _S_ISLAND_X, cells_a, cells_b)) * ISLAND_CELL
+    radius = _island_radius(blank)
+    nearest = np.full(ys.shape, np.inf)
+    for cy, cx in zip(centre_y.tolist(), centre_x.tolist()):
+        np.minimum(nearest, np.sqrt((ys - cy) ** 2 + (xs - cx) ** 2) - radius, out=nearest)
+    return nearest + ISLAND_WARP * (2.0 * _value_noise(seed, _S_ISLAND_WARP, ys, xs, 300.0) - 1.0)
+
+
+def _glass(seed: int, blank: float, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+    """True where a slide-like scene shows empty glass."""
+    gy = np.arange(y0 // GRID, (y1 - 1) // GRID + 2, dtype=np.float64)[:, None] * GRID
+    gx = np.arange(x0 // GRID, (x1 - 1) // GRID + 2, dtype=np.float64)[None, :] * GRID
+    return _upsample(_island_field(seed, blank, gy, gx).astype(np.float32), y0, x0, y1, x1) >= 0
+
+
+def _paint_glass(image: np.ndarray, mask: np.ndarray, glass: np.ndarray, seed: int, y0: int, x0: int) -> None:
+    ys = np.arange(y0, y0 + glass.shape[0])[:, None]
+    xs = np.arange(x0, x0 + glass.shape[1])[None, :]
+    noise = (_hash(seed, _S_GLASS, ys, xs) % np.uint64(GLASS_NOISE + 1)).astype(np.uint8)
+    for channel, value in enumerate(GLASS):
+        np.copyto(image[..., channel], np.uint8(value) + noise, where=glass)
+    mask[glass] = IGNORE_VALUE
 
 
 # -- roads ------------------------------------------------------------------------------------------
@@ -422,6 +477,8 @@ def render_region(spec: SceneSpec, y0: int, x0: int, y1: int, x1: int) -> tuple[
         packed[r0 - y0 : r1 - y0, c0 - x0 : c1 - x0] = src
     image = np.empty((*mask.shape, 3), np.uint8)
     image[...] = packed.view(np.uint8).reshape(*mask.shape, 4)[..., :3]
+    if spec.blank > 0:
+        _paint_glass(image, mask, _glass(seed, spec.blank, y0, x0, y1, x1), seed, y0, x0)
     return image, mask
 
 
@@ -467,6 +524,7 @@ def write_scene(
         "height": spec.height,
         "width": spec.width,
         "classes": [c.name for c in SYNTH_CLASSES],
+        **({"blank": spec.blank, "ignore_value": IGNORE_VALUE} if spec.blank else {}),
     }
     writer = {"png": _write_png, "tiff": _write_tiff, "zarr": _write_zarr}[fmt]
     writer(spec, image_path, mask_path, metadata, advance)
@@ -488,10 +546,12 @@ def synth(
     seed: int = 0,
     count: int = 1,
     format: str = "tiff",
+    blank: float = 0.0,
     run: RunSettings | None = None,
 ) -> list[tuple[Path, Path]]:
     """Render `count` scenes (seeds seed, seed + 1, ...) into OUTDIR/images, OUTDIR/masks and
-    OUTDIR/classes.json, the dataset layout training, `evaluate` and `benchmark` read."""
+    OUTDIR/classes.json, the dataset layout training, `evaluate` and `benchmark` read. `blank` > 0
+    makes slide-like scenes (that fraction empty glass, masked IGNORE_VALUE)."""
     from magnet_cli.io.labels import replace_file_atomically
     from magnet_cli.progress import progress_enabled
 
@@ -502,6 +562,7 @@ def synth(
     check_whole_number(seed, "--seed", 0, MAX_SEED - count)
     ext = _extension(fmt)
     _check_size(height, width, fmt)
+    SceneSpec(seed, height, width, blank)  # refuses a bad --blank before anything is written
     outdir = Path(outdir)
     images_dir, masks_dir = outdir / "images", outdir / "masks"
     names = [scene_name(seed, i) for i in range(count)]
@@ -526,7 +587,7 @@ def synth(
     pairs = []
     with _Bars(progress_enabled(progress)) as bars:
         for index, name in enumerate(names):
-            spec = SceneSpec(seed + index, height, width)
+            spec = SceneSpec(seed + index, height, width, blank)
             advance = bars.add(f"{name} ({height}x{width} {fmt})", scene_work(spec, fmt))
             pairs.append(write_scene(spec, images_dir, masks_dir, name, fmt, overwrite=overwrite, progress=advance))
     return pairs

@@ -54,7 +54,7 @@ def exit_without_answer(code: int) -> None:
 def test_each_variant_is_scored_on_its_own_masks(tmp_path, bundle_dir):
     data = blocky_dataset(tmp_path / "data", count=1)
     out = tmp_path / "out"
-    report = benchmark(data, out, model=ModelSettings(model=bundle_dir), modes=["downsample", "magnet"], sizes=[128],
+    report = benchmark(data, out, model=ModelSettings(model=bundle_dir), modes=["downsample", "magnet"], sizes=[128], slide_size=0,
                        inference=CPU, peer=False, run=QUIET)
     assert [row["mode"] for row in report.modes] == ["downsample", "magnet"]
     for row in report.modes:
@@ -76,7 +76,7 @@ def test_each_variant_is_scored_on_its_own_masks(tmp_path, bundle_dir):
 
 def test_markdown_names_every_mode_and_the_selection_difference(tmp_path, bundle_dir):
     data = blocky_dataset(tmp_path / "data", count=1, size=64)
-    report = benchmark(data, tmp_path / "out", model=ModelSettings(model=bundle_dir), modes=["magnet", "magnet-global"],
+    report = benchmark(data, tmp_path / "out", model=ModelSettings(model=bundle_dir), modes=["magnet", "magnet-global"], slide_size=0,
                        sizes=[], inference=CPU, peer=False, limit=False, run=QUIET)
     text = markdown(report)
     assert "| magnet-global |" in text and "Whole-level minus per-window" in text
@@ -229,9 +229,29 @@ def test_benchmark_runs_a_bring_your_own_onnx_segmenter_with_its_contract(tmp_pa
     model = ModelSettings(segmenter=str(onnx), classes=str(NUM_CLASSES), mean=(0.5,) * 3, std=(0.25,) * 3,
                           refiner=bundle_dir / "refiner.pt")
     data = blocky_dataset(tmp_path / "data", count=1)
-    report = benchmark(data, tmp_path / "out", model=model, modes=["patch", "magnet"], sizes=[], inference=CPU,
+    report = benchmark(data, tmp_path / "out", model=model, modes=["patch", "magnet"], sizes=[], slide_size=0, inference=CPU,
                        peer=False, limit=False, run=QUIET)
     assert report.model == "mine" and [row["mode"] for row in report.modes] == ["patch", "magnet"]
     masks = tmp_path / "out" / "work" / "masks"
     record = json.loads((masks / "magnet" / "img0.zarr" / "zarr.json").read_text())
     assert '"mean": [0.5, 0.5, 0.5]' in json.dumps(record)  # the child segmented with the given contract
+
+
+def test_slide_like_scene_is_run_with_and_without_background_and_tissue_labels_compared(tmp_path, monkeypatch):
+    """The background row: a slide-like scene (one tissue section on glass; the lattice shrunk so that a
+    1024^2 scene holds one) with --background none and auto, and the same scene without glass; the default
+    bundle, whose classes are the synthetic scenes'."""
+    from magnet_cli import synthetic
+
+    monkeypatch.setattr(synthetic, "ISLAND_CELL", 1024)
+    monkeypatch.setattr(synthetic, "ISLAND_WARP", 30.0)
+    data = blocky_dataset(tmp_path / "data", count=1, size=64)
+    report = benchmark(data, tmp_path / "out", modes=["patch"], sizes=[], slide_size=1024, inference=CPU, peer=False, limit=False, run=QUIET)
+    bg = report.background
+    assert bg is not None and bg["size"] == 1024 and abs(bg["blank_share"] - 0.75) < 0.1
+    assert bg["windows"]["auto"] < bg["windows"]["none"] == bg["windows"]["plain"]
+    assert bg["nodata_share"] > 0.4 and bg["tissue_pixels_written_as_nodata"] == 0
+    assert bg["tissue_labels_equal"] == 1.0 and bg["miou"]["auto"] == bg["miou"]["none"]
+    assert bg["auto_vs_none"] == pytest.approx(bg["seconds"]["auto"] / bg["seconds"]["none"], abs=1e-3)
+    assert "Blank regions" in markdown(report) and "`--background auto`" in markdown(report)
+    assert json.loads((tmp_path / "out" / "benchmark.json").read_text())["background"]["size"] == 1024

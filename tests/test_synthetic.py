@@ -19,6 +19,9 @@ from magnet_cli.io.open import open_image
 from magnet_cli.settings import RunSettings
 from magnet_cli.synthetic import (
     BUILDING,
+    GLASS,
+    GLASS_NOISE,
+    IGNORE_VALUE,
     FARMLAND,
     FLOODPLAIN,
     MEADOW,
@@ -218,3 +221,57 @@ def test_cli_writes_the_dataset_layout_and_refuses_to_overwrite(tmp_path):
     assert runner.invoke(app, [*args, "--overwrite"], catch_exceptions=False).exit_code == 0
     bad = runner.invoke(app, ["synth", str(out), "--size", "12x", "--no-progress"], catch_exceptions=False)
     assert bad.exit_code == 2 and "--size" in bad.output
+
+
+# -- slide-like scenes (`--blank`): tissue islands on empty glass ---------------------------------------
+SLIDE = SceneSpec(9000, 4096, 4096, blank=0.75)
+
+
+@pytest.fixture(scope="module")
+def slide_4096() -> tuple[np.ndarray, np.ndarray]:
+    return render_region(SLIDE, 0, 0, 4096, 4096)
+
+
+def test_slide_like_scene_is_about_the_asked_fraction_of_glass(slide_4096):
+    image, mask = slide_4096
+    glass = mask == IGNORE_VALUE
+    assert abs(glass.mean() - 0.75) < 0.05
+    assert (image[glass] >= np.array(GLASS)).all() and (image[glass] <= np.array(GLASS) + GLASS_NOISE).all()
+    # the glass is the blank part: every whole 256 x 256 window of only glass holds no class at all,
+    # and more than half of the windows are such (what `--background` can skip)
+    whole = glass.reshape(16, 256, 16, 256).all(axis=(1, 3))
+    assert whole.mean() > 0.5
+
+
+def test_slide_like_tissue_is_the_landscape_of_the_same_seed(slide_4096):
+    image, mask = slide_4096
+    plain_image, plain_mask = render_region(SceneSpec(9000, 4096, 4096), 0, 0, 4096, 4096)
+    tissue = mask != IGNORE_VALUE
+    assert (mask[tissue] == plain_mask[tissue]).all() and (image[tissue] == plain_image[tissue]).all()
+    assert len(np.unique(mask[tissue])) >= 4  # islands hold several classes, not one
+
+
+@settings(max_examples=8, deadline=None)
+@given(y0=st.integers(0, 3000), x0=st.integers(0, 3000), h=st.integers(1, 600), w=st.integers(1, 600), cut=st.integers(1, 599))
+def test_slide_like_regions_render_identically_however_split(y0, x0, h, w, cut):
+    cut = min(cut, w - 1) if w > 1 else 0
+    image, mask = render_region(SLIDE, y0, x0, y0 + h, x0 + w)
+    if cut:
+        left = render_region(SLIDE, y0, x0, y0 + h, x0 + cut)
+        right = render_region(SLIDE, y0, x0 + cut, y0 + h, x0 + w)
+        assert (np.concatenate([left[0], right[0]], axis=1) == image).all()
+        assert (np.concatenate([left[1], right[1]], axis=1) == mask).all()
+
+
+def test_cli_blank_writes_slide_like_scenes_and_refuses_a_bad_fraction(tmp_path):
+    out = tmp_path / "slides"
+    result = runner.invoke(app, ["synth", str(out), "--size", "256", "--seed", "9000", "--blank", "0.75", "--format", "png", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    with open_image(out / "masks" / "scene_s9000_0.png") as source:
+        written = source.read_level(0, 0, 0, 256, 256)
+    assert (written.reshape(256, 256) == render_region(SceneSpec(9000, 256, 256, 0.75), 0, 0, 256, 256)[1]).all()
+    for bad in ("1.0", "-0.1"):
+        refused = runner.invoke(app, ["synth", str(tmp_path / "x"), "--size", "64", "--blank", bad, "--no-progress"])
+        assert refused.exit_code == 2 and "--blank" in refused.output
+    with pytest.raises(UsageError, match="--blank"):
+        SceneSpec(0, 64, 64, blank=1.0)

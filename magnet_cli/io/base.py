@@ -58,10 +58,12 @@ class PyramidLevel:
 
 @dataclass(frozen=True)
 class PixelNormalization:
-    """How raw samples become float RGB in [0, 1]: band choice and the value range of the raw dtype."""
+    """How raw samples become the model's float input in [0, 1]: which bands, in which order, how many, and
+    the value range of the raw dtype."""
 
-    bands: tuple[int, ...] | None = None  # None: RGB as DESIGN section 4 says (gray replicated, alpha dropped)
+    bands: tuple[int, ...] | None = None  # counted from 0, in the order the model sees them; None: `choose_bands`
     value_range: tuple[float, float] | None = None  # None: by dtype (uint8 0..255, uint16 0..65535, float 0..1)
+    channels: int = 3  # the model's input channels: how many bands every read returns
 
 
 @dataclass
@@ -92,6 +94,21 @@ class ImageSource(ABC):
     def read_level(self, level: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         """Raw samples of an integer region of one stored level, shape (y1-y0, x1-x0, bands)."""
 
+    @property
+    def nodata(self) -> float | None:
+        """The no-data value the input declares (GeoTIFF GDAL_NODATA), None when it declares none."""
+        text = (self.georeference or {}).get("GDAL_NODATA")
+        try:
+            value = float(str(text).strip().strip("\x00")) if text is not None else None
+        except ValueError:
+            return None
+        return value if value is not None and math.isfinite(value) else None
+
+    @property
+    def alpha_band(self) -> int | None:
+        """The index (from 0) of the input's alpha band, where its format says it has one (`extra`)."""
+        return self.extra.get("alpha_band")
+
     def close(self) -> None:
         """Release file handles. Idempotent."""
 
@@ -120,7 +137,7 @@ class ImageSource(ABC):
         out_width: int,
         normalization: PixelNormalization = PixelNormalization(),
     ) -> torch.Tensor:
-        """Float RGB (3, out_height, out_width) in [0, 1] of `box`, from the best stored level.
+        """Float (channels, out_height, out_width) in [0, 1] of `box`, from the best stored level.
 
         Downsampling averages areas (exact box filter), upsampling is bilinear; large source regions are
         reduced in horizontal bands so memory stays bounded by MAX_SOURCE_PIXELS_PER_READ.
@@ -138,7 +155,7 @@ class ImageSource(ABC):
         rows_per_band = max(1, MAX_SOURCE_PIXELS_PER_READ // max(1, ix1 - ix0))
         if source_rows <= rows_per_band or out_height >= source_rows:
             raw = self.read_level(level_index, iy0, ix0, iy1, ix1)
-            return _resize(self._to_rgb(raw, normalization), out_height, out_width)
+            return _resize(self._to_input(raw, normalization), out_height, out_width)
         # Banded reduction: each band of output rows comes from its own slice of source rows.
         out_rows_per_band = max(1, math.floor(rows_per_band * out_height / source_rows))
         bands = []
@@ -147,11 +164,11 @@ class ImageSource(ABC):
             sy0 = iy0 + math.floor(oy0 * source_rows / out_height)
             sy1 = iy0 + math.ceil(oy1 * source_rows / out_height)
             raw = self.read_level(level_index, sy0, ix0, min(sy1, iy1), ix1)
-            bands.append(_resize(self._to_rgb(raw, normalization), oy1 - oy0, out_width))
+            bands.append(_resize(self._to_input(raw, normalization), oy1 - oy0, out_width))
         return torch.cat(bands, dim=1)
 
-    def _to_rgb(self, raw: np.ndarray, normalization: PixelNormalization) -> torch.Tensor:
-        return to_unit_rgb(raw, normalization, self.path)
+    def _to_input(self, raw: np.ndarray, normalization: PixelNormalization) -> torch.Tensor:
+        return to_model_input(raw, normalization, self.path)
 
 
 def check_axes(path: Path | str, axes: str, shape: Sequence[int], names: Sequence[str] | None = None) -> None:
@@ -206,28 +223,45 @@ def check_samples(raw: np.ndarray, path: Path | str) -> None:
         raise InputError(f"{path}: float pixel values beyond +-{MAX_ABS_FLOAT_SAMPLE:g} (corrupt float data)")
 
 
-def to_unit_rgb(raw: np.ndarray, normalization: PixelNormalization, path: Path | str = "") -> torch.Tensor:
-    """Raw (h, w, bands) samples -> float32 tensor (3, h, w) in [0, 1] as DESIGN section 4 says."""
+def choose_bands(count: int, normalization: PixelNormalization, path: Path | str = "") -> list[int]:
+    """The bands (from 0) of an image with `count` bands that the model sees, in order, one per channel.
+
+    --bands as given (any order; a band may repeat, as GDAL's -b allows; one band for a 3-channel model is
+    grey, replicated). Without --bands: bands 1..N of an image with the model's N channels; an image with
+    one band more than that in 2 or 4 loses its alpha band (grey + alpha, RGBA); a 3-channel model takes a
+    grey image replicated (DESIGN section 4). Anything else is an InputError naming the file.
+    """
+    channels = normalization.channels
+    if normalization.bands is not None:
+        chosen = list(normalization.bands)
+        beyond = next((b for b in chosen if not 0 <= b < count), None)
+        if beyond is not None:
+            raise InputError(f"{path}: --bands names band {beyond + 1} but the image has {count} band(s)")
+        if len(chosen) == 1 and channels == 3:
+            return chosen * 3
+        if len(chosen) != channels:
+            raise InputError(f"{path}: --bands names {len(chosen)} band(s) but the model takes {channels} channel(s)")
+        return chosen
+    if count == channels:
+        return list(range(count))
+    if count in (2, 4) and count == channels + 1:  # grey + alpha, RGBA: the alpha band is not image data
+        return list(range(channels))
+    if channels == 3 and count in (1, 2):  # grey (+ alpha) for an RGB model, replicated
+        return [0, 0, 0]
+    example = ",".join(str(b + 1) for b in range(min(channels, count)))
+    raise InputError(f"{path}: the image has {count} band(s) but the model takes {channels} channel(s); choose "
+                     f"{channels} with --bands (counted from 1, for example --bands {example})")
+
+
+def to_model_input(raw: np.ndarray, normalization: PixelNormalization, path: Path | str = "") -> torch.Tensor:
+    """Raw (h, w, bands) samples -> float32 tensor (channels, h, w) in [0, 1]: the bands `choose_bands`
+    picks, in its order, scaled by the value range (DESIGN section 4)."""
     check_samples(raw, path)
     if raw.ndim == 2:
         raw = raw[:, :, None]
-    bands = raw.shape[2]
-    if normalization.bands is not None:
-        if max(normalization.bands) >= bands or min(normalization.bands) < 0:
-            raise InputError(f"{path}: --bands {normalization.bands} but the image has {bands} band(s)")
-        raw = raw[:, :, list(normalization.bands)]
-    elif bands in (1, 2):  # gray, gray + alpha
-        raw = raw[:, :, :1]
-    elif bands >= 3:
-        if bands > 4:
-            raise InputError(f"{path}: {bands} bands; choose three with --bands (counted from 1, for example --bands 1,2,3)")
-        raw = raw[:, :, :3]  # RGBA drops alpha
-    if raw.shape[2] == 1:
-        raw = np.repeat(raw, 3, axis=2)
-    if raw.shape[2] != 3:
-        raise InputError(f"{path}: --bands must name 1 or 3 bands, got {raw.shape[2]}")
+    raw = raw[:, :, choose_bands(raw.shape[2], normalization, path)]  # fancy indexing copies, in the chosen order
     low, high = normalization.value_range or default_value_range(raw.dtype, path)
-    array = torch.from_numpy(raw.astype(np.float32)).permute(2, 0, 1)  # astype copies: sources may be read-only
+    array = torch.from_numpy(raw.astype(np.float32, copy=False)).permute(2, 0, 1)
     return ((array - low) / (high - low)).clamp_(0.0, 1.0)
 
 

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 AXES_YX = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
 AXES_CYX = [{"name": "c", "type": "channel"}, *AXES_YX]
 NGFF_VERSION = {3: "0.5", 2: "0.4"}
+NODATA_NAME = "no data"  # the image-label property of the no-data label value
 OME_KEYS = {"ome", "multiscales", "image-label"}  # attribute keys the writer owns
 QUANTIZATION = {"dtype": "uint8", "scale": 1 / 255, "offset": 0.0}  # stored = round(value / scale)
 LABELS_FORMAT = "magnet-cli-labels"  # the ownership marker in attributes["magnet"]["format"]
@@ -220,12 +221,15 @@ class LabelWriter:
         placement: LabelPlacement | None = None,
         pixel_size: PixelSize | None = None,
         translation: tuple[float, float] = (0.0, 0.0),
+        nodata: int | None = None,
     ) -> None:
         """`partial`: build in this directory (created by the caller, who also owns removing it), opening
         the store already in it if there is one; `store_entries`: the caller's own entries in it;
         `placement`: the labels go beside an OME-Zarr image and follow its levels (label_placement.py);
         `pixel_size`: the physical size of a level-0 label pixel and `translation` where the centre of
-        pixel (0, 0) lies, in its unit, written as the NGFF coordinateTransformations (None: pixel units)."""
+        pixel (0, 0) lies, in its unit, written as the NGFF coordinateTransformations (None: pixel units);
+        `nodata`: the label value of blank regions (io/blank_mask.py), listed as "no data" with a
+        transparent colour."""
         if zarr_format not in NGFF_VERSION:
             raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format}")
         if height < 1 or width < 1 or chunk_size < 1:
@@ -242,6 +246,9 @@ class LabelWriter:
         self.chunk_size = chunk_size
         self.overwrite = overwrite
         self.dtype = label_dtype(len(classes))
+        if nodata is not None and not len(classes) <= nodata <= np.iinfo(self.dtype).max:
+            raise ValueError(f"the no-data label {nodata} must lie above the class ids and fit {self.dtype}")
+        self.nodata = nodata
         self.placement = placement
         self.pixel_size, self.translation = pixel_size, tuple(float(t) for t in translation)
         if placement is not None:
@@ -296,6 +303,8 @@ class LabelWriter:
         if labels.dtype.kind not in "iu":
             raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
         low, high = int(labels.min()), int(labels.max())
+        if self.nodata is not None and high == self.nodata:  # blank pixels: the rest must be class ids
+            high = int(labels[labels != self.nodata].max(initial=0))
         if low < 0 or high >= len(self.classes):
             raise ValueError(f"class ids must lie in [0, {len(self.classes)}), got [{low}, {high}]")
         if self._probabilities is not None:
@@ -526,9 +535,14 @@ class LabelWriter:
             "metadata": {"description": "each level samples level 0 at every f-th pixel in y and x (no filtering), "
                                         f"f = {[list(f) for f in self.factors]}"},
         }
+        colors = [{"label-value": i, "rgba": [*map(int, c.color), 255]} for i, c in enumerate(self.classes)]
+        properties = [{"label-value": i, "class": c.name} for i, c in enumerate(self.classes)]
+        if self.nodata is not None:  # blank regions (--background): transparent, so viewers show the image
+            colors.append({"label-value": self.nodata, "rgba": [0, 0, 0, 0]})
+            properties.append({"label-value": self.nodata, "class": NODATA_NAME})
         image_label = {
-            "colors": [{"label-value": i, "rgba": [*map(int, c.color), 255]} for i, c in enumerate(self.classes)],
-            "properties": [{"label-value": i, "class": c.name} for i, c in enumerate(self.classes)],
+            "colors": colors,
+            "properties": properties,
             # Beside its image, the path to it; otherwise the input is usually not an OME-Zarr image.
             "source": {} if placement is None else {"image": placement.source_image},
         }

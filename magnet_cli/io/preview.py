@@ -49,6 +49,8 @@ MAX_NAME = 40  # longer class names are shortened with an ellipsis in the legend
 MAX_LEGEND = 64
 
 
+NODATA_GREY = 128  # blank regions in a preview without a thumbnail
+
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -96,13 +98,16 @@ def write_preview(
     max_size: int = 1024,
     alpha: float = 0.5,
     legend: bool = True,
+    nodata: int | None = None,
 ) -> Path:
     """Write `png_path`: the label colours (alpha-blended over `thumbnail` if given), long side <= max_size,
     and below it a legend of the classes shown (the image stays at the top left; the PNG is as wide as
     the wider of the two). `label_path` is a label image, or its levels (finest first) as
     `LabelWriter.seal()` returns them.
 
-    An existing PNG at `png_path` is replaced (atomically); callers enforce any --overwrite policy.
+    Pixels of the `nodata` label value (blank regions, --background) show the thumbnail alone (no class
+    colour), or NODATA_GREY without one. An existing PNG at `png_path` is replaced (atomically); callers
+    enforce any --overwrite policy.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
@@ -118,6 +123,9 @@ def write_preview(
 
     background = None if thumbnail is None else _fit(_as_rgb_uint8(thumbnail), out_h, out_w)
     image = _render(labels, classes, background, alpha, legend)
+    if nodata is not None:
+        blank = labels == nodata
+        image[: blank.shape[0], : blank.shape[1]][blank] = background[blank] if background is not None else NODATA_GREY
     encoded = with_marker(imagecodecs.png_encode(np.ascontiguousarray(image)))
     png_path = Path(png_path)
     with replace_file_atomically(png_path) as temporary:
@@ -260,14 +268,15 @@ def _resize_nearest(labels: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _as_rgb_uint8(thumbnail: np.ndarray) -> np.ndarray:
-    """(h, w, 3) uint8 from an RGB(A) or gray thumbnail; floats are taken as [0, 1]."""
+    """(h, w, 3) uint8 from a thumbnail of any band count: its first three bands (an N-band model's first
+    three chosen bands; RGBA loses alpha), or its first band as grey when it has fewer; floats are taken as [0, 1]."""
     image = np.asarray(thumbnail)
     if image.ndim == 2:
         image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise ValueError(f"thumbnail must be (h, w), (h, w, 3) or (h, w, 4), got shape {image.shape}")
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
+    if image.ndim != 3 or image.shape[2] < 1:
+        raise ValueError(f"thumbnail must be (h, w) or (h, w, bands), got shape {image.shape}")
+    if image.shape[2] < 3:
+        image = np.repeat(image[:, :, :1], 3, axis=2)
     image = image[:, :, :3]
     if image.dtype.kind == "f":
         image = np.rint(np.clip(image, 0.0, 1.0) * 255.0)

@@ -28,6 +28,8 @@ class RasterSource(ArraySource):
         self.path = path
         self.format_name = format_name
         self.chunks = (self.height, self.width)
+        if format_name == "PNG" and self.bands in (2, 4):  # gray + alpha, RGBA
+            self.extra["alpha_band"] = self.bands - 1
 
     def close(self) -> None:
         self._arrays = []

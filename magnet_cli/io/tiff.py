@@ -115,6 +115,9 @@ class TiffSource(ImageSource):
             "planar": keyframe.planarconfig == 2,
         }
         extra.update(_sample_range_tags(keyframe))
+        alpha = _alpha_band(keyframe)
+        if alpha is not None:
+            extra["alpha_band"] = alpha
         if warnings:
             extra["warnings"] = warnings
         base_axes, base_shape = self._axes[0], self._arrays[0].shape
@@ -299,6 +302,15 @@ def _sample_range_tags(page: tifffile.TiffPage) -> dict[str, int]:
     bits = page.bitspersample
     found["bits_per_sample"] = int(max(bits) if isinstance(bits, (tuple, list)) else bits)
     return found
+
+
+def _alpha_band(page: tifffile.TiffPage) -> int | None:
+    """The index of the first alpha sample (ExtraSamples 1 or 2: associated or unassociated alpha)."""
+    extra = tuple(page.extrasamples or ())
+    for index, kind in enumerate(extra):
+        if int(kind) in (1, 2):
+            return int(page.samplesperpixel) - len(extra) + index
+    return None
 
 
 def _georeference(page: tifffile.TiffPage) -> dict | None:

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from magnet_cli.io.base import ImageSource, PixelNormalization, default_value_range
+from magnet_cli.io.base import ImageSource, PixelNormalization, choose_bands, default_value_range
 
 AUTO, DTYPE = "auto", "dtype"
 STRETCH_PERCENTILE = 99.9
@@ -57,12 +57,15 @@ def normalization_for(
     bands: Sequence[int] | None,
     requested: str | tuple[float, float] | None,
     bundle_range: tuple[float, float] | None = None,
+    channels: int = 3,
 ) -> PixelNormalization:
-    """How `source` is read for a model: `bands` counted from 1 as --bands counts them (None: the default
-    band rules), the value range resolved as `resolve_value_range` does. The trainers read this way."""
+    """How `source` is read for a model of `channels` input channels: `bands` counted from 1 as --bands
+    counts them (None: the default band rules), the value range resolved as `resolve_value_range` does.
+    The trainers and `benchmark` read this way; a band choice that does not fit the image fails here."""
     zero_based = tuple(b - 1 for b in bands) if bands else None  # the readers count from 0
-    value_range, _ = resolve_value_range(source, requested, bundle_range, zero_based)
-    return PixelNormalization(zero_based, value_range)
+    chosen = choose_bands(source.bands, PixelNormalization(zero_based, None, channels), source.path)
+    value_range, _ = resolve_value_range(source, requested, bundle_range, chosen)
+    return PixelNormalization(zero_based, value_range, channels)
 
 
 def _wider_than_8_bits(dtype: np.dtype) -> bool:

@@ -84,6 +84,7 @@ def write_vector(
     tile: int = TILE,
     advance: Callable[[int], None] = lambda tiles: None,
     scale: tuple[float, float] = (1.0, 1.0),
+    nodata: int | None = None,
 ) -> Path:
     """Write the regions of level 0 of the label image at `label_path` (or of its levels, finest first) to
     `vector_path` (.geojson or .gpkg), in the map coordinates and CRS of `georeference` when it has them.
@@ -91,7 +92,8 @@ def write_vector(
     `min_area` (pixels) drops smaller regions and fills smaller holes; `simplify` (pixels) is the
     Douglas-Peucker tolerance, applied to each polygon on its own. `advance(n)` is called as tiles are
     done (`tile_count` of them). `scale`: input pixels per label pixel (y, x), for labels made at a
-    --resolution, so the polygons still lie in the input's level-0 pixels or map coordinates. An existing
+    --resolution, so the polygons still lie in the input's level-0 pixels or map coordinates. Regions of
+    the `nodata` label value (blank regions, --background) get no polygon. An existing
     file is replaced atomically; callers enforce --overwrite.
     """
     require_gis()
@@ -108,6 +110,9 @@ def write_vector(
     with replace_file_atomically(vector_path) as temporary:
         with (_GeoJsonSink if suffix == ".geojson" else _GeoPackageSink)(temporary, epsg, classes) as sink:
             for class_ids, polygons in region_polygons(array, tile, advance):
+                if nodata is not None:
+                    kept = class_ids != nodata
+                    class_ids, polygons = class_ids[kept], polygons[kept]
                 class_ids, polygons = _finished(class_ids, polygons, simplify, min_area)
                 for start in range(0, len(polygons), BATCH):
                     sink.write(class_ids[start : start + BATCH], _placed(polygons[start : start + BATCH], transform))

@@ -27,11 +27,12 @@ class SmallUNet(nn.Module):
     dominate CPU time while the refiner restores the fine detail MagNet needs.
     """
 
-    def __init__(self, num_classes: int, widths: tuple[int, ...] = (16, 32, 64, 128)) -> None:
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = (16, 32, 64, 128), in_channels: int = 3) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.in_channels = in_channels  # the bands it sees (model.toml: [segmenter.options] in_channels)
         self.stem = nn.Sequential(
-            nn.Conv2d(3, widths[0], 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+            nn.Conv2d(in_channels, widths[0], 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
         )
         self.encoders = nn.ModuleList()
         channels = widths[0]
@@ -88,11 +89,13 @@ def check_input_size(module: nn.Module, input_size: tuple[int, int], num_classes
     """Run one blank window through a freshly built net so that a size it cannot take is a ModelError
     before training starts, not a traceback in the first step."""
     from magnet_cli.errors import ModelError
+    from magnet_cli.models.segmenter import module_channels
 
     was_training = module.training
     try:
         with torch.no_grad():
-            out = module.eval()(torch.zeros(1, 3, *input_size, device=next(module.parameters()).device))
+            channels = getattr(module, "in_channels", None) or module_channels(module) or 3
+            out = module.eval()(torch.zeros(1, channels, *input_size, device=next(module.parameters()).device))
     except RuntimeError as error:
         raise ModelError(f"input size {input_size[0]}x{input_size[1]} does not fit this architecture ({str(error).splitlines()[0]})") from None
     finally:

@@ -17,9 +17,10 @@ from torch import nn
 from magnet_cli.classes import ClassInfo, default_classes
 from magnet_cli.errors import ModelError, UsageError
 from magnet_cli.io.pixel_size import PixelSize
-from magnet_cli.models.refiner import INPUT_ORDERS, Refiner, load_refiner, save_refiner
+from magnet_cli.models.refiner import INPUT_ORDERS, RefinerNet, load_refiner, save_refiner
+from magnet_cli.models.refiner_names import REFINER_ARCHITECTURES
 from magnet_cli.models.segmenter import OUTPUTS, Segmenter
-from magnet_cli.models.sources import KINDS, SOURCES, Contract, source_for
+from magnet_cli.models.sources import KINDS, SOURCES, Contract, bands_channels, source_for
 from magnet_cli.models.weights import first_non_finite, read_state, segmenter_digest, state_digest
 from magnet_cli.settings import (
     MAX_LEVELS,
@@ -77,6 +78,7 @@ class RefinerSpec:
     weights: str = REFINER_WEIGHTS
     input_order: str | None = None  # None: the checkpoint's own, else the reference's fine_coarse
     segmenter_sha256: str | None = None  # digest of the segmenter the refiner was trained over
+    architecture: str | None = None  # models/refiner_names.py; None: the reference (every older bundle)
 
 
 @dataclass(frozen=True)
@@ -366,7 +368,14 @@ class _Checker:
             weights=self.text(table, "weights", REFINER_WEIGHTS, "refiner"),  # type: ignore[arg-type]
             input_order=order,
             segmenter_sha256=self.text(table, "segmenter_sha256", None, "refiner"),
+            architecture=self.refiner_architecture(table),
         )
+
+    def refiner_architecture(self, table: dict) -> str | None:
+        name = self.text(table, "architecture", None, "refiner")
+        if name is not None and name not in REFINER_ARCHITECTURES:
+            raise self.fail(f"refiner.architecture must be one of {', '.join(REFINER_ARCHITECTURES)}, got {name!r}")
+        return name
 
 
 _TOP_LEVEL = {f.name for f in fields(BundleSpec)}
@@ -404,7 +413,7 @@ class ModelBundle:
     name: str
     classes: list[ClassInfo]
     segmenter: Segmenter
-    refiner: Refiner | None
+    refiner: RefinerNet | None
     points: float = 0.5  # count (> 1) or fraction of each level's pixels
     smooth_kernel: int = 11
     value_range: tuple[float, float] | None = None  # numbers only; "dtype" is read from `spec` (`reading`)
@@ -440,12 +449,12 @@ def load_bundle(directory: Path | str, *, trust_model: bool = False) -> ModelBun
     segmenter = load_segmenter(directory, spec, trust_model=trust_model)
     refiner = None
     if spec.refiner is not None:
-        refiner = load_refiner(directory / spec.refiner.weights, spec.refiner.input_order, len(spec.classes))  # type: ignore[arg-type]
+        refiner = load_refiner(directory / spec.refiner.weights, spec.refiner.input_order, len(spec.classes), spec.refiner.architecture)  # type: ignore[arg-type]
         refiner.segmenter_sha256 = spec.refiner.segmenter_sha256 or refiner.segmenter_sha256
     return _bundle(spec, segmenter, refiner, directory)
 
 
-def _bundle(spec: BundleSpec, segmenter: Segmenter, refiner: Refiner | None, path: Path | None) -> ModelBundle:
+def _bundle(spec: BundleSpec, segmenter: Segmenter, refiner: RefinerNet | None, path: Path | None) -> ModelBundle:
     return ModelBundle(
         name=spec.name, classes=list(spec.classes), segmenter=segmenter, refiner=refiner, points=spec.points,
         smooth_kernel=spec.smooth_kernel, value_range=spec.value_range if isinstance(spec.value_range, tuple) else None,
@@ -456,7 +465,7 @@ def _bundle(spec: BundleSpec, segmenter: Segmenter, refiner: Refiner | None, pat
 
 def load_segmenter(directory: Path, spec: BundleSpec, *, trust_model: bool = False) -> Segmenter:
     """The segmenter a bundle's spec names, through its source (models/sources/), in eval mode on the CPU."""
-    contract = Contract(len(spec.classes), spec.input_size, spec.mean, spec.std)
+    contract = Contract(len(spec.classes), spec.input_size, spec.mean, spec.std, bands_channels(spec.bands))
     source = SOURCES[spec.segmenter.kind]
     return source.load(spec.segmenter, directory, contract, trust_model=trust_model, named_by=str(directory / MODEL_FILE))
 
@@ -465,7 +474,7 @@ read_weights = read_state  # a segmenter state dict, read as data only (models/w
 
 
 # --- writing ------------------------------------------------------------------------------------------
-def write_bundle(directory: Path | str, spec: BundleSpec, segmenter: Segmenter | nn.Module, refiner: Refiner | None = None) -> BundleSpec:
+def write_bundle(directory: Path | str, spec: BundleSpec, segmenter: Segmenter | nn.Module, refiner: RefinerNet | None = None) -> BundleSpec:
     """Write the segmenter in the form the spec names (its source's `save`: weights, TorchScript, a copy of
     the ONNX or .pt2 file it came from), the refiner, then model.toml with the digests filled in; return
     that spec. The refiner's `segmenter_sha256` (set by the trainer) says which segmenter it was trained over.
@@ -489,7 +498,9 @@ def write_bundle(directory: Path | str, spec: BundleSpec, segmenter: Segmenter |
         refiner_spec = spec.refiner or RefinerSpec()
         trained_with = getattr(refiner, "segmenter_sha256", None)
         save_refiner(refiner, directory / refiner_spec.weights)
-        spec = replace(spec, refiner=replace(refiner_spec, input_order=refiner.input_order, segmenter_sha256=trained_with))
+        spec = replace(spec, refiner=replace(
+            refiner_spec, input_order=refiner.input_order, segmenter_sha256=trained_with, architecture=refiner.architecture,
+        ))
     elif spec.refiner is not None:
         raise ValueError("a spec with [refiner] needs the refiner to write")
     spec.write(directory)
@@ -503,7 +514,7 @@ def save_bundle(
     segmenter_module: nn.Module,
     architecture: str,
     input_size: tuple[int, int],
-    refiner: Refiner | None,
+    refiner: RefinerNet | None,
     *,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
@@ -576,7 +587,7 @@ def bundle_from_parts(
     spec = BundleSpec(
         name=Path(reference).stem, input_size=segmenter.input_size, classes=tuple(classes), segmenter=segmenter_spec,
         mean=tuple(mean) if mean else None, std=tuple(std) if std else None,
-        refiner=RefinerSpec(str(refiner_path), refiner_input_order, refiner.segmenter_sha256) if refiner else None,
+        refiner=RefinerSpec(str(refiner_path), refiner_input_order, refiner.segmenter_sha256, refiner.architecture) if refiner else None,
     )
     return _bundle(spec, segmenter, refiner, None)
 
@@ -600,11 +611,12 @@ def describe_bundle(directory: Path | str) -> dict[str, Any]:
         digest, parameters = segmenter_digest(module), sum(p.numel() for p in module.parameters())  # type: ignore[union-attr]
     refiner = None
     if spec.refiner is not None:
-        loaded = load_refiner(directory / spec.refiner.weights, spec.refiner.input_order, len(spec.classes))  # type: ignore[arg-type]
+        loaded = load_refiner(directory / spec.refiner.weights, spec.refiner.input_order, len(spec.classes), spec.refiner.architecture)  # type: ignore[arg-type]
         trained_with = spec.refiner.segmenter_sha256 or loaded.segmenter_sha256
         refiner = {
             "file": spec.refiner.weights,
             "input_order": loaded.input_order,
+            "architecture": loaded.architecture,
             "parameters": sum(p.numel() for p in loaded.parameters()),
             "segmenter_sha256": trained_with,
             "paired": None if trained_with is None else trained_with == digest,

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from magnet_cli.errors import ModelError
+from magnet_cli.models.refiner_names import REFERENCE, REFINER_ARCHITECTURES
 
 BN_MOMENTUM = 0.01
 
@@ -43,8 +45,12 @@ class Bottleneck(nn.Module):
         return self.relu(out + residual)
 
 
-class Refiner(nn.Module):
-    """Proposes refined logits R from a coarse map Y and a fine segmentation O (both probabilities)."""
+class RefinerNet(nn.Module):
+    """What every refiner architecture shares: logits R from a coarse map Y and a fine segmentation O (both
+    probabilities), through an input BatchNorm `bn0` on cat(Y, O) (or cat(O, Y)) and a last 1x1
+    convolution `seg_conv` to the classes. Subclasses build `body` and list their conv+BN pairs."""
+
+    architecture = REFERENCE
 
     def __init__(self, num_classes: int, input_order: InputOrder = "coarse_fine") -> None:
         super().__init__()
@@ -56,6 +62,34 @@ class Refiner(nn.Module):
         # when unknown (a reference checkpoint, an older file, an untrained net).
         self.segmenter_sha256: str | None = None
         self.bn0 = nn.BatchNorm2d(2 * num_classes, momentum=BN_MOMENTUM)
+
+    def forward(self, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+        pair = (coarse, fine) if self.input_order == "coarse_fine" else (fine, coarse)
+        return self.body(self.bn0(torch.cat(pair, dim=1)))
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def conv_bn_pairs(self) -> list[tuple[nn.Module, str, str]]:
+        """(owner, convolution attribute, BatchNorm attribute) for each BatchNorm that follows a convolution."""
+        raise NotImplementedError
+
+
+def _conv_bn_relu(inputs: int, outputs: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(inputs, outputs, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(outputs, momentum=BN_MOMENTUM),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Refiner(RefinerNet):
+    """The reference architecture (paper Fig. 4) with the reference implementation's key layout."""
+
+    architecture = REFERENCE
+
+    def __init__(self, num_classes: int, input_order: InputOrder = "coarse_fine") -> None:
+        super().__init__(num_classes, input_order)
         self.conv1 = nn.Conv2d(2 * num_classes, 64, kernel_size=3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64, momentum=BN_MOMENTUM)
         self.conv2 = nn.Conv2d(64, 64, kernel_size=3, padding=1, bias=False)
@@ -68,12 +102,82 @@ class Refiner(nn.Module):
         self.residual = nn.Sequential(Bottleneck(64, 32, projection), Bottleneck(128, 32))
         self.seg_conv = nn.Conv2d(128, num_classes, kernel_size=1, bias=False)
 
-    def forward(self, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
-        pair = (coarse, fine) if self.input_order == "coarse_fine" else (fine, coarse)
-        x = self.bn0(torch.cat(pair, dim=1))
+    def body(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.relu(self.bn2(self.conv2(x)))
         return self.seg_conv(self.residual(x))
+
+    def conv_bn_pairs(self) -> list[tuple[nn.Module, str, str]]:
+        pairs: list[tuple[nn.Module, str, str]] = [(self, "conv1", "bn1"), (self, "conv2", "bn2")]
+        for block in self.residual:
+            pairs += [(block, f"conv{i}", f"bn{i}") for i in (1, 2, 3)]
+            if block.downsample is not None:
+                pairs.append((block.downsample, "0", "1"))
+        return pairs
+
+
+LITE_WIDTH = 32
+
+
+class LiteRefiner(RefinerNet):
+    """Four 3x3 conv+BN+ReLU layers of 32 channels, then the 1x1 to classes. The reference spends ~70% of
+    its time in 64- and 128-channel layers at full resolution and most of the rest in element-wise work on
+    128-channel maps (benchmarks/refiner_cost.py); this keeps its
+    9 px receptive field and full resolution (roads are 2-6 px wide) at 32 channels, a multiple of
+    oneDNN's channel block (24 channels measured no faster than 32)."""
+
+    architecture = "lite"
+
+    def __init__(self, num_classes: int, input_order: InputOrder = "coarse_fine") -> None:
+        super().__init__(num_classes, input_order)
+        self.layers = nn.Sequential(_conv_bn_relu(2 * num_classes, LITE_WIDTH), *(_conv_bn_relu(LITE_WIDTH, LITE_WIDTH) for _ in range(3)))
+        self.seg_conv = nn.Conv2d(LITE_WIDTH, num_classes, kernel_size=1, bias=False)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.seg_conv(self.layers(x))
+
+    def conv_bn_pairs(self) -> list[tuple[nn.Module, str, str]]:
+        return [(layer, "0", "1") for layer in self.layers]
+
+
+class HalfRefiner(RefinerNet):
+    """A 3x3 stride-2 conv+BN+ReLU to half resolution, two more 3x3 layers there (32 channels), the 1x1 to
+    classes, bilinear upsampling to the window, plus a full-resolution 3x3 skip from the input straight to
+    the classes so a 2 px road in O can survive. A quarter of the pixels for the body: ~1/15 of the
+    reference's CPU time per window (benchmarks/refiner_cost.py), seeing 2x farther at the coarse scale."""
+
+    architecture = "half"
+
+    def __init__(self, num_classes: int, input_order: InputOrder = "coarse_fine") -> None:
+        super().__init__(num_classes, input_order)
+        self.layers = nn.Sequential(_conv_bn_relu(2 * num_classes, LITE_WIDTH, stride=2), *(_conv_bn_relu(LITE_WIDTH, LITE_WIDTH) for _ in range(2)))
+        self.seg_conv = nn.Conv2d(LITE_WIDTH, num_classes, kernel_size=1, bias=False)
+        self.skip = nn.Conv2d(2 * num_classes, num_classes, kernel_size=3, padding=1, bias=False)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        coarse = self.seg_conv(self.layers(x))
+        upsampled = F.interpolate(coarse, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return upsampled + self.skip(x)
+
+    def conv_bn_pairs(self) -> list[tuple[nn.Module, str, str]]:
+        return [(layer, "0", "1") for layer in self.layers]
+
+
+# One registry: a name (models/refiner_names.py, torch-free for settings) -> its network.
+ARCHITECTURES: dict[str, type[RefinerNet]] = {net.architecture: net for net in (Refiner, LiteRefiner, HalfRefiner)}
+assert tuple(ARCHITECTURES) == tuple(REFINER_ARCHITECTURES), "models/refiner_names.py and ARCHITECTURES disagree"
+
+
+def architecture_named(name: str, where: str = "refiner architecture") -> type[RefinerNet]:
+    """The network class of `name`; a ModelError naming the choices otherwise."""
+    try:
+        return ARCHITECTURES[name]
+    except (KeyError, TypeError):
+        raise ModelError(f"{where} {name!r} is not one of {', '.join(ARCHITECTURES)}") from None
+
+
+def build_refiner(architecture: str, num_classes: int, input_order: InputOrder = "coarse_fine") -> RefinerNet:
+    return architecture_named(architecture)(num_classes, input_order)
 
 
 def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -83,9 +187,12 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_refiner(path: Path | str, input_order: InputOrder | None = None, num_classes: int | None = None) -> Refiner:
-    """Load a refiner checkpoint: ours ({"state_dict", "num_classes", "input_order"}) or a reference
-    plain state dict (then `input_order` defaults to the reference test.py order, fine_coarse)."""
+def load_refiner(
+    path: Path | str, input_order: InputOrder | None = None, num_classes: int | None = None, architecture: str | None = None
+) -> RefinerNet:
+    """Load a refiner checkpoint: ours ({"state_dict", "num_classes", "input_order", "architecture"}) or a
+    reference plain state dict (then `input_order` defaults to the reference test.py order, fine_coarse).
+    `architecture` (a bundle's [refiner] architecture) wins over the checkpoint's; neither: the reference."""
     from magnet_cli.models.weights import read_weights_file
 
     path = Path(path)
@@ -93,16 +200,19 @@ def load_refiner(path: Path | str, input_order: InputOrder | None = None, num_cl
     if "state_dict" in payload and isinstance(payload["state_dict"], dict):
         state = _strip_prefixes(payload["state_dict"])
         order = input_order or payload.get("input_order", "coarse_fine")
+        recorded = payload.get("architecture")
     else:
         state = _strip_prefixes(payload)
         order = input_order or "fine_coarse"
+        recorded = None
+    network = architecture_named(architecture or recorded or REFERENCE, f"{path}: refiner architecture")
     weight = state.get("seg_conv.weight")
     if not isinstance(weight, torch.Tensor) or weight.ndim != 4:
         raise ModelError(f"{path}: not a MagNet refiner checkpoint (no seg_conv.weight)")
     classes = int(weight.shape[0])
     if num_classes is not None and classes != num_classes:
         raise ModelError(f"{path}: refiner has {classes} classes but the segmenter has {num_classes}")
-    refiner = Refiner(classes, order)  # type: ignore[arg-type]
+    refiner = network(classes, order)  # type: ignore[arg-type]
     if "bn0.weight" not in state:
         # The reference can be built with use_bn=False; an identity input BatchNorm reproduces that.
         refiner.bn0 = nn.Identity()  # type: ignore[assignment]
@@ -110,22 +220,25 @@ def load_refiner(path: Path | str, input_order: InputOrder | None = None, num_cl
         refiner.load_state_dict(state, strict=True)
     except RuntimeError as error:
         first = str(error).splitlines()[0]
-        raise ModelError(f"{path}: refiner weights do not match the architecture ({first})") from None
+        raise ModelError(f"{path}: refiner weights do not match the {network.architecture} architecture ({first})") from None
     trained_with = payload.get("segmenter_sha256") if "state_dict" in payload else None
     refiner.segmenter_sha256 = trained_with if isinstance(trained_with, str) else None
     return refiner.eval()
 
 
-def save_refiner(refiner: Refiner, path: Path | str) -> None:
-    """Save with our metadata so the input order, and the segmenter it was trained over, travel with the
-    weights (a lone --refiner file still says what it pairs with)."""
-    payload = {"state_dict": refiner.state_dict(), "num_classes": refiner.num_classes, "input_order": refiner.input_order}
+def save_refiner(refiner: RefinerNet, path: Path | str) -> None:
+    """Save with our metadata so the architecture, the input order and the segmenter it was trained over
+    travel with the weights (a lone --refiner file still says what it is and what it pairs with)."""
+    payload = {
+        "state_dict": refiner.state_dict(), "num_classes": refiner.num_classes, "input_order": refiner.input_order,
+        "architecture": refiner.architecture,
+    }
     if refiner.segmenter_sha256 is not None:
         payload["segmenter_sha256"] = refiner.segmenter_sha256
     torch.save(payload, Path(path))
 
 
-def fuse_for_inference(refiner: Refiner) -> Refiner:
+def fuse_for_inference(refiner: RefinerNet) -> RefinerNet:
     """A copy with every BatchNorm that follows a convolution folded into it (eval only).
 
     Same function up to float rounding, about a fifth less CPU time. The input BatchNorm (bn0) stays:
@@ -139,11 +252,6 @@ def fuse_for_inference(refiner: Refiner) -> Refiner:
         setattr(owner, conv_name, fuse_conv_bn_eval(getattr(owner, conv_name), getattr(owner, bn_name)))
         setattr(owner, bn_name, nn.Identity())
 
-    fold(fused, "conv1", "bn1")
-    fold(fused, "conv2", "bn2")
-    for block in fused.residual:
-        for i in (1, 2, 3):
-            fold(block, f"conv{i}", f"bn{i}")
-        if block.downsample is not None:
-            block.downsample = nn.Sequential(fuse_conv_bn_eval(block.downsample[0], block.downsample[1]))
+    for owner, conv_name, bn_name in fused.conv_bn_pairs():
+        fold(owner, conv_name, bn_name)
     return fused

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from magnet_cli.errors import ModelError
+from magnet_cli.errors import ModelError, UsageError
 from magnet_cli.models.weights import segmenter_digest
 
 LOGITS = "logits"
@@ -48,6 +48,7 @@ class Segmenter:
     def to(self, device: torch.device | str, *, channels_last: bool = False) -> "Segmenter":
         """Move to `device` in eval mode; `channels_last`: oneDNN convolutions run about 3x faster in it
         on CPU (measured on the refiner), and modules that refuse it still run."""
+        check_stats(self.mean, self.std, self.input_channels)
         module = self.module.to(device)  # type: ignore[union-attr]
         _eval(module)
         if channels_last:
@@ -94,6 +95,23 @@ class Segmenter:
                 group = torch.cat([group, blank])
             parts.append(self.run(group))
         return torch.cat(parts)[: images.shape[0]]
+
+
+def check_stats(mean: tuple[float, ...] | None, std: tuple[float, ...] | None, channels: int) -> None:
+    """--mean/--std give one value per input channel, or one value for every channel."""
+    for option, values in (("--mean", mean), ("--std", std)):
+        if values is not None and len(values) not in (1, channels):
+            raise UsageError(f"{option} has {len(values)} values but the segmenter takes {channels} input channels "
+                             f"(give {channels} values, one per band in --bands order, or one for all)")
+
+
+def module_channels(module: nn.Module) -> int | None:
+    """The input channels of a torch module that does not state them: those of its first 4-D weight (the
+    first convolution, where the input enters; parameters come in the order the module defines them)."""
+    for weight in module.state_dict().values():
+        if isinstance(weight, torch.Tensor) and weight.ndim == 4:
+            return int(weight.shape[1])
+    return None
 
 
 def standardize(images: torch.Tensor, mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> torch.Tensor:

@@ -22,6 +22,7 @@ from magnet_cli.errors import InputError, UsageError
 from magnet_cli.io.base import Box, ImageSource, PixelNormalization
 from magnet_cli.io.open import list_images, open_image
 from magnet_cli.io.value_range import normalization_for
+from magnet_cli.models.sources import bands_channels
 from magnet_cli.pyramid import ScalePlan, Window, make_plan
 from magnet_cli.refine import crop_resize
 from magnet_cli.settings import CoarseFrom
@@ -42,6 +43,7 @@ class DatasetItem:
     height: int
     width: int
     open_pair: Callable[[], tuple[ImageSource, ImageSource]]
+    bands: int = 3  # the image's band count
 
 
 @dataclass
@@ -57,6 +59,7 @@ class SegmentationDataset:
     # default rules) and the value range asked for (auto, dtype, (min, max); None: auto), resolved per image.
     bands: tuple[int, ...] | None = None
     value_range: str | tuple[float, float] | None = None
+    channels: int = 3  # the model's input channels: how many bands each read gives it
     _open: "OrderedDict[int, tuple[ImageSource, ImageSource]]" = field(default_factory=OrderedDict, repr=False)
     _normalization: dict[int, PixelNormalization] = field(default_factory=dict, repr=False)
 
@@ -90,10 +93,18 @@ class SegmentationDataset:
     def normalization(self, image: ImageSource) -> PixelNormalization:
         """How `segment` would read `image` with this dataset's bands and value range (auto resolved from the
         file, io/value_range.py)."""
-        return normalization_for(image, self.bands, self.value_range)
+        return normalization_for(image, self.bands, self.value_range, channels=self.channels)
+
+    def data_channels(self) -> int:
+        """The input channels of a model trained on this data: one per --bands entry, else one per band of
+        its images (grey, grey + alpha: RGB, replicated as `segment` reads them for a 3-channel model)."""
+        if self.bands is not None:
+            return bands_channels(self.bands) or 3
+        count = self.items[0].bands if self.items else 3
+        return 3 if count in (1, 2) else count
 
     def read_image(self, index: int, box: Box, size: tuple[int, int]) -> torch.Tensor:
-        """Float RGB (3, h, w) in [0, 1] of a full-resolution box, read as `segment` reads it."""
+        """Float (channels, h, w) in [0, 1] of a full-resolution box, read as `segment` reads it."""
         image = self.sources(index)[0]
         return image.read(box, size[0], size[1], self._normalization[index])
 
@@ -232,6 +243,7 @@ def _load_dataset(
                     image.height,
                     image.width,
                     lambda i=image_path, m=mask_path: (open_image(i), open_image(m)),
+                    image.bands,
                 )
             )
     if classes is None:
@@ -339,7 +351,7 @@ class WindowSampler:
         return index, plan.window(level, row, col)
 
     def sample(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """One window: image (3, h, w) float in [0, 1] and mask (h, w) int64."""
+        """One window: image (channels, h, w) float in [0, 1] and mask (h, w) int64."""
         index, window = self.draw_window(rng)
         box = window_box(window)
         image = self.dataset.read_image(index, box, self.input_size)
@@ -349,7 +361,7 @@ class WindowSampler:
         return image, mask
 
     def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """`size` windows stacked: images (B, 3, h, w), masks (B, h, w)."""
+        """`size` windows stacked: images (B, channels, h, w), masks (B, h, w)."""
         pairs = [self.sample(rng) for _ in range(size)]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
@@ -367,7 +379,7 @@ class RefinerPairSampler:
     parent at level s - 1, so pairs come from random adjacent levels, the scale gap the refiner meets
     at every step of inference; "whole" is the map of the whole image (level 1), as the reference
     train.py does, which trains mostly on the large gaps of the deepest levels.
-    The segmenter is frozen; `segment` maps images (N, 3, h, w) to probabilities (N, C, h, w) without
+    The segmenter is frozen; `segment` maps images (N, channels, h, w) to probabilities (N, C, h, w) without
     gradients. Whole-image maps are cached per image.
     """
 

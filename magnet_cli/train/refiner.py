@@ -25,7 +25,7 @@ from magnet_cli.models.bundle import (
     load_bundle,
     write_bundle,
 )
-from magnet_cli.models.refiner import Refiner
+from magnet_cli.models.refiner import RefinerNet, build_refiner
 from magnet_cli.models.sources import SOURCES
 from magnet_cli.models.segmenter import Segmenter
 from magnet_cli.settings import ModelSettings, RefinerTraining, RunSettings
@@ -71,7 +71,7 @@ def ohem_cross_entropy(
 
 
 def refiner_step(
-    refiner: Refiner,
+    refiner: RefinerNet,
     optimizer: torch.optim.Optimizer,
     coarse: torch.Tensor,
     fine: torch.Tensor,
@@ -154,7 +154,7 @@ def output_spec(bundle: ModelBundle, name: str, classes: list, record: dict[str,
 
 
 class RefinerTask(Task):
-    """A Refiner(C, "coarse_fine") on (coarse crop, fine map, label) pairs of a frozen segmenter: SGD with
+    """A refiner of the chosen architecture (input order coarse_fine) on (coarse crop, fine map, label) pairs of a frozen segmenter: SGD with
     momentum, lr x gamma at each milestone, cross-entropy or OHEM."""
 
     kind = "refiner"
@@ -172,6 +172,7 @@ class RefinerTask(Task):
         bands, value_range = self.reading
         self.dataset = load_dataset(data, classes=self.bundle.classes or None, ignore_index=training.ignore_index,
                                     bands=bands, value_range=value_range)
+        self.dataset.channels = segmenter.input_channels
         if self.dataset.num_classes != self.num_classes:
             raise ModelError(
                 f"{self.model_record.get('model') or self.model_record.get('segmenter')}: segmenter outputs "
@@ -182,6 +183,7 @@ class RefinerTask(Task):
                          bands=bands, value_range=value_range)
             if training.val is not None else self.dataset
         )
+        self.validation.channels = segmenter.input_channels
         if training.crop is not None and training.crop > min(segmenter.input_size):
             raise UsageError(f"--crop {training.crop}: must be at most the model input size {segmenter.input_size}")
         self.segmenter_sha256 = segmenter.digest()
@@ -204,7 +206,7 @@ class RefinerTask(Task):
         segmenter = self.bundle.segmenter.to(device)
         for parameter in segmenter.module.parameters() if segmenter.trainable else ():  # type: ignore[union-attr]
             parameter.requires_grad_(False)
-        refiner = seeded_init(t.seed, lambda: Refiner(self.num_classes, "coarse_fine")).to(device)
+        refiner = seeded_init(t.seed, lambda: build_refiner(t.architecture, self.num_classes, "coarse_fine")).to(device)
         self.refiner = refiner.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
         self.optimizer = torch.optim.SGD(self.refiner.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
         size = segmenter.input_size
@@ -271,7 +273,7 @@ def train_refiner(
 
 
 def evaluate_pairs(
-    refiner: Refiner,
+    refiner: RefinerNet,
     batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     num_classes: int,
     ignore_index: int,

@@ -15,7 +15,7 @@ from magnet_cli.evaluation import confusion, mean_iou
 from magnet_cli.io.value_range import AUTO
 from magnet_cli.models.builtin import build_architecture, check_input_size
 from magnet_cli.models.bundle import SEGMENTER_EXPORT, SEGMENTER_WEIGHTS, BundleSpec, SegmenterSpec, write_bundle
-from magnet_cli.models.segmenter import standardize
+from magnet_cli.models.segmenter import check_stats, module_channels, standardize
 from magnet_cli.models.sources import Contract, source_for
 from magnet_cli.settings import Optimizer, RunSettings, SegmenterTraining
 from magnet_cli.train.common import eval_mode, plain, seeded_init, without_none
@@ -99,6 +99,10 @@ class SegmenterTask(Task):
         )
         self.num_classes = self.dataset.num_classes
         self.options = dict(training.architecture_options)
+        if training.segmenter is None and "in_channels" not in self.options:
+            channels = self.dataset.data_channels()  # N-band data trains an N-channel net
+            if channels != 3:  # 3 is the architecture's default: bundles of RGB models stay as they were
+                self.options["in_channels"] = channels
 
     def settings(self) -> dict[str, Any]:
         values = plain(self.training)
@@ -120,6 +124,10 @@ class SegmenterTask(Task):
         self.device = device
         self.model = build_segmenter(t, self.num_classes, self.options).to(device)
         check_input_size(self.model, t.input_size, self.num_classes)
+        channels = getattr(self.model, "in_channels", None) or module_channels(self.model) or 3
+        check_stats(t.mean, t.std, channels)
+        for data in (self.dataset, self.validation):
+            data.channels = channels  # read as `segment` reads for this model
         self.optimizer = make_optimizer(t.optimizer, self.model.parameters(), t.lr, t.weight_decay)
         self.sampler = WindowSampler(self.dataset, t.input_size)
         self.val_batches = [

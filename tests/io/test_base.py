@@ -7,42 +7,42 @@ import torch
 from magnet_cli.errors import InputError
 from magnet_cli.io import base
 from magnet_cli.io.array import ArraySource
-from magnet_cli.io.base import Box, PixelNormalization, to_unit_rgb
+from magnet_cli.io.base import Box, PixelNormalization, to_model_input
 
 
 def test_gray_is_replicated_to_rgb():
-    out = to_unit_rgb(np.array([[0, 255]], np.uint8), PixelNormalization())
+    out = to_model_input(np.array([[0, 255]], np.uint8), PixelNormalization())
     assert out.shape == (3, 1, 2) and torch.equal(out[:, 0, 1], torch.ones(3))
 
 
 def test_rgba_drops_alpha_and_gray_alpha_keeps_gray():
     rgba = np.array([[[255, 0, 51, 7]]], np.uint8)
-    assert torch.allclose(to_unit_rgb(rgba, PixelNormalization())[:, 0, 0], torch.tensor([1.0, 0.0, 0.2]))
+    assert torch.allclose(to_model_input(rgba, PixelNormalization())[:, 0, 0], torch.tensor([1.0, 0.0, 0.2]))
     gray_alpha = np.array([[[102, 0]]], np.uint8)
-    assert torch.allclose(to_unit_rgb(gray_alpha, PixelNormalization())[:, 0, 0], torch.full((3,), 0.4))
+    assert torch.allclose(to_model_input(gray_alpha, PixelNormalization())[:, 0, 0], torch.full((3,), 0.4))
 
 
 def test_uint16_and_float_scale_to_unit_range_and_value_range_overrides():
-    assert to_unit_rgb(np.full((1, 1, 3), 65535, np.uint16), PixelNormalization()).max() == 1.0
+    assert to_model_input(np.full((1, 1, 3), 65535, np.uint16), PixelNormalization()).max() == 1.0
     floats = np.array([[[-0.5, 0.25, 2.0]]], np.float32)
-    assert to_unit_rgb(floats, PixelNormalization())[:, 0, 0].tolist() == [0.0, 0.25, 1.0]  # clamped
+    assert to_model_input(floats, PixelNormalization())[:, 0, 0].tolist() == [0.0, 0.25, 1.0]  # clamped
     twelve_bit = np.full((1, 1, 3), 2048, np.uint16)
-    assert torch.allclose(to_unit_rgb(twelve_bit, PixelNormalization(value_range=(0, 4096))), torch.full((3, 1, 1), 0.5))
+    assert torch.allclose(to_model_input(twelve_bit, PixelNormalization(value_range=(0, 4096))), torch.full((3, 1, 1), 0.5))
 
 
 def test_bands_choose_and_order_channels():
     raster = np.arange(6, dtype=np.uint8).reshape(1, 1, 6) * 50
-    out = to_unit_rgb(raster, PixelNormalization(bands=(5, 0, 2)))
+    out = to_model_input(raster, PixelNormalization(bands=(5, 0, 2)))
     assert torch.allclose(out[:, 0, 0], torch.tensor([250, 0, 100]) / 255)
     with pytest.raises(InputError, match="--bands"):
-        to_unit_rgb(raster, PixelNormalization())
+        to_model_input(raster, PixelNormalization())
     with pytest.raises(InputError, match="6 band"):
-        to_unit_rgb(raster, PixelNormalization(bands=(0, 1, 9)))
+        to_model_input(raster, PixelNormalization(bands=(0, 1, 9)))
 
 
 def test_unsupported_dtype_is_an_input_error():
     with pytest.raises(InputError, match="unsupported"):
-        to_unit_rgb(np.zeros((1, 1, 3), np.int64), PixelNormalization())
+        to_model_input(np.zeros((1, 1, 3), np.int64), PixelNormalization())
 
 
 def test_coarse_read_uses_the_coarsest_level_that_is_fine_enough():

@@ -10,7 +10,7 @@ import tifffile
 import tifffile.zarr
 
 from magnet_cli.errors import InputError
-from magnet_cli.io.base import Box, PixelNormalization, to_unit_rgb
+from magnet_cli.io.base import Box, PixelNormalization, to_model_input
 from magnet_cli.io.tiff import TiffSource
 
 from .conftest import GEO_KEYS, GEO_PIXEL_SCALE, GEO_TIEPOINT, HEIGHT, WIDTH, pattern
@@ -198,7 +198,7 @@ def test_coarse_read_uses_the_coarse_stored_level(subifd_tiff, rgb, read_level_s
         calls = read_level_spy(source)
         out = source.read(Box(0, 0, HEIGHT, WIDTH), 75, 100)
         assert calls == [(2, 0, 0, 75, 100)]
-        expected = to_unit_rgb(rgb[::4, ::4], PixelNormalization())
+        expected = to_model_input(rgb[::4, ::4], PixelNormalization())
         assert np.array_equal(out.numpy(), expected.numpy())
 
 

@@ -35,6 +35,15 @@ class Contract:
     input_size: tuple[int, int] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    # The input channels where the caller knows them (a bundle's bands); a model file that states its own
+    # (ONNX, .pt2, a built-in architecture) must agree.
+    channels: int | None = None
+
+
+def bands_channels(bands: tuple[int, ...] | None) -> int | None:
+    """The input channels a band list implies: one per band; None for no list, or one band (which a
+    3-channel model takes as grey, replicated)."""
+    return len(bands) if bands and len(bands) > 1 else None
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,8 @@ def checked(segmenter: "Segmenter", contract: Contract, name: str, *, probe: boo
     """The loaded segmenter with the caller's contract applied and met: input size (the model's fixed one
     where the caller gives none), normalisation, and the class count. `probe`: run one blank batch to learn
     the class count or check the caller's (a bare file; a bundle's model.toml states its classes)."""
+    from magnet_cli.models.segmenter import check_stats
+
     fixed = segmenter.input_size if all(segmenter.input_size) else None
     if contract.input_size is not None:
         if fixed is not None and tuple(fixed) != tuple(contract.input_size):
@@ -139,6 +150,10 @@ def checked(segmenter: "Segmenter", contract: Contract, name: str, *, probe: boo
         segmenter.input_size = tuple(contract.input_size)  # type: ignore[assignment]
     elif fixed is None:
         raise ModelError(f"{name}: the model takes any window size; say which it was trained at (--input-size HxW)")
+    if contract.channels is not None and segmenter.input_channels != contract.channels:
+        raise ModelError(f"{name}: the model takes {segmenter.input_channels} input channel(s) but its bands name "
+                         f"{contract.channels}")
+    check_stats(contract.mean, contract.std, segmenter.input_channels)
     segmenter.mean, segmenter.std = contract.mean, contract.std
     segmenter.num_classes = probe_classes(segmenter, name) if probe else contract.num_classes  # type: ignore[assignment]
     if contract.num_classes is not None and segmenter.num_classes != contract.num_classes:

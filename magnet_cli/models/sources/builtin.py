@@ -23,7 +23,7 @@ def load(spec: "SegmenterSpec", directory: Path | None, contract: "Contract", *,
     module = build_architecture(spec.architecture, contract.num_classes, **spec.options)  # type: ignore[arg-type]
     if directory is not None:
         load_state(module, directory / spec.file)
-    return Segmenter(module.eval(), contract.num_classes, (0, 0))
+    return Segmenter(module.eval(), contract.num_classes, (0, 0), input_channels=module.in_channels)
 
 
 def save(segmenter: Segmenter, directory: Path, spec: "SegmenterSpec") -> None:

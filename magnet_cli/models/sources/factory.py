@@ -13,6 +13,7 @@ from torch import nn
 
 from magnet_cli.errors import ModelError
 from magnet_cli.models.segmenter import Segmenter
+from magnet_cli.models.sources.torchscript import stated_channels
 from magnet_cli.models.weights import load_state
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ def load(spec: "SegmenterSpec", directory: Path | None, contract: "Contract", *,
     module = call_factory(reference, contract.num_classes)  # type: ignore[arg-type]
     if directory is not None:
         load_state(module, directory / spec.file)
-    return Segmenter(module.eval(), contract.num_classes, (0, 0))
+    return Segmenter(module.eval(), contract.num_classes, (0, 0), input_channels=stated_channels(module, contract))
 
 
 def call_factory(reference: str, num_classes: int) -> nn.Module:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from magnet_cli.errors import ModelError
-from magnet_cli.models.segmenter import Segmenter
+from magnet_cli.models.segmenter import Segmenter, module_channels
 
 if TYPE_CHECKING:
     from magnet_cli.models.bundle import SegmenterSpec
@@ -20,7 +20,14 @@ if TYPE_CHECKING:
 
 def load(spec: "SegmenterSpec", directory: Path | None, contract: "Contract", *, named_by: str | None = None) -> Segmenter:
     path = (directory or Path()) / spec.torchscript  # type: ignore[operator]
-    return Segmenter(load_torchscript(path), contract.num_classes or 0, (0, 0), path=path)
+    module = load_torchscript(path)
+    return Segmenter(module, contract.num_classes or 0, (0, 0), path=path, input_channels=stated_channels(module, contract))
+
+
+def stated_channels(module: nn.Module, contract: "Contract") -> int:
+    """The input channels of a module whose file does not state them (TorchScript, a factory): the
+    bundle's bands count, else its first convolution's, else 3."""
+    return contract.channels or module_channels(module) or 3
 
 
 def load_torchscript(path: Path | str) -> nn.Module:
