@@ -54,7 +54,7 @@ from magnet_cli.io.vector import VECTOR_SUFFIXES, is_magnet_vector, require_gis,
 from magnet_cli.io.pyramid_cache import ensure_pyramid
 from magnet_cli.io.value_range import resolve_value_range
 from magnet_cli.io.zarr_source import is_zarr_dir
-from magnet_cli.models.bundle import ModelBundle, bundle_from_parts, load_bundle, pairing_warning
+from magnet_cli.models.bundle import ModelBundle, bundle_from_parts, check_input_size, load_bundle, pairing_warning
 from magnet_cli.models.default import default_model_dir
 from magnet_cli.pipeline import Engine, RunStats, plan_for
 from magnet_cli.pyramid import ScalePlan
@@ -152,11 +152,7 @@ def resolve_model(settings: ModelSettings | None = None) -> ModelBundle:
         if len(class_list) != bundle.num_classes:
             raise ModelError(f"--classes gives {len(class_list)} classes but {directory} has {bundle.num_classes}")
         bundle.classes = class_list
-    if settings.input_size is not None and tuple(settings.input_size) != tuple(bundle.input_size):
-        raise UsageError(
-            f"--input-size {settings.input_size[0]}x{settings.input_size[1]}: {directory} was trained at "
-            f"{bundle.input_size[0]}x{bundle.input_size[1]}; --input-size goes with --segmenter"
-        )
+    check_input_size(settings.input_size, bundle, directory)
     if settings.mean is not None:
         bundle.segmenter.mean, bundle.segmenter.std = settings.mean, settings.std  # type: ignore[assignment]
     return bundle

@@ -441,6 +441,16 @@ class ModelBundle:
         return (bands if bands is not None else self.bands, value_range if value_range is not None else recorded)
 
 
+def check_input_size(input_size: tuple[int, int] | None, bundle: ModelBundle, directory: Path | str) -> None:
+    """--input-size describes a bare --segmenter; with --model it may only repeat the bundle's own size,
+    since the segmenter and refiner were trained at that one."""
+    if input_size is not None and tuple(input_size) != tuple(bundle.input_size):
+        raise UsageError(
+            f"--input-size {input_size[0]}x{input_size[1]}: {directory} was trained at "
+            f"{bundle.input_size[0]}x{bundle.input_size[1]}; --input-size goes with --segmenter"
+        )
+
+
 def load_bundle(directory: Path | str, *, trust_model: bool = False) -> ModelBundle:
     """Read a bundle folder strictly; every problem is a ModelError naming the file. A segmenter that can
     run code (a module:factory, a torch.export archive) is refused unless `trust_model` (--trust-model)."""

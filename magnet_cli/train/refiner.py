@@ -22,6 +22,7 @@ from magnet_cli.models.bundle import (
     RefinerSpec,
     SegmenterSpec,
     bundle_from_parts,
+    check_input_size,
     load_bundle,
     write_bundle,
 )
@@ -109,6 +110,7 @@ def frozen_model(model: ModelSettings | ModelBundle | Segmenter | None) -> tuple
     classes = parse_classes(model.classes) if model.classes is not None else None
     if model.model is not None:
         bundle = load_bundle(model.model, trust_model=model.trust_model)
+        check_input_size(model.input_size, bundle, model.model)
     else:
         bundle = bundle_from_parts(str(model.segmenter), classes, model.input_size, None, trust_model=model.trust_model)
     if classes is not None:

@@ -195,3 +195,18 @@ def test_growing_epochs_that_would_rewrite_the_past_schedule_is_refused(dataset_
     tiny(dataset_dir, segmenter_bundle, tmp_path / "paper", epochs=10, steps=1, val_pairs=0)  # paper: 4, 6, 8, 9
     with pytest.raises(UsageError, match=r"lr schedule would change for epoch\(s\) already trained \(5"):
         tiny(dataset_dir, segmenter_bundle, tmp_path / "paper", epochs=20, val_pairs=0, resume=True)
+
+
+def test_an_input_size_other_than_the_bundles_is_refused_as_segment_refuses_it(dataset_dir, segmenter_bundle, tmp_path):
+    """--input-size goes with --segmenter; with --model it must match the bundle, not be silently dropped."""
+    size = load_bundle(segmenter_bundle).input_size
+    other = (size[0] * 2, size[1] * 2)
+    with pytest.raises(UsageError, match=f"--input-size {other[0]}x{other[1]}: .* was trained at"):
+        tiny(dataset_dir, ModelSettings(model=segmenter_bundle, input_size=other), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    from magnet_cli.segmentation import resolve_model
+
+    with pytest.raises(UsageError, match="goes with --segmenter"):
+        resolve_model(ModelSettings(model=segmenter_bundle, input_size=other))
+    tiny(dataset_dir, ModelSettings(model=segmenter_bundle, input_size=tuple(size)), tmp_path / "same", epochs=1, val_pairs=0)
+    assert (tmp_path / "same" / "model.toml").is_file()
