@@ -46,3 +46,16 @@ def random_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
     image = np.repeat(np.repeat(blocks, 16, axis=0), 16, axis=1)[:height, :width]
     noise = rng.integers(0, 32, size=image.shape, dtype=np.uint8)
     return (image // 2 + noise).astype(np.uint8)
+
+
+def count_reads(source) -> list:  # noqa: ANN001
+    """Make `source.read` record each box it is asked for; the returned list fills as reads happen."""
+    reads: list = []
+    original = source.read
+
+    def counting_read(box, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        reads.append(box)
+        return original(box, *args, **kwargs)
+
+    source.read = counting_read
+    return reads

@@ -11,7 +11,7 @@ from magnet_cli.io.blank_mask import BlankMask
 from magnet_cli.pipeline import Engine
 from magnet_cli.settings import InferenceSettings
 
-from tests.conftest import NUM_CLASSES, random_rgb
+from tests.conftest import count_reads, NUM_CLASSES, random_rgb
 
 
 def left_blank(height: int, width: int, blank_width: int, cell: int = 4) -> BlankMask:
@@ -27,14 +27,7 @@ def run(bundle, image, mask, units=None, **options):
     probabilities = torch.zeros(NUM_CLASSES, height, width)
     writes = np.zeros((height, width), dtype=np.int32)
     source = ArraySource(image)
-    reads = []
-    original = source.read
-
-    def counting_read(box, *args, **kwargs):
-        reads.append(box)
-        return original(box, *args, **kwargs)
-
-    source.read = counting_read
+    reads = count_reads(source)
 
     def sink(region, probs):
         y0, x0, y1, x1 = region

@@ -12,7 +12,7 @@ from magnet_cli.io.array import ArraySource
 from magnet_cli.pipeline import Engine
 from magnet_cli.settings import InferenceSettings
 
-from tests.conftest import NUM_CLASSES, random_rgb, tiny_bundle
+from tests.conftest import count_reads, NUM_CLASSES, random_rgb, tiny_bundle
 
 
 def run(bundle, image, **options):
@@ -163,14 +163,7 @@ def test_streaming_fast_reads_and_segments_only_the_chosen_windows(bundle, monke
     image = random_rgb(300, 260, seed=7)
     engine = Engine(bundle, InferenceSettings(device="cpu", mode="fast", fast_patches=0.25))
     source = ArraySource(image)
-    reads = []
-    original = source.read
-
-    def counting_read(box, *args, **kwargs):
-        reads.append(box)
-        return original(box, *args, **kwargs)
-
-    monkeypatch.setattr(source, "read", counting_read)
+    reads = count_reads(source)
     writes = np.zeros(image.shape[:2], dtype=np.int32)
 
     def sink(region, probabilities):
