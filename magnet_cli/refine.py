@@ -5,14 +5,13 @@ Maps are probabilities shaped (N, C, H, W). Y is the coarse cumulative map, R th
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from magnet_cli.devices import host
+from magnet_cli.median import median_blur
 
 
 def certainty(probabilities: torch.Tensor) -> torch.Tensor:
@@ -38,118 +37,6 @@ MAX_RUNNING_TOP2_CLASSES = 32
 def uncertainty(probabilities: torch.Tensor) -> torch.Tensor:
     """1 - certainty: 1 where the two best classes tie, 0 where one class has all the mass."""
     return 1.0 - certainty(probabilities)
-
-
-def median_blur(x: torch.Tensor, kernel: int) -> torch.Tensor:
-    """Median filter of an odd square kernel with zero padding, per channel (as the reference does).
-
-    With kernel*kernel odd the median is the middle value, so this equals any exact median filter.
-    On CPU small kernels run a pruned sorting network of elementwise min/max over shifted views (about
-    2x faster than sorting unfolded neighbourhoods there, and no kernel^2 copy of the map); larger
-    kernels, and every kernel on a GPU, take the median of unfolded neighbourhoods.
-    """
-    if kernel < 1 or kernel % 2 == 0:
-        raise ValueError(f"median kernel must be odd and positive, got {kernel}")
-    if kernel == 1:
-        return x
-    if x.device.type == "cpu" and kernel <= MAX_NETWORK_KERNEL:
-        return _median_by_network(x, kernel)
-    return _median_by_unfold(x, kernel)
-
-
-MAX_NETWORK_KERNEL = 9
-
-
-# Elements of unfolded neighbourhoods a GPU median takes at once (256 MB of float32).
-UNFOLD_ELEMENTS = 1 << 26
-
-
-def _median_by_unfold(x: torch.Tensor, kernel: int) -> torch.Tensor:
-    """The median of each neighbourhood by `median` over unfolded planes. On a GPU as many planes a call
-    as fit UNFOLD_ELEMENTS: a few large kernels, which it runs well (the sorting network is hundreds of
-    tiny ones, launch-bound there). On CPU one plane at a time: the unfolded neighbourhoods take kernel^2
-    times the plane's memory."""
-    n, c, h, w = x.shape
-    planes = x.reshape(n * c, 1, h, w)
-    out = torch.empty_like(planes)
-    step = 1 if x.device.type == "cpu" else max(1, UNFOLD_ELEMENTS // (kernel * kernel * h * w))
-    for i in range(0, n * c, step):
-        patches = F.unfold(planes[i : i + step], kernel_size=kernel, padding=kernel // 2)  # (p, k*k, H*W)
-        out[i : i + step] = patches.median(dim=1).values.reshape(-1, 1, h, w)
-    return out.reshape(n, c, h, w)
-
-
-def _median_by_network(x: torch.Tensor, kernel: int) -> torch.Tensor:
-    """On CPU, in NumPy: its elementwise ops are single-threaded, while hundreds of small OpenMP-parallel
-    torch ops stall whenever another thread holds a core (measured with the other core busy: 17 ms per
-    window in NumPy, 450+ ms in torch; torch on an idle machine: ~4 ms)."""
-    array = x.detach().numpy()
-    median = _run_network(np.pad(array, [(0, 0)] * (array.ndim - 2) + [(kernel // 2, kernel // 2)] * 2), kernel,
-                          np.minimum, np.maximum)
-    return torch.from_numpy(np.ascontiguousarray(median))
-
-
-def _run_network(padded, kernel: int, minimum, maximum):
-    """The median of each kernel x kernel neighbourhood of a zero-padded array, by a selection network."""
-    h, w = padded.shape[-2] - kernel + 1, padded.shape[-1] - kernel + 1
-    size, first, target, operations = _network(kernel * kernel)
-    wires: list = [None] * size
-    for index in range(kernel * kernel):
-        dy, dx = divmod(index, kernel)
-        wires[first + index] = padded[..., dy : dy + h, dx : dx + w]
-    for compare, i, j in operations:
-        a, b = wires[i], wires[j]
-        wires[i], wires[j] = (minimum(a, b), maximum(a, b)) if compare else (b, a)
-    return wires[target]
-
-
-@functools.lru_cache(maxsize=None)
-def _network(count: int) -> tuple[int, int, int, tuple[tuple[bool, int, int], ...]]:
-    """A selection network for the median of `count` values.
-
-    Batcher's odd-even merge sort on the next power of two, the extra wires being -inf below and +inf
-    above the real ones so the median stays the middle wire; comparators with a constant input are
-    folded away (no-ops or plain swaps), then only those the middle output depends on are kept.
-    Returns (wires, first real wire, output wire, operations (is_compare, i, j)).
-    """
-    size = 1 << (count - 1).bit_length()
-    first = (size - count) // 2
-    target = first + count // 2
-    kind = ["low"] * first + ["value"] * count + ["high"] * (size - first - count)
-    operations: list[tuple[bool, int, int]] = []
-    for i, j in _batcher_pairs(size):
-        if kind[i] == "low" or kind[j] == "high":
-            continue  # already in order whatever the other wire holds
-        if kind[i] == "high" or kind[j] == "low":
-            kind[i], kind[j] = kind[j], kind[i]
-            operations.append((False, i, j))
-            continue
-        operations.append((True, i, j))
-    needed, kept = {target}, []
-    for compare, i, j in reversed(operations):
-        if compare and (i in needed or j in needed):
-            needed |= {i, j}
-            kept.append((compare, i, j))
-        elif not compare and (i in needed or j in needed):
-            needed = {j if v == i else i if v == j else v for v in needed}
-            kept.append((compare, i, j))
-    return size, first, target, tuple(reversed(kept))
-
-
-def _batcher_pairs(size: int) -> list[tuple[int, int]]:
-    """Comparators of Batcher's odd-even merge sort on `size` (a power of two) wires."""
-    pairs = []
-    p = 1
-    while p < size:
-        k = p
-        while k >= 1:
-            for j in range(k % p, size - k, 2 * k):
-                for i in range(min(k, size - j - k)):
-                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
-                        pairs.append((i + j, i + j + k))
-            k //= 2
-        p *= 2
-    return pairs
 
 
 def score_map(

@@ -135,7 +135,7 @@ def test_top_mask_by_bisection_picks_the_same_points(monkeypatch):
 
 @pytest.mark.parametrize("kernel", [3, 5, 9, 11])
 def test_the_gpu_median_equals_the_cpu_median(kernel):
-    from magnet_cli.refine import _median_by_unfold
+    from magnet_cli.median import _median_by_unfold
 
     x = torch.rand(2, 3, 33, 47, generator=torch.Generator().manual_seed(kernel))
     assert torch.equal(_median_by_unfold(x, kernel), median_blur(x, kernel))
