@@ -3,7 +3,8 @@
 A regression floor for everything between the weights and the labels (reader, plan, scheduler, refine
 step, bundle defaults): a change that costs a few mIoU points fails here. Measured on the whole 1536^2
 example (a crop cuts off the lake, the context that tells floodplain from farmland, and then MagNet has
-no advantage to show): magnet 93.38, patch 73.60, downsample 79.79 (torch 2.13.0 CPU).
+no advantage to show): magnet 94.53, patch 73.60, downsample 79.78 (torch 2.13.0 CPU; the half-wide
+refiner shipped in session 7; the paper's refiner before it gave magnet 93.38).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ IMAGE = EXAMPLES / "images" / "scene_s42_0.tif"
 TRUTH = EXAMPLES / "masks" / "scene_s42_0.tif"
 IGNORE = 255
 
-# A few points below the measured values; the margin is what the method is for (measured: 19.8 points).
-FLOOR = {"magnet": 90.0, "patch": 70.0, "downsample": 76.0}
+# A few points below the measured values; the margin is what the method is for (measured: 20.9 points).
+FLOOR = {"magnet": 92.0, "patch": 70.0, "downsample": 76.0}
 MAGNET_MARGIN_OVER_PATCH = 15.0
 MAGNET_MARGIN_OVER_DOWNSAMPLE = 10.0
 

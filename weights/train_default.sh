@@ -9,4 +9,4 @@ mkdir -p "$WORK"
 magnet train-segmenter synth:1000:24:4096 -o "$WORK/segmenter" --val synth:5000:2:4096 \
     --epochs 22 --steps 100 --batch-size 16 --lr 0.001 --seed 0 --overwrite --no-progress
 magnet train-refiner synth:1000:24:4096 --model "$WORK/segmenter" -o "$WORK/bundle" --val synth:5000:2:4096 \
-    --epochs 20 --steps 35 --batch-size 8 --crop 128 --lr 0.01 --seed 0 --overwrite --no-progress
+    --epochs 30 --steps 35 --batch-size 8 --crop 128 --lr 0.01 --seed 0 --refiner-arch half-wide --overwrite --no-progress

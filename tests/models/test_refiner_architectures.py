@@ -112,5 +112,5 @@ def test_an_unknown_architecture_in_model_toml_names_the_file(tmp_path):
     directory = bundle_with(tmp_path, Refiner(len(SYNTH_CLASSES)))
     toml = directory / "model.toml"
     toml.write_text(toml.read_text().replace('architecture = "reference"', 'architecture = "huge"'))
-    with pytest.raises(ModelError, match=r"model\.toml: refiner\.architecture must be one of reference, lite, half, got 'huge'"):
+    with pytest.raises(ModelError, match=r"model\.toml: refiner\.architecture must be one of reference, lite, half, half-wide, got 'huge'"):
         load_bundle(directory)
