@@ -427,7 +427,7 @@ class Engine:
             regions = [_level_region(spec, window) for window in chunk]
             if coarse is not None:
                 boxes = torch.tensor([[r[0], r[1], r[2], r[3]] for r in regions], dtype=torch.float64)
-                crops = crop_resize(coarse.expand(len(chunk), -1, -1, -1), boxes.to(coarse.device), (h, w))
+                crops = crop_resize(coarse.expand(len(chunk), -1, -1, -1), boxes, (h, w))
                 maps = self.propose_refinement(crops, maps, stats)
             for window_map, (y0, x0, y1, x1) in zip(maps, regions):
                 resized = F.interpolate(window_map[None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
@@ -516,4 +516,4 @@ def _resample(maps: torch.Tensor, box: torch.Tensor, size: tuple[int, int]) -> t
     y0, x0, y1, x1 = (float(v) for v in box[0])
     if all(abs(v - round(v)) < 1e-6 for v in (y0, x0, y1, x1)) and (round(y1 - y0), round(x1 - x0)) == tuple(size):
         return maps[:, :, round(y0) : round(y1), round(x0) : round(x1)]
-    return crop_resize(maps, box.to(maps.device), size)
+    return crop_resize(maps, box, size)

@@ -191,9 +191,11 @@ def crop_resize(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) 
     `maps` (N, C, H, W), `boxes` (N, 4) as (y0, x0, y1, x1) in the maps' pixel units. Equals upsampling
     the whole map (F.interpolate, bilinear, align_corners=False) and cropping, when the box is aligned.
     Each box's result depends on that box and map alone, never on the rest of the batch (every process of
-    a run must compute the same maps whatever its batches).
+    a run must compute the same maps whatever its batches). Give host boxes: boxes on a device are not
+    read back (no synchronisation) and always take the grid_sample path.
     """
-    doubled = [_doubled(maps[i], box, size) for i, box in enumerate(boxes.tolist())]
+    on_host = boxes.device.type == "cpu"
+    doubled = [_doubled(maps[i], box, size) for i, box in enumerate(boxes.tolist())] if on_host else [None] * len(boxes)
     rest = [i for i, part in enumerate(doubled) if part is None]
     if not rest:
         return torch.stack(doubled)  # type: ignore[arg-type]

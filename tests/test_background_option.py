@@ -174,6 +174,14 @@ def test_the_preview_draws_no_data_without_a_class_colour(tmp_path):
     write_preview([labels], tmp_path / "over.png", default_classes(3), thumbnail=thumbnail, nodata=NODATA)
     assert (skio.imread(tmp_path / "bare.png")[:64, :32, :3] == NODATA_GREY).all()
     assert (skio.imread(tmp_path / "over.png")[:64, :32, :3] == 200).all()
+    # The legend says so: a grey "no data" swatch, or (over a thumbnail, which shows through) a note line.
+    from tests.io.test_preview import has_swatch
+
+    assert has_swatch(skio.imread(tmp_path / "bare.png")[64:, :, :3], (NODATA_GREY,) * 3)
+    write_preview([labels], tmp_path / "plain.png", default_classes(3), thumbnail=thumbnail)
+    assert skio.imread(tmp_path / "over.png").shape[0] > skio.imread(tmp_path / "plain.png").shape[0]
+    write_preview([np.full((64, 64), NODATA, np.uint8)], tmp_path / "blank.png", default_classes(3), nodata=NODATA)
+    assert has_swatch(skio.imread(tmp_path / "blank.png")[64:, :, :3], (NODATA_GREY,) * 3)
 
 
 def test_auto_skips_glass_and_keeps_tissue_labels(tmp_path, bundle_dir):

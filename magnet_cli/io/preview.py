@@ -25,7 +25,7 @@ from skimage.color import deltaE_ciede2000, lab2rgb, rgb2lab
 from skimage.transform import resize
 
 from magnet_cli.classes import ClassInfo
-from magnet_cli.io.labels import open_label_levels, read_labels, replace_file_atomically
+from magnet_cli.io.labels import NODATA_NAME, open_label_levels, read_labels, replace_file_atomically
 
 __all__ = ["write_preview", "read_labels", "preview_shape", "is_magnet_preview", "preview_colors", "legend_strip"]
 
@@ -122,9 +122,9 @@ def write_preview(
     labels = _resize_nearest(np.asarray(levels[chosen][...]), out_h, out_w)
 
     background = None if thumbnail is None else _fit(_as_rgb_uint8(thumbnail), out_h, out_w)
-    image = _render(labels, classes, background, alpha, legend)
-    if nodata is not None:
-        blank = labels == nodata
+    blank = labels == nodata if nodata is not None else None
+    image = _render(labels, classes, background, alpha, legend, blank is not None and bool(blank.any()))
+    if blank is not None:
         image[: blank.shape[0], : blank.shape[1]][blank] = background[blank] if background is not None else NODATA_GREY
     encoded = with_marker(imagecodecs.png_encode(np.ascontiguousarray(image)))
     png_path = Path(png_path)
@@ -133,9 +133,10 @@ def write_preview(
     return png_path
 
 
-def _render(labels: np.ndarray, classes: list[ClassInfo], background: np.ndarray | None, alpha: float, legend: bool) -> np.ndarray:
+def _render(labels: np.ndarray, classes: list[ClassInfo], background: np.ndarray | None, alpha: float, legend: bool,
+            any_blank: bool = False) -> np.ndarray:
     """The preview's pixels: class colours told apart (`preview_colors`), blended over the background,
-    and the legend strip below."""
+    and the legend strip below; with `any_blank`, the legend also says how no-data pixels are drawn."""
     counts = np.bincount(labels.ravel())
     shown = [k for k in range(min(len(classes), len(counts))) if counts[k]]
     left_out = max(0, len(shown) - MAX_LEGEND)
@@ -148,10 +149,15 @@ def _render(labels: np.ndarray, classes: list[ClassInfo], background: np.ndarray
     image = palette[labels]
     if background is not None:
         image = np.rint((1.0 - alpha) * background + alpha * image).clip(0, 255).astype(np.uint8)
-    if not legend or not shown:
+    if not legend or not (shown or any_blank):
         return image
-    note = f"and {left_out} more classes" if left_out else None
-    return _above(image, legend_strip([classes[k].name for k in shown], palette[shown], image.shape[1], note))
+    names, colors = [classes[k].name for k in shown], palette[shown]
+    notes = [f"and {left_out} more classes"] if left_out else []
+    if any_blank and background is None:
+        names, colors = [*names, NODATA_NAME], np.vstack([colors, np.full((1, 3), NODATA_GREY, np.uint8)])
+    elif any_blank:  # blank pixels show the thumbnail itself: no swatch can stand for that
+        notes.append(f"{NODATA_NAME}: shown without a class colour")
+    return _above(image, legend_strip(names, colors, image.shape[1], "; ".join(notes) or None))
 
 
 def _fit(background: np.ndarray, height: int, width: int) -> np.ndarray:
