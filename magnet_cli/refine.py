@@ -188,26 +188,12 @@ def refine(
 def crop_resize(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resample boxes of maps to `size`, bilinear with align_corners=False semantics, borders clamped.
 
-    `maps` (N, C, H, W), `boxes` (N, 4) as (y0, x0, y1, x1) in the maps' pixel units. Equals upsampling
-    the whole map (F.interpolate, bilinear, align_corners=False) and cropping, when the box is aligned.
-    Each box's result depends on that box and map alone, never on the rest of the batch (every process of
-    a run must compute the same maps whatever its batches). Give host boxes: boxes on a device are not
-    read back (no synchronisation) and always take the grid_sample path.
+    `maps` (N, C, H, W), `boxes` (N, 4) as (y0, x0, y1, x1) in the maps' pixel units (host or device).
+    Equals upsampling the whole map (F.interpolate, bilinear, align_corners=False) and cropping, when the
+    box is aligned. grid_sample, not F.interpolate on a crop: its result does not depend on the thread
+    count (interpolate's bilinear kernel differed by an ulp between 1 and 2 threads, and every process of
+    a run, a one-thread Dask worker included, must compute the same maps).
     """
-    on_host = boxes.device.type == "cpu"
-    doubled = [_doubled(maps[i], box, size) for i, box in enumerate(boxes.tolist())] if on_host else [None] * len(boxes)
-    rest = [i for i, part in enumerate(doubled) if part is None]
-    if not rest:
-        return torch.stack(doubled)  # type: ignore[arg-type]
-    sampled = _grid_sample_boxes(maps[rest], boxes[rest], size)
-    if len(rest) == len(doubled):
-        return sampled
-    for i, part in zip(rest, sampled):
-        doubled[i] = part
-    return torch.stack(doubled)  # type: ignore[arg-type]
-
-
-def _grid_sample_boxes(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     n, _, h, w = maps.shape
     out_h, out_w = size
     dtype, device = maps.dtype, maps.device
@@ -221,25 +207,6 @@ def _grid_sample_boxes(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int,
     gx = (sx / w * 2 - 1)[:, None, :].expand(n, out_h, out_w)
     grid = torch.stack([gx, gy], dim=-1).to(dtype)
     return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def _doubled(plane: torch.Tensor, box: list[float], size: tuple[int, int]) -> torch.Tensor | None:
-    """crop_resize of one (C, H, W) map where the box has whole-pixel corners inside the map and doubles
-    to `size`: a child window in its parent's map, the streaming engine's usual case. The box with a
-    one-pixel margin (clamped at the map's edge) is upsampled x2 and the margin cut off, which equals
-    upsampling the whole map and cropping (the half-pixel source positions are exact in float), at about
-    half grid_sample's cost. None where the box is not of that form."""
-    out_h, out_w = size
-    _, h, w = plane.shape
-    if any(v != int(v) for v in box):
-        return None
-    y0, x0, y1, x1 = (int(v) for v in box)
-    if 2 * (y1 - y0) != out_h or 2 * (x1 - x0) != out_w or y0 < 0 or x0 < 0 or y1 > h or x1 > w:
-        return None
-    top, left, bottom, right = min(y0, 1), min(x0, 1), min(h - y1, 1), min(w - x1, 1)
-    crop = plane[None, :, y0 - top : y1 + bottom, x0 - left : x1 + right]
-    up = F.interpolate(crop, scale_factor=2, mode="bilinear", align_corners=False)
-    return up[0, :, 2 * top : 2 * top + out_h, 2 * left : 2 * left + out_w]
 
 
 def class_labels(probabilities: torch.Tensor) -> torch.Tensor:
