@@ -39,20 +39,37 @@ def uncertainty(probabilities: torch.Tensor) -> torch.Tensor:
     return 1.0 - certainty(probabilities)
 
 
+# Q is kept to this many steps of [0, 1] (16 bits). The median filter only selects values, so it commutes
+# with the rounding, and on CPU its selection network runs ~2.7x faster on 16-bit integers than on float32
+# (it was the largest cost of a run after the two networks). Points whose exact scores differ by less
+# than a step tie, and ties go to the lower flat index (top_mask), as exact ties always did.
+SCORE_STEPS = 65535
+
+
 def score_map(
     coarse: torch.Tensor, refined: torch.Tensor, smooth_kernel: int, blur_size: tuple[int, int] | None = None
 ) -> torch.Tensor:
-    """Q = median_blur(u(Y) * c(R)): high where the coarse map is unsure and the refined one is sure.
+    """Q = median_blur(u(Y) * c(R)), to 1/SCORE_STEPS: high where the coarse map is unsure and the
+    refined one is sure.
 
     Like the reference, the product is resized (nearest) to `blur_size` (the model input size), blurred
     there and resized back (nearest); None blurs at the map's own size.
     """
-    product = uncertainty(coarse) * certainty(refined)
-    size = product.shape[-2:]
+    steps = (uncertainty(coarse) * certainty(refined)).mul_(SCORE_STEPS).round_().clamp_(0, SCORE_STEPS)
+    size = steps.shape[-2:]
     if blur_size is None or tuple(blur_size) == tuple(size):
-        return median_blur(product, smooth_kernel)
-    small = F.interpolate(product, size=blur_size, mode="nearest")
-    return F.interpolate(median_blur(small, smooth_kernel), size=size, mode="nearest")
+        blurred = _median_of_steps(steps, smooth_kernel)
+    else:
+        small = F.interpolate(steps, size=blur_size, mode="nearest")
+        blurred = F.interpolate(_median_of_steps(small, smooth_kernel), size=size, mode="nearest")
+    return blurred.mul_(1.0 / SCORE_STEPS)
+
+
+def _median_of_steps(steps: torch.Tensor, kernel: int) -> torch.Tensor:
+    """The median filter of float32 whole numbers in [0, SCORE_STEPS]; on CPU in 16-bit integers."""
+    if steps.device.type != "cpu":
+        return median_blur(steps, kernel)
+    return median_blur(steps.to(torch.uint16), kernel).float()
 
 
 def points_for_level(points: float, level_pixels: int, selected_windows: int = 1, total_windows: int = 1) -> int:

@@ -83,7 +83,9 @@ class TreeScheduler:
             yield level, batch
 
     def _top_up_roots(self) -> None:
-        """Pull roots (lazily) until their level's queue holds a batch."""
+        """Pull roots (lazily) until their level's queue holds two batches: the one about to run and the
+        next, whose reads `_prefetch_ahead` starts now (with one, a patch run read each batch only when
+        it was about to run, and waited for it)."""
         while self._roots_left:
             if self._next_root is None:
                 try:
@@ -96,7 +98,7 @@ class TreeScheduler:
                     continue
                 self._next_root = task
             queue = self._queues[self._next_root.window.level]
-            if len(queue) >= self.batch_size:
+            if len(queue) >= 2 * self.batch_size:
                 return
             queue.append(self._next_root)
             self._next_root = None

@@ -42,3 +42,29 @@ def test_the_median_keeps_dtype_and_does_not_modify_its_input():
     out = _median_by_network(x, 5)
     assert out.dtype == x.dtype and out.shape == x.shape and torch.equal(x, before)
     assert np.isfinite(out.numpy()).all()
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 11])
+def test_sixteen_bit_scores_blur_to_the_float_median_of_the_same_values(kernel):
+    # refine.score_map blurs its score as uint16 steps on CPU: the network (kernels <= 9) and the unfold
+    # path (larger kernels, and a GPU's float steps) must give the float median of the same whole numbers.
+    from magnet_cli.median import median_blur
+
+    generator = torch.Generator().manual_seed(kernel)
+    steps = (torch.rand(2, 1, 37, 29, generator=generator) * 65535).round()
+    steps[0, 0, :4] = 65535  # the top of the range, where int16 would wrap
+    blurred = median_blur(steps.to(torch.uint16), kernel)
+    assert blurred.dtype == torch.uint16
+    assert torch.equal(blurred.float(), _median_by_unfold(steps, kernel))
+    assert torch.equal(_median_by_unfold(steps.to(torch.uint16), kernel).float(), _median_by_unfold(steps, kernel))
+
+
+def test_the_score_is_the_float_score_to_one_step():
+    from magnet_cli.median import median_blur
+    from magnet_cli.refine import SCORE_STEPS, certainty, score_map, uncertainty
+
+    generator = torch.Generator().manual_seed(1)
+    coarse = torch.randn(2, 4, 40, 40, generator=generator).mul(2).softmax(1)
+    refined = torch.randn(2, 4, 40, 40, generator=generator).mul(3).softmax(1)
+    exact = median_blur(uncertainty(coarse) * certainty(refined), 5)
+    assert (score_map(coarse, refined, 5) - exact).abs().max() <= 0.5 / SCORE_STEPS + 1e-7

@@ -261,8 +261,9 @@ def to_model_input(raw: np.ndarray, normalization: PixelNormalization, path: Pat
         raw = raw[:, :, None]
     raw = raw[:, :, choose_bands(raw.shape[2], normalization, path)]  # fancy indexing copies, in the chosen order
     low, high = normalization.value_range or default_value_range(raw.dtype, path)
+    # In place: `raw` is our own copy (above), and astype copies unless it is float32 already.
     array = torch.from_numpy(raw.astype(np.float32, copy=False)).permute(2, 0, 1)
-    return ((array - low) / (high - low)).clamp_(0.0, 1.0)
+    return array.sub_(low).div_(high - low).clamp_(0.0, 1.0)
 
 
 def default_value_range(dtype: np.dtype, path: Path | str = "") -> tuple[float, float]:

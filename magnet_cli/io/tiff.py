@@ -27,7 +27,8 @@ from magnet_cli.errors import InputError
 from magnet_cli.io.base import ImageSource, PyramidLevel, check_axes, check_image
 from magnet_cli.io.georeference import map_pixel_size
 from magnet_cli.io.pixel_size import PixelSize, pixel_size, tiff_resolution
-from magnet_cli.io.zarr_source import region_index, to_yxc
+from magnet_cli.io.tile_cache import TileCache
+from magnet_cli.io.zarr_source import band_count, region_index, to_yxc, yx_chunks, yx_shape
 
 # GeoTIFF and GDAL tags copied into `ImageSource.georeference` under these names (GeoTIFF writers map the
 # names back to the codes).
@@ -61,6 +62,7 @@ class TiffSource(ImageSource):
         self._tif: tifffile.TiffFile | None = None
         self._stores: list[Any] = []
         self._arrays: list[Any] = []
+        self._tiles = TileCache()
         try:
             self._open(path)
         except BaseException:
@@ -148,6 +150,15 @@ class TiffSource(ImageSource):
     def read_level(self, level: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         if self._tif is None:
             raise InputError(f"{self.path}: read after close")
+        array, axes = self._arrays[level], self._axes[level]
+        if isinstance(array, np.memmap):  # uncompressed: nothing to decode, nothing to keep
+            return self._read_region(level, y0, x0, y1, x1)
+        return self._tiles.region(
+            level, yx_chunks(array, axes), yx_shape(array, axes), (y0, x0, y1, x1),
+            lambda *box: self._read_region(level, *box), array.dtype.itemsize * band_count(array, axes),
+        )
+
+    def _read_region(self, level: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         array, axes = self._arrays[level], self._axes[level]
         index = region_index(axes, array.shape, y0, x0, y1, x1)
         try:

@@ -16,6 +16,7 @@ import zarr
 from magnet_cli.errors import InputError
 from magnet_cli.io.base import ImageSource, PyramidLevel, check_axes, check_image
 from magnet_cli.io.pixel_size import PixelSize, pixel_size
+from magnet_cli.io.tile_cache import TileCache
 
 # One-letter axis codes used by the array-backed readers: 'Y' rows, 'X' columns, 'C' bands; any other
 # letter is a non-spatial axis (time, z, ...) read at index 0.
@@ -35,6 +36,21 @@ def region_index(axes: str, shape: tuple[int, ...], y0: int, x0: int, y1: int, x
         raise ValueError(f"region [{y0}:{y1}, {x0}:{x1}] outside a level of shape {height}x{width}")
     picks = {"Y": slice(y0, y1), "X": slice(x0, x1), "C": slice(None)}
     return tuple(picks.get(axis, 0) for axis in axes)
+
+
+def yx_shape(array: Any, axes: str) -> tuple[int, int]:
+    """The (rows, columns) of an array with these axes."""
+    return int(array.shape[axes.index("Y")]), int(array.shape[axes.index("X")])
+
+
+def yx_chunks(array: Any, axes: str) -> tuple[int, int]:
+    """The (rows, columns) of one stored chunk of an array with these axes."""
+    return int(array.chunks[axes.index("Y")]), int(array.chunks[axes.index("X")])
+
+
+def band_count(array: Any, axes: str) -> int:
+    """Samples per pixel that a read returns (the C axis, else 1)."""
+    return int(array.shape[axes.index("C")]) if "C" in axes else 1
 
 
 def to_yxc(data: np.ndarray, axes: str) -> np.ndarray:
@@ -60,6 +76,7 @@ class ZarrSource(ImageSource):
 
     def __init__(self, path: str | Path) -> None:
         path = Path(path)
+        self._tiles = TileCache()
         node = _open_node(path)
         extra: dict[str, Any] = {"zarr_format": node.metadata.zarr_format}
         if isinstance(node, zarr.Group):
@@ -106,6 +123,13 @@ class ZarrSource(ImageSource):
         self._axes = axes
 
     def read_level(self, level: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        array, axes = self._arrays[level], self._axes
+        return self._tiles.region(
+            level, yx_chunks(array, axes), yx_shape(array, axes), (y0, x0, y1, x1),
+            lambda *box: self._read_region(level, *box), array.dtype.itemsize * band_count(array, axes),
+        )
+
+    def _read_region(self, level: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         array = self._arrays[level]
         index = region_index(self._axes, array.shape, y0, x0, y1, x1)
         try:

@@ -48,8 +48,11 @@ def test_read_decodes_only_the_tiles_it_touches(subifd_tiff, monkeypatch):
         source.read_level(0, 70, 130, 120, 190)  # inside tile row 1, tile columns 2
         assert tiles == [(1, 2, 0)]
         tiles.clear()
-        source.read_level(0, 60, 60, 70, 70)  # the corner of four tiles
-        assert sorted(tiles) == [(0, 0, 0), (0, 1, 0), (1, 0, 0), (1, 1, 0)]
+        source.read_level(0, 60, 60, 70, 70)  # the corner of four tiles; (0, 0) is kept from the probe
+        assert sorted(tiles) == [(0, 1, 0), (1, 0, 0), (1, 1, 0)]
+        tiles.clear()
+        source.read_level(0, 10, 70, 60, 110)  # tiles read before (io/tile_cache.py): nothing decoded
+        assert tiles == []
 
 
 def _chunk_coords(key: str) -> tuple[int, ...]:
