@@ -50,7 +50,8 @@ def test_a_streamed_level_is_cut_where_the_coarse_ranking_would_stop_then_chosen
     root_map = torch.zeros(2, 256, 256)
     root_map[0] = 1.0
     root_map[:, :, :64] = 0.5  # the left quarter (level 2's first column) a coin toss on the coarse map
-    choice = FastChoice(plan, 4)  # 4 of level 2's 16 windows
+    choice = FastChoice(plan, 4)  # 4 of level 2's 16 windows (and all 4 of level 1)
+    choice.rank(1, {root.key: root_map})
     choice.calibrate(2, {root.key: root_map})
     assert choice._cutoffs[2] == pytest.approx(1.0)  # the 4th most unsure window's mean uncertainty
     assert choice.counts()[2] == 0  # nothing chosen before the parents are done
