@@ -23,6 +23,7 @@ from magnet_cli.io.open import open_image
 from magnet_cli.models.bundle import load_bundle
 from magnet_cli.models.default import default_model_dir
 from magnet_cli.pipeline import Engine
+from magnet_cli.refine import class_labels
 from magnet_cli.settings import InferenceSettings, RunSettings
 from magnet_cli.synthetic import synth
 
@@ -34,7 +35,7 @@ def run(engine: Engine, image, size: int) -> tuple[np.ndarray, float, int]:
 
     def sink(region, probabilities):
         y0, x0, y1, x1 = region
-        out[y0:y1, x0:x1] = probabilities.argmax(0).numpy()
+        out[y0:y1, x0:x1] = class_labels(probabilities).numpy()  # argmax(0) would cost ~3 s per 4096^2 image
 
     start = time.perf_counter()
     with open_image(image) as source:

@@ -75,8 +75,8 @@ VARIANTS: dict[str, Variant] = {
     for v in (
         _variant("downsample", "coarsest level only, upsampled", mode="downsample"),
         _variant("patch", "finest level only, no context", mode="patch"),
-        _variant("fast", "MagNet-Fast: the most uncertain half of each level's windows (streaming)", mode="fast"),
-        _variant("fast-3", "MagNet-Fast: the 3 most uncertain windows per level (streaming)", mode="fast", fast_patches=3),
+        _variant("fast", "MagNet-Fast: about the most uncertain half of each level's windows (streaming)", mode="fast"),
+        _variant("fast-3", "MagNet-Fast: about the 3 most uncertain windows per level (streaming)", mode="fast", fast_patches=3),
         _variant("fast-global", "MagNet-Fast ranked on whole level maps, 3 windows per level (the reference's)",
                  mode="fast", selection="global", fast_patches=3),
         _variant("magnet", "MagNet, points selected per window (streaming)", mode="magnet"),

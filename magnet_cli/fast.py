@@ -4,11 +4,13 @@ segmented and refined; the others keep the coarse map Y cut from their parent (p
 The paper ranks a level's windows by the mean uncertainty of the cumulative map Y over them, which needs
 the whole level map. Here the few coarse levels (RANKING_WINDOWS windows in all) are computed up front,
 each window alone, Fast's own choice applied level by level; each of them is ranked on its parent level's
-maps, exactly the paper's rule, and every finer level on the finest of these maps above it (a summed-area
-table of its uncertainty over each window's box). So every level's choice is known before streaming
-starts, memory stays flat, and every process of a run (units, shards, Dask workers) makes the same
-choice. The fine levels are ranked on a coarser map than the paper's Y, a trade the benchmark measures
-(benchmarks/README.md).
+maps, exactly the paper's rule. Every finer level is streamed: a window there is refined when the mean
+uncertainty of its Y (its parent's map over its box, known once the parent is done) reaches the level's
+cutoff, and the cutoff is calibrated on the coarse maps: the score of the last window the paper's rule
+would keep if the level were ranked on the finest of them. So memory stays flat, each choice looks at
+the window's own Y, as the paper's does, and every process of a run (units, shards, Dask workers) makes
+the same choice (a window's Y is the same in all of them). A streamed level refines about, not exactly,
+`--fast-patches` of its windows: as many as the actual maps find unsure; the report counts them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from magnet_cli.devices import host
 from magnet_cli.pyramid import ScalePlan, Window
 from magnet_cli.refine import uncertainty
+from magnet_cli.units import Tree
 
 
 def windows_to_refine(count: int, fast_patches: float) -> int:
@@ -45,19 +48,51 @@ class FastChoice:
         self.plan = plan
         self.fast_patches = fast_patches
         self._skips = skips
+        self._tree = Tree(plan)
         self._chosen: list[set[tuple[int, int]] | None] = [None] * plan.depth  # None: every window
+        # Streamed levels: the mean uncertainty of Y a window needs to be refined (`calibrate`).
+        self._cutoffs: list[float | None] = [None] * plan.depth
 
     def refines(self, window: Window) -> bool:
         chosen = self._chosen[window.level]
         return chosen is None or (window.row, window.col) in chosen
 
     def counts(self) -> list[int]:
-        """Windows refined per level (the coarsest: all of them)."""
+        """Windows refined per level (the coarsest: all of them); on streamed levels, those chosen so far."""
         return [self.plan.levels[0].window_count] + [len(c or ()) for c in self._chosen[1:]]
 
     def rank(self, level: int, maps: dict[tuple[int, int, int], torch.Tensor]) -> None:
         """Choose `level`'s windows by the mean uncertainty, over each window's box, of the map of its
         ancestor among `maps` (refined maps (C, h, w) of one coarser level, by window key)."""
+        windows, scores, order = self._ranking(level, maps)
+        keep = order[: windows_to_refine(len(windows), self.fast_patches)]
+        self._chosen[level] = {(windows[i].row, windows[i].col) for i in keep}
+
+    def calibrate(self, level: int, maps: dict[tuple[int, int, int], torch.Tensor]) -> None:
+        """Set the cutoff of a streamed level: the score of the last window `rank` would keep on `maps`.
+        Its windows are then chosen as their parents finish (`choose_children`)."""
+        windows, scores, order = self._ranking(level, maps)
+        self._chosen[level] = set()
+        if windows:
+            self._cutoffs[level] = float(scores[order[windows_to_refine(len(windows), self.fast_patches) - 1]])
+
+    def choose_children(self, parent: Window, parent_map: torch.Tensor) -> None:
+        """Choose, among `parent`'s children on a streamed level, those whose Y (`parent_map` (C, h, w),
+        refined or not, over the child's box) is unsure enough. Call before the children are read."""
+        level = parent.level + 1
+        cutoff = self._cutoffs[level] if level < self.plan.depth else None
+        if cutoff is None:
+            return
+        table = _summed_area(host(uncertainty(parent_map[None].float()))[0, 0].numpy())
+        chosen = self._chosen[level]
+        assert chosen is not None
+        for child in self._tree.children(parent):
+            if (self._skips is None or not self._skips(child)) and _box_mean(table, parent, child) >= cutoff:
+                chosen.add((child.row, child.col))
+
+    def _ranking(self, level: int, maps: dict[tuple[int, int, int], torch.Tensor]) -> tuple[list[Window], np.ndarray, np.ndarray]:
+        """`level`'s windows (blank ones left out), their scores on their ancestors among `maps`, and the
+        order of the paper's rule: highest mean uncertainty first, ties to the lower index."""
         tables = {key: _summed_area(host(uncertainty(m[None].float()))[0, 0].numpy()) for key, m in maps.items()}
         windows = [w for w in self.plan.windows(level) if self._skips is None or not self._skips(w)]
         scores = np.empty(len(windows))
@@ -66,10 +101,7 @@ class FastChoice:
             while ancestor.key not in tables:
                 ancestor = self.plan.parent(ancestor)  # type: ignore[assignment]
             scores[index] = _box_mean(tables[ancestor.key], ancestor, window)
-        # Highest mean uncertainty first, ties to the lower index (the paper's rule, deterministic).
-        order = np.lexsort((np.arange(len(windows)), -scores))
-        keep = order[: windows_to_refine(len(windows), self.fast_patches)]
-        self._chosen[level] = {(windows[i].row, windows[i].col) for i in keep}
+        return windows, scores, np.lexsort((np.arange(len(windows)), -scores))
 
 
 def ranking_depth(plan: ScalePlan) -> int:

@@ -268,7 +268,7 @@ SmoothKernel = Annotated[
 FastPatches = Annotated[
     float,
     typer.Option("--fast-patches", help="Windows refined per level in --mode fast: a count (3) or a fraction of "
-                 "each level's windows (0.25)."),
+                 "each level's windows (0.25); the fine levels, chosen as they stream, refine about that many."),
 ]
 Selection = Annotated[S.Selection, typer.Option("--selection", help="Where points are chosen: window (streaming) or global (whole level).")]
 Bands = Annotated[

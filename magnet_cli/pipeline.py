@@ -281,7 +281,9 @@ class Engine:
             if parent is None:
                 roots.append(Task(root))
             else:
-                roots.append(Task(root, parent, self._ancestor_map(plan, tree, parent, chain, read, pool, progress, stats)))
+                parent_map = self._ancestor_map(plan, tree, parent, chain, read, pool, progress, stats)
+                self._expanding(parent, parent_map)
+                roots.append(Task(root, parent, parent_map))
         prune = None if self._blank is None else lambda window: self._pruned(plan, window, sink, progress)
         scheduler = TreeScheduler(plan, self.batch_size, read, pool, roots=roots, tree=tree, prune=prune)
         last = plan.depth - 1
@@ -291,6 +293,7 @@ class Engine:
                 if level == last:
                     _emit(plan, task.window, window_map, sink)
                 else:
+                    self._expanding(task.window, window_map)
                     scheduler.expand(task.window, window_map)
             stats.windows_per_level[level] += len(tasks)
             progress(level, len(tasks))
@@ -322,6 +325,8 @@ class Engine:
             del chain[key]
         parent = plan.parent(window)
         parent_map = None if parent is None else self._ancestor_map(plan, tree, parent, chain, read, pool, progress, stats)
+        if parent is not None:
+            self._expanding(parent, parent_map)  # type: ignore[arg-type]
         task = Task(window, parent, parent_map, image=pool.submit(read, window))
         chain[window.key] = self._process(plan, window.level, [task], stats)[0]
         stats.windows_per_level[window.level] += 1
@@ -374,8 +379,14 @@ class Engine:
                 self._fast_maps[window.key] = self._process(plan, level, [task], stats)[0]
         finest = {w.key: self._fast_maps[w.key] for w in plan.windows(ranked_ahead - 1) if w.key in self._fast_maps}
         for level in range(ranked_ahead, plan.depth):
-            choice.rank(level, finest)
+            choice.calibrate(level, finest)
         return choice
+
+    def _expanding(self, window: Window, window_map: torch.Tensor) -> None:
+        """`window`'s refined map is done and its children are about to be queued (and read): MagNet-Fast
+        chooses which of them to refine from it."""
+        if self._fast is not None:
+            self._fast.choose_children(window, window_map)
 
     def _gather(self, tasks: list, stats: RunStats) -> torch.Tensor:
         start = time.perf_counter()

@@ -42,3 +42,34 @@ def test_the_coarse_levels_ranked_ahead_stay_few():
     plan = make_plan(4096, 4096, (256, 256), 5, None)  # 1, 4, 16, 64, 256 windows
     assert ranking_depth(plan) == 3
     assert ranking_depth(make_plan(256, 256, (256, 256), 1, None)) == 1
+
+
+def test_a_streamed_level_is_cut_where_the_coarse_ranking_would_stop_then_chosen_on_each_parent():
+    plan = make_plan(1024, 1024, (256, 256), 3, None)  # 1, 2 x 2, 4 x 4 windows
+    (root,) = plan.windows(0)
+    root_map = torch.zeros(2, 256, 256)
+    root_map[0] = 1.0
+    root_map[:, :, :64] = 0.5  # the left quarter (level 2's first column) a coin toss on the coarse map
+    choice = FastChoice(plan, 4)  # 4 of level 2's 16 windows (and all 4 of level 1)
+    choice.rank(1, {root.key: root_map})
+    choice.calibrate(2, {root.key: root_map})
+    assert choice._cutoffs[2] == pytest.approx(1.0)  # the 4th most unsure window's mean uncertainty
+    assert choice.counts()[2] == 0  # nothing chosen before the parents are done
+    parent = plan.window(1, 0, 1)  # its actual map: unsure over its top-right child only
+    parent_map = torch.zeros(2, 256, 256)
+    parent_map[0] = 1.0
+    parent_map[:, :128, 128:] = 0.5
+    choice.choose_children(parent, parent_map)
+    choice.choose_children(parent, parent_map)  # the same parent again (another unit's roots): no change
+    assert [(w.row, w.col) for w in plan.windows(2) if choice.refines(w)] == [(0, 3)]
+    assert choice.counts() == [1, 4, 1]
+
+
+def test_blank_children_of_a_streamed_level_are_never_chosen():
+    plan = make_plan(1024, 1024, (256, 256), 3, None)
+    (root,) = plan.windows(0)
+    unsure = torch.full((2, 256, 256), 0.5)
+    choice = FastChoice(plan, 0.5, skips=lambda w: w.level == 2 and w.col == 0)
+    choice.calibrate(2, {root.key: unsure})
+    choice.choose_children(plan.window(1, 0, 0), unsure)
+    assert sorted((w.row, w.col) for w in plan.windows(2) if choice.refines(w)) == [(0, 1), (1, 1)]

@@ -158,7 +158,7 @@ def test_streaming_fast_refining_every_window_is_magnet(bundle):
 
 
 def test_streaming_fast_reads_and_segments_only_the_chosen_windows(bundle, monkeypatch):
-    from magnet_cli.fast import windows_to_refine
+    from magnet_cli.fast import ranking_depth, windows_to_refine
 
     image = random_rgb(300, 260, seed=7)
     engine = Engine(bundle, InferenceSettings(device="cpu", mode="fast", fast_patches=0.25))
@@ -172,10 +172,13 @@ def test_streaming_fast_reads_and_segments_only_the_chosen_windows(bundle, monke
 
     stats = engine.run(source, sink)
     plan = engine.plan(300, 260)
-    chosen = [plan.levels[0].window_count] + [windows_to_refine(l.window_count, 0.25) for l in plan.levels[1:]]
+    chosen = engine._fast.counts()  # kept after the run: the windows it refined, per level
+    ahead = ranking_depth(plan)
+    assert ahead < plan.depth  # levels streamed after the ranked ones, chosen on their parents' maps
+    assert chosen[:ahead] == [plan.levels[0].window_count] + [windows_to_refine(l.window_count, 0.25) for l in plan.levels[1:ahead]]
     assert (writes == 1).all()
     assert len(reads) == sum(chosen)  # each chosen window once (the coarse levels in the ranking pass)
-    assert sum(chosen) < plan.window_count  # some windows were left to their coarse map
+    assert 0 < sum(chosen[ahead:]) < sum(l.window_count for l in plan.levels[ahead:])  # some left to Y
 
 
 def test_streaming_fast_chooses_the_same_windows_when_split_in_units(bundle):
