@@ -10,7 +10,7 @@ cutoff, and the cutoff is calibrated on the coarse maps: the score of the last w
 would keep if the level were ranked on the finest of them. So memory stays flat, each choice looks at
 the window's own Y, as the paper's does, and every process of a run (units, shards, Dask workers) makes
 the same choice (a window's Y is the same in all of them). A streamed level refines about, not exactly,
-`--fast-patches` of its windows: as many as the actual maps find unsure; the report counts them.
+`--fast-patches` of its windows: as many as the actual maps find unsure (`FastChoice.counts`).
 """
 
 from __future__ import annotations
