@@ -28,7 +28,7 @@ from magnet_cli.io.base import ImageSource, PyramidLevel, check_axes, check_imag
 from magnet_cli.io.georeference import map_pixel_size
 from magnet_cli.io.pixel_size import PixelSize, pixel_size, tiff_resolution
 from magnet_cli.io.tile_cache import TileCache
-from magnet_cli.io.zarr_source import band_count, region_index, to_yxc, yx_chunks, yx_shape
+from magnet_cli.io.zarr_source import band_count, region_index, to_yxc, yx
 
 # GeoTIFF and GDAL tags copied into `ImageSource.georeference` under these names (GeoTIFF writers map the
 # names back to the codes).
@@ -89,7 +89,7 @@ class TiffSource(ImageSource):
         self._failures: list[dict[str, Exception]] = [
             {} if isinstance(array, np.memmap) else array.store.failures for array in self._arrays
         ]
-        shapes = [_plane_shape(array.shape, axes) for array, axes in opened]
+        shapes = [yx(array.shape, axes) for array, axes in opened]
         height, width = shapes[0]
         if series.dtype is None:
             raise InputError(f"{path}: unsupported TIFF sample format ({keyframe.bitspersample} bits per sample)")
@@ -154,7 +154,7 @@ class TiffSource(ImageSource):
         if isinstance(array, np.memmap):  # uncompressed: nothing to decode, nothing to keep
             return self._read_region(level, y0, x0, y1, x1)
         return self._tiles.region(
-            level, yx_chunks(array, axes), yx_shape(array, axes), (y0, x0, y1, x1),
+            level, yx(array.chunks, axes), yx(array.shape, axes), (y0, x0, y1, x1),
             lambda *box: self._read_region(level, *box), array.dtype.itemsize * band_count(array, axes),
         )
 
@@ -260,10 +260,6 @@ def _header_problems(series: tifffile.TiffPageSeries, file_size: int) -> list[st
         if beyond:
             problems.append(f"{where}{beyond} of {needed} {kind} lie past the end of the file (truncated?)")
     return list(dict.fromkeys(problems))
-
-
-def _plane_shape(shape: tuple[int, ...], axes: str) -> tuple[int, int]:
-    return shape[axes.index("Y")], shape[axes.index("X")]
 
 
 def _main_series(tif: tifffile.TiffFile, path: Path) -> tuple[int, tifffile.TiffPageSeries]:

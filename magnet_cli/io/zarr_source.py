@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import zarr
@@ -31,21 +31,16 @@ ZARR_METADATA_FILES = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata
 
 def region_index(axes: str, shape: tuple[int, ...], y0: int, x0: int, y1: int, x1: int) -> tuple:
     """The index selecting rows y0:y1 and columns x0:x1 (all bands, index 0 elsewhere) of an array."""
-    height, width = shape[axes.index("Y")], shape[axes.index("X")]
+    height, width = yx(shape, axes)
     if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
         raise ValueError(f"region [{y0}:{y1}, {x0}:{x1}] outside a level of shape {height}x{width}")
     picks = {"Y": slice(y0, y1), "X": slice(x0, x1), "C": slice(None)}
     return tuple(picks.get(axis, 0) for axis in axes)
 
 
-def yx_shape(array: Any, axes: str) -> tuple[int, int]:
-    """The (rows, columns) of an array with these axes."""
-    return int(array.shape[axes.index("Y")]), int(array.shape[axes.index("X")])
-
-
-def yx_chunks(array: Any, axes: str) -> tuple[int, int]:
-    """The (rows, columns) of one stored chunk of an array with these axes."""
-    return int(array.chunks[axes.index("Y")]), int(array.chunks[axes.index("X")])
+def yx(sizes: Sequence[int], axes: str) -> tuple[int, int]:
+    """The (rows, columns) entries of per-axis sizes (an array's shape, or its chunks' shape)."""
+    return int(sizes[axes.index("Y")]), int(sizes[axes.index("X")])
 
 
 def band_count(array: Any, axes: str) -> int:
@@ -125,7 +120,7 @@ class ZarrSource(ImageSource):
     def read_level(self, level: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         array, axes = self._arrays[level], self._axes
         return self._tiles.region(
-            level, yx_chunks(array, axes), yx_shape(array, axes), (y0, x0, y1, x1),
+            level, yx(array.chunks, axes), yx(array.shape, axes), (y0, x0, y1, x1),
             lambda *box: self._read_region(level, *box), array.dtype.itemsize * band_count(array, axes),
         )
 
