@@ -74,7 +74,9 @@ class FastChoice:
         windows, scores, order = self._ranking(level, maps)
         self._chosen[level] = set()
         if windows:
-            self._cutoffs[level] = float(scores[order[windows_to_refine(len(windows), self.fast_patches) - 1]])
+            keep = windows_to_refine(len(windows), self.fast_patches)
+            # Keeping them all means all, whatever their own Y's scores turn out to be.
+            self._cutoffs[level] = -math.inf if keep == len(windows) else float(scores[order[keep - 1]])
 
     def choose_children(self, parent: Window, parent_map: torch.Tensor) -> None:
         """Choose, among `parent`'s children on a streamed level, those whose Y (`parent_map` (C, h, w),
@@ -83,7 +85,7 @@ class FastChoice:
         cutoff = self._cutoffs[level] if level < self.plan.depth else None
         if cutoff is None:
             return
-        table = _summed_area(host(uncertainty(parent_map[None].float()))[0, 0].numpy())
+        table = _uncertainty_table(parent_map)
         chosen = self._chosen[level]
         assert chosen is not None
         for child in self._tree.children(parent):
@@ -93,7 +95,7 @@ class FastChoice:
     def _ranking(self, level: int, maps: dict[tuple[int, int, int], torch.Tensor]) -> tuple[list[Window], np.ndarray, np.ndarray]:
         """`level`'s windows (blank ones left out), their scores on their ancestors among `maps`, and the
         order of the paper's rule: highest mean uncertainty first, ties to the lower index."""
-        tables = {key: _summed_area(host(uncertainty(m[None].float()))[0, 0].numpy()) for key, m in maps.items()}
+        tables = {key: _uncertainty_table(m) for key, m in maps.items()}
         windows = [w for w in self.plan.windows(level) if self._skips is None or not self._skips(w)]
         scores = np.empty(len(windows))
         for index, window in enumerate(windows):
@@ -125,6 +127,11 @@ def _box_mean(table: np.ndarray, ancestor: Window, window: Window) -> float:
     x1 = min(w, max(x0 + 1, math.ceil((window.x1 - ancestor.x0) * sx)))
     total = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
     return float(total / ((y1 - y0) * (x1 - x0)))
+
+
+def _uncertainty_table(window_map: torch.Tensor) -> np.ndarray:
+    """The summed-area table of a refined map's (C, h, w) uncertainty."""
+    return _summed_area(host(uncertainty(window_map[None].float()))[0, 0].numpy())
 
 
 def _summed_area(values: np.ndarray) -> np.ndarray:

@@ -73,3 +73,15 @@ def test_blank_children_of_a_streamed_level_are_never_chosen():
     choice.calibrate(2, {root.key: unsure})
     choice.choose_children(plan.window(1, 0, 0), unsure)
     assert sorted((w.row, w.col) for w in plan.windows(2) if choice.refines(w)) == [(0, 1), (1, 1)]
+
+
+def test_a_streamed_level_asked_for_all_its_windows_refines_all():
+    plan = make_plan(1024, 1024, (256, 256), 3, None)
+    (root,) = plan.windows(0)
+    choice = FastChoice(plan, 16)
+    choice.calibrate(2, {root.key: torch.full((2, 256, 256), 0.5)})  # unsure everywhere on the coarse map
+    certain = torch.zeros(2, 256, 256)
+    certain[0] = 1.0  # while the parents' own maps are sure
+    for parent in plan.windows(1):
+        choice.choose_children(parent, certain)
+    assert choice.counts()[2] == 16

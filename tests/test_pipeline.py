@@ -150,8 +150,12 @@ def test_a_large_owned_region_reaches_the_sink_in_bounded_pieces(bundle, monkeyp
     assert torch.allclose(tiled, whole, atol=1e-5)
 
 
-def test_streaming_fast_refining_every_window_is_magnet(bundle):
-    image = random_rgb(200, 150, seed=6)
+# With only level 0 ranked ahead, every other level is chosen as it streams; 1100 x 1200 has units whose
+# roots lie on level 2, so choices are made for their ancestors and for their roots as well.
+@pytest.mark.parametrize("ranked_ahead, size", [(21, (200, 150)), (1, (1100, 1200))])
+def test_streaming_fast_refining_every_window_is_magnet(bundle, monkeypatch, ranked_ahead, size):
+    monkeypatch.setattr("magnet_cli.fast.RANKING_WINDOWS", ranked_ahead)
+    image = random_rgb(*size, seed=6)
     magnet, _, _ = run(bundle, image, mode="magnet")
     fast, writes, stats = run(bundle, image, mode="fast", fast_patches=1_000_000)
     assert (writes == 1).all() and torch.equal(fast, magnet)
@@ -181,7 +185,9 @@ def test_streaming_fast_reads_and_segments_only_the_chosen_windows(bundle, monke
     assert 0 < sum(chosen[ahead:]) < sum(l.window_count for l in plan.levels[ahead:])  # some left to Y
 
 
-def test_streaming_fast_chooses_the_same_windows_when_split_in_units(bundle):
+@pytest.mark.parametrize("ranked_ahead", [21, 1])  # 1: only level 0 ahead, units' roots on streamed levels
+def test_streaming_fast_chooses_the_same_windows_when_split_in_units(bundle, monkeypatch, ranked_ahead):
+    monkeypatch.setattr("magnet_cli.fast.RANKING_WINDOWS", ranked_ahead)
     image = random_rgb(520, 600, seed=8)
     whole, _, _ = run(bundle, image, mode="fast", fast_patches=0.3)
     engine = Engine(bundle, InferenceSettings(device="cpu", mode="fast", fast_patches=0.3))
