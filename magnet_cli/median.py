@@ -59,8 +59,13 @@ def _median_by_network(x: torch.Tensor, kernel: int) -> torch.Tensor:
     window in NumPy, 450+ ms in torch; torch on an idle machine: ~4 ms)."""
     array = x.detach().numpy()
     pad = kernel // 2
-    padded = np.pad(array, [(0, 0)] * (array.ndim - 2) + [(pad, pad)] * 2)
-    return torch.from_numpy(np.ascontiguousarray(_run_plan(padded, kernel)))
+    planes = array.reshape(-1, *array.shape[-2:])
+    out = np.empty_like(planes)
+    # One plane at a time: a 256 px plane's ~80 intermediate arrays stay in the core's cache, where a
+    # batch of 4 spills (one plane at a time: 5.9 ms per 4 planes of uint16, all at once: 9.0 ms).
+    for index, plane in enumerate(planes):
+        out[index] = _run_plan(np.pad(plane, pad), kernel)
+    return torch.from_numpy(out.reshape(array.shape))
 
 
 # --- the selection network ---------------------------------------------------------------------------
