@@ -612,12 +612,17 @@ def describe_bundle(directory: Path | str) -> dict[str, Any]:
     directory = Path(directory)
     spec = BundleSpec.read(directory)
     source = spec.segmenter
+    # Input channels: what the network or its file header says; for a factory (never run to describe
+    # it) or a file that does not say, what the bundle's bands or per-channel mean imply, else None.
+    stated = bands_channels(spec.bands) or (len(spec.mean) if spec.mean is not None and len(spec.mean) > 1 else None)
     if source.factory is not None:
-        digest, parameters = state_digest(read_weights(directory / source.file)), None
+        digest, parameters, channels = state_digest(read_weights(directory / source.file)), None, stated
     elif SOURCES[source.kind].digests_file:
         digest, parameters = SOURCES[source.kind].digest_file(directory / source.file), None
+        channels = SOURCES[source.kind].channels_in_file(directory / source.file) or stated
     else:
-        module = load_segmenter(directory, spec).module
+        segmenter = load_segmenter(directory, spec)
+        module, channels = segmenter.module, segmenter.input_channels
         digest, parameters = segmenter_digest(module), sum(p.numel() for p in module.parameters())  # type: ignore[union-attr]
     refiner = None
     if spec.refiner is not None:
@@ -639,6 +644,7 @@ def describe_bundle(directory: Path | str) -> dict[str, Any]:
         "classes": [{"id": i, "name": c.name, "color": list(c.color)} for i, c in enumerate(spec.classes)],
         "num_classes": len(spec.classes),
         "input_size": list(spec.input_size),
+        "input_channels": channels,
         "mean": _list(spec.mean),
         "std": _list(spec.std),
         "value_range": spec.value_range if isinstance(spec.value_range, str) else _list(spec.value_range),

@@ -19,6 +19,7 @@ from magnet_cli.cli import app
 from magnet_cli.errors import InputError
 from magnet_cli.io.base import PixelNormalization, choose_bands, to_model_input
 from magnet_cli.io.labels import read_labels
+from magnet_cli.models.bundle import describe_bundle
 
 from tests.test_cli import assert_clean_failure
 
@@ -210,6 +211,7 @@ def test_train_segmenter_on_4_band_data_trains_a_4_channel_net_that_segment_read
     assert result.exit_code == 0, result.output
     spec = tomllib.loads((out / "model.toml").read_text())
     assert spec["segmenter"]["options"]["in_channels"] == 4
+    assert describe_bundle(out)["input_channels"] == 4
     image = four_band_dataset / "images" / "0.tif"
     by_bundle = segment(image, tmp_path / "a.zarr", "--model", out)
     assert by_bundle.exit_code == 0, by_bundle.output
@@ -227,6 +229,7 @@ def test_train_refiner_over_a_4_channel_onnx_model_then_segment_model_needs_no_b
     result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert tomllib.loads((out / "model.toml").read_text())["mean"] == [0.5]
+    assert describe_bundle(out)["input_channels"] == 4  # from the graph's header: the mean is one value for all
     image = four_band_dataset / "images" / "0.tif"
     by_bundle = runner.invoke(app, [str(a) for a in ["segment", image, "-o", tmp_path / "a.zarr", "--model", out,
                                                       "--no-progress", "--device", "cpu"]], catch_exceptions=False)

@@ -85,6 +85,7 @@ def test_describing_a_factory_bundle_and_reading_its_classes_run_nothing(tmp_pat
     directory = factory_bundle(tmp_path / "b", f"{FACTORY_MODULE}:build")
     info = describe_bundle(directory)
     assert info["segmenter"]["kind"] == "factory" and info["num_classes"] == 3
+    assert info["input_channels"] is None  # not stated by the bundle, and the factory is not run to ask it
     assert [c.name for c in resolve_classes(None, directory, [], 255)] == [c.name for c in default_classes(3)]
     assert not factory_module.exists()
 

@@ -82,6 +82,12 @@ class Source:
         """The digest of a segmenter file of this source (`digests_file`) without loading it."""
         return self._module().digest_file(path)
 
+    def channels_in_file(self, path: Path) -> int | None:
+        """The input channels a segmenter file of this source records, read without loading the model;
+        None where its header does not say or cannot be read without running it."""
+        reader = getattr(self._module(), "input_channels", None)
+        return reader(path) if reader is not None else None
+
 
 SOURCES: dict[str, Source] = {
     source.kind: source

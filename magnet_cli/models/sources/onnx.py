@@ -111,6 +111,13 @@ def external_files(path: Path) -> list[str]:
     return sorted(names)
 
 
+def input_channels(path: Path) -> int | None:
+    """The channel axis of the graph's one 4-D input, from the graph alone; None if not fixed there."""
+    inputs = graph(path).input
+    dims = inputs[0].type.tensor_type.shape.dim if len(inputs) == 1 else []
+    return dims[1].dim_value or None if len(dims) == 4 else None
+
+
 def digest_file(path: Path) -> str:
     """sha256 over the model file and its external data files, in order."""
     digest = hashlib.sha256()
