@@ -3,6 +3,7 @@ MagNet and patch processing, default model, held-out synthetic scenes, one proce
 
     python benchmarks/fast_tradeoff.py                      # 2 scenes of 2048^2
     python benchmarks/fast_tradeoff.py --size 4096 --scenes 4 --settings 3,0.1,0.25,0.5
+    python benchmarks/fast_tradeoff.py --size 4096 --settings 0.2,0.4,0.6,0.5@all   # FAST_PATCHES[@FAST_LEVELS]
 
 Timings are noisy on shared machines: compare the ratios inside one run.
 """
@@ -48,11 +49,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--scenes", type=int, default=2)
-    parser.add_argument("--settings", default="3,0.1,0.25,0.5")
+    parser.add_argument("--settings", default="3,0.1,0.25,0.5", help="--fast-patches values, each optionally @FAST_LEVELS")
     args = parser.parse_args()
     bundle = load_bundle(default_model_dir())
     variants = [("patch", dict(mode="patch")), ("magnet", dict(mode="magnet"))]
-    variants += [(f"fast {s}", dict(mode="fast", fast_patches=float(s))) for s in args.settings.split(",")]
+    for setting in args.settings.split(","):
+        patches, _, levels = setting.partition("@")  # --fast-levels: the default unless given
+        options = dict(mode="fast", fast_patches=float(patches), **({"fast_levels": levels} if levels else {}))
+        variants.append((f"fast {setting}", options))
     engines = {name: Engine(bundle, InferenceSettings(device="cpu", **options)) for name, options in variants}
     with tempfile.TemporaryDirectory() as folder:
         pairs = synth(folder, size=args.size, seed=HELD_OUT_SEED, count=args.scenes, run=RunSettings(progress=False))

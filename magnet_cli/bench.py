@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 PAPER_POINTS = 65536  # the paper's k (2^16 points per level)
 # The fields that make a variant's method; every other inference field (batch size, device, ...) is the
 # caller's, the same for every variant.
-METHOD_FIELDS = ("mode", "selection", "points", "fast_patches")
+METHOD_FIELDS = ("mode", "selection", "points", "fast_patches", "fast_levels")
 # Fields a variant may also set; only a variant that sets them (away from the default) overrides the caller's.
 OPTIONAL_METHOD_FIELDS = ("precision",)
 
@@ -75,10 +75,14 @@ VARIANTS: dict[str, Variant] = {
     for v in (
         _variant("downsample", "coarsest level only, upsampled", mode="downsample"),
         _variant("patch", "finest level only, no context", mode="patch"),
-        _variant("fast", "MagNet-Fast: about the most uncertain half of each level's windows (streaming)", mode="fast"),
-        _variant("fast-3", "MagNet-Fast: about the 3 most uncertain windows per level (streaming)", mode="fast", fast_patches=3),
+        _variant("fast", "MagNet-Fast: coarse levels in full, the most uncertain of the finest level's windows "
+                 "(streaming, the defaults)", mode="fast"),
+        _variant("fast-all-levels", "MagNet-Fast choosing about half of every level's windows (streaming)", mode="fast",
+                 fast_patches=0.5, fast_levels="all"),
+        _variant("fast-3", "MagNet-Fast: about the 3 most uncertain windows per level (streaming)", mode="fast",
+                 fast_patches=3, fast_levels="all"),
         _variant("fast-global", "MagNet-Fast ranked on whole level maps, 3 windows per level (the reference's)",
-                 mode="fast", selection="global", fast_patches=3),
+                 mode="fast", selection="global", fast_patches=3, fast_levels="all"),
         _variant("magnet", "MagNet, points selected per window (streaming)", mode="magnet"),
         _variant("magnet-global", "MagNet, points selected over the whole level", mode="magnet", selection="global"),
         _variant("magnet-all-points", "MagNet, refiner output taken at every pixel", mode="magnet", points=1.0),

@@ -168,6 +168,7 @@ def segment_command(
     points: O.Points = None,
     smooth_kernel: O.SmoothKernel = None,
     fast_patches: O.FastPatches = S.InferenceSettings.fast_patches,
+    fast_levels: O.FastLevels = str(S.InferenceSettings.fast_levels),
     selection: O.Selection = S.InferenceSettings.selection,
     batch_size: O.BatchSize = None,
     device: O.Device = O.DEVICE_DEFAULT,
@@ -207,7 +208,7 @@ def segment_command(
             ),
             inference=S.build(
                 S.InferenceSettings, mode=mode, levels=levels, points=points, smooth_kernel=smooth_kernel,
-                fast_patches=fast_patches, selection=selection, batch_size=batch_size, device=device, bands=bands,
+                fast_patches=fast_patches, fast_levels=fast_levels, selection=selection, batch_size=batch_size, device=device, bands=bands,
                 precision=precision, value_range=value_range, resolution=resolution, background=background,
             ),
             outputs=S.build(

@@ -267,8 +267,15 @@ SmoothKernel = Annotated[
 ]
 FastPatches = Annotated[
     float,
-    typer.Option("--fast-patches", help="Windows refined per level in --mode fast: a count (3) or a fraction of "
-                 "each level's windows (0.25); the fine levels, chosen as they stream, refine about that many."),
+    typer.Option("--fast-patches", help="Windows refined per level in --mode fast, on the levels it chooses on "
+                 "(--fast-levels): a count (3) or a fraction of the level's windows (0.25); the fine levels, "
+                 "chosen as they stream, refine about that many or fewer."),
+]
+FastLevels = Annotated[
+    str,
+    typer.Option("--fast-levels", help="Levels, counted from the finest, on which --mode fast chooses windows; "
+                 "coarser levels are refined in full. 1: the finest only; all: every level after the "
+                 "coarsest (the paper's MagNet-Fast)."),
 ]
 Selection = Annotated[S.Selection, typer.Option("--selection", help="Where points are chosen: window (streaming) or global (whole level).")]
 Bands = Annotated[

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from magnet_cli import devices
 from magnet_cli.errors import UsageError
-from magnet_cli.fast import FastChoice, ranking_depth, windows_to_refine
+from magnet_cli.fast import FastChoice, level_windows_to_refine, ranking_depth
 from magnet_cli.io.base import Box, ImageSource, PixelNormalization
 from magnet_cli.io.blank_mask import BlankMask
 from magnet_cli.models.bundle import ModelBundle
@@ -213,9 +213,13 @@ class Engine:
         if not units:
             return [0] * plan.depth
         counts = [level.window_count for level in plan.levels]
-        if self.settings.mode == Mode.fast:  # after the first level, only the most uncertain windows
-            return [counts[0]] + [windows_to_refine(c, self.settings.fast_patches) for c in counts[1:]]
+        if self.settings.mode == Mode.fast:  # on the levels it chooses on, only the most uncertain windows
+            return [self._fast_count(plan, index, count) for index, count in enumerate(counts)]
         return counts
+
+    def _fast_count(self, plan: ScalePlan, level: int, count: int) -> int:
+        """How many of `level`'s `count` windows MagNet-Fast refines."""
+        return level_windows_to_refine(level, plan.depth, count, self.settings.fast_patches, self.settings.fast_levels)
 
     def run(
         self,
@@ -364,7 +368,8 @@ class Engine:
         window alone (a batch of 1) so that every process of the run chooses the same windows; their maps
         are kept for the run (`_fast_maps`) and the streaming pass takes them instead of recomputing."""
         blank = self._blank
-        choice = FastChoice(plan, self.settings.fast_patches, skips=blank.skips if blank is not None else None)
+        choice = FastChoice(plan, self.settings.fast_patches, self.settings.fast_levels,
+                            skips=blank.skips if blank is not None else None)
         self._fast, self._fast_maps = choice, {}
         ranked_ahead = ranking_depth(plan)
         for level in range(ranked_ahead):
@@ -406,7 +411,7 @@ class Engine:
             else:
                 coarse = F.interpolate(level_map, size=(spec.height, spec.width), mode="bilinear", align_corners=False)
                 if self.settings.mode == "fast":
-                    windows = self._most_uncertain(spec, windows, coarse, windows_to_refine(len(windows), self.settings.fast_patches))
+                    windows = self._most_uncertain(spec, windows, coarse, self._fast_count(plan, index, len(windows)))
                 proposal, covered = self._assemble(plan, spec, windows, read, pool, stats, coarse=coarse)
                 k = points_for_level(self.points, spec.pixel_count, len(windows), spec.window_count)
                 with self._stage("selection", stats):

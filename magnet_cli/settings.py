@@ -218,6 +218,19 @@ def check_fast_patches(value: Any) -> float:
     return int(number) if number >= 1 else number
 
 
+def check_fast_levels(value: Any) -> int | str:
+    """A count of levels (>= 1), counted from the finest, or "all"."""
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return "all"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = 0.0
+    if not (number >= 1 and number == int(number) and number <= MAX_LEVELS):
+        raise UsageError(f"--fast-levels {value!r}: expected a number of levels counted from the finest (1, 2, ...) or all")
+    return int(number)
+
+
 VALUE_RANGE_WORDS = ("auto", "dtype")
 
 
@@ -309,9 +322,12 @@ class InferenceSettings:
     levels: int | tuple[int, ...] | None = None  # None: the bundle's default, else automatic
     points: float | None = None  # None: the bundle's default
     smooth_kernel: int | None = None  # None: the bundle's default
-    # Windows refined per level in --mode fast: a count (>= 1) or a fraction (< 1). Half of each level kept
-    # 89% of MagNet's gain over patches at 54% of its time on held-out scenes (benchmarks/fast_tradeoff.py).
+    # --mode fast: windows refined per level it chooses on, a count (>= 1) or a fraction (< 1); and the
+    # levels it chooses on, counted from the finest ("all": the paper's). Coarser levels are refined in
+    # full: on 2 held-out scenes this kept 90% of MagNet's gain over patches at 0.41x its time, where
+    # choosing half of every level kept 77% at 0.37x (benchmarks/fast_tradeoff.py, benchmarks/README.md).
     fast_patches: float = 0.5
+    fast_levels: int | str = 1
     selection: Selection = Selection.window
     batch_size: int | None = None  # None: chosen for the device (devices.auto_batch_size)
     device: str = "auto"
@@ -330,6 +346,7 @@ class InferenceSettings:
         _set(self, "points", check_points(self.points))
         _set(self, "smooth_kernel", check_smooth_kernel(self.smooth_kernel))
         _set(self, "fast_patches", check_fast_patches(self.fast_patches))
+        _set(self, "fast_levels", check_fast_levels(self.fast_levels))
         if self.batch_size is not None:
             check_whole_number(self.batch_size, "--batch-size", 1, MAX_BATCH)
         _set(self, "device", check_device(self.device))
@@ -351,6 +368,7 @@ class InferenceSettings:
             "points": self.points,
             "smooth_kernel": self.smooth_kernel,
             "fast_patches": self.fast_patches,
+            "fast_levels": self.fast_levels,
             "precision": self.precision,
             "bands": list(self.bands) if self.bands else None,
             "value_range_option": list(self.value_range) if isinstance(self.value_range, tuple) else self.value_range,

@@ -93,7 +93,7 @@ def test_each_variant_runs_its_own_method_with_the_shared_batch_size_and_device(
 
 
 def test_unknown_mode_is_refused_naming_the_valid_ones(tmp_path, bundle_dir):
-    with pytest.raises(UsageError, match="turbo: unknown; expected some of downsample, patch, fast, fast-3, fast-global, magnet"):
+    with pytest.raises(UsageError, match="turbo: unknown; expected some of downsample, patch, fast, fast-all-levels, fast-3, fast-global, magnet"):
         benchmark(tmp_path / "absent", tmp_path / "out", model=ModelSettings(model=bundle_dir), modes=["magnet", "turbo"])
     assert not (tmp_path / "out").exists()
 

@@ -376,11 +376,12 @@ def test_evaluate_takes_several_truths_after_one_flag(tmp_path):
 def test_run_metadata_records_every_setting_that_shaped_the_labels(bundle_dir, png, tmp_path):
     out = tmp_path / "o.zarr"
     result = segment(bundle_dir, png, "-o", out, "--points", "0.3", "--smooth-kernel", "5", "--levels", "2",
-                     "--selection", "global", "--fast-patches", "2")
+                     "--selection", "global", "--fast-patches", "2", "--fast-levels", "all")
     assert result.exit_code == 0, result.output
     record = zarr.open_group(str(out), mode="r").attrs["magnet"]
     assert record["points"] == 0.3 and record["smooth_kernel"] == 5 and record["selection"] == "global"
     assert record["mode"] == "magnet" and record["fast_patches"] == 2 and len(record["levels"]) == 2
+    assert record["fast_levels"] == "all"
     assert record["model"] == "tiny" and record["input_size"] == [64, 64] and record["refiner"] is True
     # The bundle's defaults are recorded as resolved values, not as "unset".
     default = tmp_path / "d.zarr"

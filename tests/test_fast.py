@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from magnet_cli.fast import FastChoice, ranking_depth, windows_to_refine
+from magnet_cli.fast import FastChoice, chooses_on, ranking_depth, windows_to_refine
 from magnet_cli.pyramid import make_plan
 
 
@@ -16,10 +16,10 @@ def test_the_most_uncertain_windows_are_chosen():
     certain[0] = 1.0
     certain[:, 128:, 128:] = 0.5  # the bottom-right quarter is a coin toss
     certain[:, :128, :100] = torch.tensor([0.7, 0.3])[:, None, None]  # top-left: a little unsure
-    choice = FastChoice(plan, 1)
+    choice = FastChoice(plan, 1, "all")
     choice.rank(1, {root.key: certain})
     assert [(w.row, w.col) for w in plan.windows(1) if choice.refines(w)] == [(1, 1)]
-    choice = FastChoice(plan, 2)
+    choice = FastChoice(plan, 2, "all")
     choice.rank(1, {root.key: certain})
     assert {(w.row, w.col) for w in plan.windows(1) if choice.refines(w)} == {(1, 1), (0, 0)}
     assert choice.counts() == [1, 2] and choice.refines(root)
@@ -28,7 +28,7 @@ def test_the_most_uncertain_windows_are_chosen():
 def test_ties_go_to_the_lower_index():
     plan = make_plan(512, 512, (256, 256), 2, None)
     (root,) = plan.windows(0)
-    choice = FastChoice(plan, 3)
+    choice = FastChoice(plan, 3, "all")
     choice.rank(1, {root.key: torch.full((2, 256, 256), 0.5)})
     assert {(w.row, w.col) for w in plan.windows(1) if choice.refines(w)} == {(0, 0), (0, 1), (1, 0)}
 
@@ -50,7 +50,7 @@ def test_a_streamed_level_is_cut_where_the_coarse_ranking_would_stop_then_chosen
     root_map = torch.zeros(2, 256, 256)
     root_map[0] = 1.0
     root_map[:, :, :64] = 0.5  # the left quarter (level 2's first column) a coin toss on the coarse map
-    choice = FastChoice(plan, 4)  # 4 of level 2's 16 windows (and all 4 of level 1)
+    choice = FastChoice(plan, 4, "all")  # 4 of level 2's 16 windows (and all 4 of level 1)
     choice.rank(1, {root.key: root_map})
     choice.calibrate(2, {root.key: root_map})
     assert choice._cutoffs[2] == pytest.approx(1.0)  # the 4th most unsure window's mean uncertainty
@@ -69,7 +69,7 @@ def test_blank_children_of_a_streamed_level_are_never_chosen():
     plan = make_plan(1024, 1024, (256, 256), 3, None)
     (root,) = plan.windows(0)
     unsure = torch.full((2, 256, 256), 0.5)
-    choice = FastChoice(plan, 0.5, skips=lambda w: w.level == 2 and w.col == 0)
+    choice = FastChoice(plan, 0.5, "all", skips=lambda w: w.level == 2 and w.col == 0)
     choice.calibrate(2, {root.key: unsure})
     choice.choose_children(plan.window(1, 0, 0), unsure)
     assert sorted((w.row, w.col) for w in plan.windows(2) if choice.refines(w)) == [(0, 1), (1, 1)]
@@ -78,10 +78,34 @@ def test_blank_children_of_a_streamed_level_are_never_chosen():
 def test_a_streamed_level_asked_for_all_its_windows_refines_all():
     plan = make_plan(1024, 1024, (256, 256), 3, None)
     (root,) = plan.windows(0)
-    choice = FastChoice(plan, 16)
+    choice = FastChoice(plan, 16, "all")
     choice.calibrate(2, {root.key: torch.full((2, 256, 256), 0.5)})  # unsure everywhere on the coarse map
     certain = torch.zeros(2, 256, 256)
     certain[0] = 1.0  # while the parents' own maps are sure
     for parent in plan.windows(1):
         choice.choose_children(parent, certain)
     assert choice.counts()[2] == 16
+
+
+@pytest.mark.parametrize("fast_levels, choosing", [("all", [False, True, True, True]), (1, [False, False, False, True]),
+                                                   (2, [False, False, True, True]), (9, [False, True, True, True])])
+def test_fast_chooses_on_the_finest_levels_asked_and_never_on_the_coarsest(fast_levels, choosing):
+    assert [chooses_on(level, 4, fast_levels) for level in range(4)] == choosing
+
+
+def test_levels_it_does_not_choose_on_are_refined_in_full_and_the_finest_still_chooses():
+    plan = make_plan(1024, 1024, (256, 256), 3, None)  # 1, 2 x 2, 4 x 4 windows
+    (root,) = plan.windows(0)
+    root_map = torch.zeros(2, 256, 256)
+    root_map[0] = 1.0
+    root_map[:, :, :64] = 0.5  # the left quarter unsure
+    choice = FastChoice(plan, 2, 1)
+    choice.rank(1, {root.key: root_map})  # level 1 is not the finest: ranking it keeps every window
+    choice.calibrate(2, {root.key: root_map})
+    assert all(choice.refines(w) for w in plan.windows(1)) and choice.counts()[:2] == [1, 4]
+    assert choice._cutoffs[2] == pytest.approx(1.0)  # the finest level is cut as with every level chosen
+    unsure_left = torch.stack([torch.ones(256, 256), torch.zeros(256, 256)])
+    unsure_left[:, :, :128] = 0.5  # a parent of the left column: unsure over its left children
+    for parent in plan.windows(1):
+        choice.choose_children(parent, unsure_left if parent.col == 0 else torch.stack([torch.ones(256, 256), torch.zeros(256, 256)]))
+    assert sorted((w.row, w.col) for w in plan.windows(2) if choice.refines(w)) == [(0, 0), (1, 0), (2, 0), (3, 0)]

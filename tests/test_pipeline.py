@@ -94,10 +94,11 @@ def test_window_and_global_engines_compute_the_same_maps_when_selection_cannot_d
     assert torch.allclose(window, whole, atol=1e-5)
 
 
-def test_fast_mode_refines_only_the_most_uncertain_windows(bundle):
+@pytest.mark.parametrize("fast_levels, expected", [("all", [1, 2, 2]), (1, [1, 4, 2]), (2, [1, 2, 2])])
+def test_fast_mode_refines_only_the_most_uncertain_windows(bundle, fast_levels, expected):
     image = random_rgb(256, 256)
-    _, _, stats = run(bundle, image, mode="fast", fast_patches=2, selection="global")
-    assert stats.windows_per_level == [1, 2, 2]
+    _, _, stats = run(bundle, image, mode="fast", fast_patches=2, fast_levels=fast_levels, selection="global")
+    assert stats.windows_per_level == expected  # levels it does not choose on: refined in full
 
 
 def test_streaming_queue_stays_bounded_whatever_the_image_size():
@@ -161,11 +162,12 @@ def test_streaming_fast_refining_every_window_is_magnet(bundle, monkeypatch, ran
     assert (writes == 1).all() and torch.equal(fast, magnet)
 
 
-def test_streaming_fast_reads_and_segments_only_the_chosen_windows(bundle, monkeypatch):
-    from magnet_cli.fast import ranking_depth, windows_to_refine
+@pytest.mark.parametrize("fast_levels", ["all", 1])
+def test_streaming_fast_reads_and_segments_only_the_chosen_windows(bundle, monkeypatch, fast_levels):
+    from magnet_cli.fast import level_windows_to_refine, ranking_depth
 
     image = random_rgb(300, 260, seed=7)
-    engine = Engine(bundle, InferenceSettings(device="cpu", mode="fast", fast_patches=0.25))
+    engine = Engine(bundle, InferenceSettings(device="cpu", mode="fast", fast_patches=0.25, fast_levels=fast_levels))
     source = ArraySource(image)
     reads = count_reads(source)
     writes = np.zeros(image.shape[:2], dtype=np.int32)
@@ -179,7 +181,9 @@ def test_streaming_fast_reads_and_segments_only_the_chosen_windows(bundle, monke
     chosen = engine._fast.counts()  # kept after the run: the windows it refined, per level
     ahead = ranking_depth(plan)
     assert ahead < plan.depth  # levels streamed after the ranked ones, chosen on their parents' maps
-    assert chosen[:ahead] == [plan.levels[0].window_count] + [windows_to_refine(l.window_count, 0.25) for l in plan.levels[1:ahead]]
+    assert chosen[:ahead] == [level_windows_to_refine(i, plan.depth, plan.levels[i].window_count, 0.25, fast_levels) for i in range(ahead)]
+    if fast_levels == 1:  # only the finest level chooses: every coarser one refined in full
+        assert chosen[:-1] == [level.window_count for level in plan.levels[:-1]]
     assert (writes == 1).all()
     assert len(reads) == sum(chosen)  # each chosen window once (the coarse levels in the ranking pass)
     assert 0 < sum(chosen[ahead:]) < sum(l.window_count for l in plan.levels[ahead:])  # some left to Y
