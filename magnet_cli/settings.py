@@ -212,20 +212,26 @@ def check_bands(value: Any, option: str = "--bands") -> tuple[int, ...] | None:
 
 def check_fast_patches(value: Any) -> float:
     """A count of windows (a whole number >= 1) or a fraction of a level's windows (0 < f < 1)."""
-    number = float(value)
+    number = _finite_number(value)
     if not (0 < number < 1 or (number >= 1 and number == int(number) and number <= 1_000_000)):
         raise UsageError(f"--fast-patches {value!r}: expected a count (1, 2, ...) or a fraction of each level's windows (0.25)")
     return int(number) if number >= 1 else number
+
+
+def _finite_number(value: Any) -> float:
+    """`value` as a finite float; NaN for anything else (which fails every range check)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return number if math.isfinite(number) else math.nan
 
 
 def check_fast_levels(value: Any) -> int | str:
     """A count of levels (>= 1), counted from the finest, or "all"."""
     if isinstance(value, str) and value.strip().lower() == "all":
         return "all"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = 0.0
+    number = _finite_number(value)
     if not (number >= 1 and number == int(number) and number <= MAX_LEVELS):
         raise UsageError(f"--fast-levels {value!r}: expected a number of levels counted from the finest (1, 2, ...) or all")
     return int(number)

@@ -117,6 +117,8 @@ SEGMENT_BAD = [
     (["--fast-levels", "0"], "--fast-levels"),
     (["--fast-levels", "most"], "--fast-levels"),
     (["--fast-levels", "1.5"], "--fast-levels"),
+    (["--fast-levels", "inf"], "--fast-levels"),
+    (["--fast-patches", "inf"], "--fast-patches"),
     (["--batch-size", "0"], "--batch-size"),
     (["--batch-size", "x"], "--batch-size"),
     (["--device", "gpu"], "--device"),
