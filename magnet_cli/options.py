@@ -275,7 +275,7 @@ FastLevels = Annotated[
     str,
     typer.Option("--fast-levels", help="Levels, counted from the finest, on which --mode fast chooses windows; "
                  "coarser levels are refined in full. 1: the finest only; all: every level after the "
-                 "coarsest (the paper's MagNet-Fast)."),
+                 "coarsest (the paper's MagNet-Fast).", metavar="N|all"),
 ]
 Selection = Annotated[S.Selection, typer.Option("--selection", help="Where points are chosen: window (streaming) or global (whole level).")]
 Bands = Annotated[
