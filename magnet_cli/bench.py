@@ -85,7 +85,8 @@ VARIANTS: dict[str, Variant] = {
                  mode="fast", selection="global", fast_patches=3, fast_levels="all"),
         _variant("magnet", "MagNet, points selected per window (streaming)", mode="magnet"),
         _variant("magnet-global", "MagNet, points selected over the whole level", mode="magnet", selection="global"),
-        _variant("magnet-all-points", "MagNet, refiner output taken at every pixel", mode="magnet", points=1.0),
+        _variant("magnet-points-0.75", "MagNet, refiner output taken at the 75% of points with the highest score "
+                 "(the default bundle's setting until session 9)", mode="magnet", points=0.75),
         _variant("magnet-paper-k", "MagNet, the paper's k = 2^16 points per level", mode="magnet", points=PAPER_POINTS),
         _variant("magnet-bf16", "MagNet with bf16 model calls (emulated on CPUs without bf16)", mode="magnet",
                  precision="bf16"),

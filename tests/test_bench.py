@@ -174,7 +174,7 @@ def test_a_child_that_dies_without_answering_is_reported_not_fatal():
 
 def test_variants_cover_the_papers_table():
     assert {"downsample", "patch", "fast", "magnet"} <= set(VARIANTS)
-    assert VARIANTS["magnet-all-points"].settings.points == 1.0
+    assert VARIANTS["magnet-points-0.75"].settings.points == 0.75
     assert VARIANTS["magnet-global"].settings.selection == Selection.global_
     assert VARIANTS["magnet-paper-k"].settings.points == 65536
 

@@ -60,7 +60,7 @@ def scores(bundle) -> dict[str, float]:
 
 def test_the_default_bundle_is_the_one_the_example_was_measured_with(bundle):
     # The floors below hold for these inference defaults; a bundle with others needs new measurements.
-    assert (bundle.input_size, bundle.points, bundle.smooth_kernel, bundle.max_levels) == ((256, 256), 0.75, 5, 5)
+    assert (bundle.input_size, bundle.points, bundle.smooth_kernel, bundle.max_levels) == ((256, 256), 1.0, 5, 5)
     assert [c.name for c in bundle.classes] == ["meadow", "water", "farmland", "floodplain", "road", "building"]
 
 

@@ -251,7 +251,7 @@ def test_describe_bundle_shows_what_info_prints_and_is_json():
     json.dumps(info)
     assert info["name"] == "magnet-synth-default" and info["num_classes"] == 6 and info["input_size"] == [256, 256]
     assert info["input_channels"] == 3
-    assert info["inference"] == {"points": 0.75, "smooth_kernel": 5, "levels": "auto", "max_levels": 5}
+    assert info["inference"] == {"points": 1.0, "smooth_kernel": 5, "levels": "auto", "max_levels": 5}
     assert info["segmenter"]["kind"] == "architecture" and info["segmenter"]["file"] == "segmenter.pt"
     assert info["refiner"]["paired"] is True and info["refiner"]["warning"] is None
     training = info["training"]
