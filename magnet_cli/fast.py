@@ -11,6 +11,10 @@ would keep if the level were ranked on the finest of them. So memory stays flat,
 the window's own Y, as the paper's does, and every process of a run (units, shards, Dask workers) makes
 the same choice (a window's Y is the same in all of them). A streamed level refines about, not exactly,
 `--fast-patches` of its windows: as many as the actual maps find unsure (`FastChoice.counts`).
+
+All of this applies on the levels Fast chooses on: the `--fast-levels` finest ones (`chooses_on`; "all":
+every level after the coarsest, as in the paper). Coarser levels are refined in full, and their
+ranked-ahead maps still calibrate the cutoff of the levels below.
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ RANKING_WINDOWS = 21
 
 class FastChoice:
     """For each level below the coarsest, the (row, col) of the windows to refine, chosen level by level:
-    a level's windows are ranked on the finest ranked-ahead maps above them (`rank`)."""
+    a level's windows are ranked on the finest ranked-ahead maps above them (`rank`), or all of them on
+    the levels it does not choose on (`chooses_on`)."""
 
     def __init__(self, plan: ScalePlan, fast_patches: float, fast_levels: int | str,
                  skips: Callable[[Window], bool] | None = None) -> None:
