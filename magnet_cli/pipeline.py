@@ -124,7 +124,7 @@ class Engine:
         self.read_threads = settings.read_threads or devices.auto_read_threads(self.device)
         keep_freed_memory_in_heap()
         # channels_last: oneDNN convolutions run about 3x faster in it on CPU (measured on the refiner).
-        self.segmenter = bundle.segmenter.to(self.device, channels_last=True)
+        self.segmenter = bundle.segmenter.to(self.device, channels_last=True).for_inference()
         self.refiner = (
             _channels_last(fuse_for_inference(bundle.refiner).to(self.device)) if bundle.refiner is not None else None
         )
@@ -347,7 +347,7 @@ class Engine:
         boxes = torch.tensor(
             [_box_in_parent(t.window, t.parent, h, w) for t in tasks], dtype=torch.float64  # type: ignore[arg-type]
         )
-        parents = torch.stack([t.parent_map for t in tasks])  # type: ignore[misc]
+        parents = _parent_maps(tasks)
         coarse = crop_resize(parents, boxes, (h, w))
         chosen = [i for i, t in enumerate(tasks) if self._fast is None or self._fast.refines(t.window)]
         if not chosen:  # MagNet-Fast: none of these windows is refined; they keep Y
@@ -483,6 +483,15 @@ def _level_region(spec: Level, window: Window) -> tuple[int, int, int, int]:
     y0, y1 = spec.rows.interval(window.row)
     x0, x1 = spec.cols.interval(window.col)
     return y0, x0, y1, x1
+
+
+def _parent_maps(tasks: list[Task]) -> torch.Tensor:
+    """The tasks' parent maps as one (N, C, h, w) batch: siblings (the usual batch) share their parent's
+    map, expanded without a copy (crop_resize reads it once)."""
+    first = tasks[0].parent_map
+    if all(t.parent_map is first for t in tasks):
+        return first.expand(len(tasks), *first.shape)  # type: ignore[union-attr]
+    return torch.stack([t.parent_map for t in tasks])  # type: ignore[misc]
 
 
 def _box_in_parent(window: Window, parent: Window, height: int, width: int) -> list[float]:

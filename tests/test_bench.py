@@ -65,6 +65,10 @@ def test_each_variant_is_scored_on_its_own_masks(tmp_path, bundle_dir):
     assert [row["windows_per_image"] for row in report.modes] == [1, 5]
     assert report.scaling[0]["size"] == 128 and report.scaling[0]["windows"] == 5
     assert report.limit is not None and report.limit["windows"] == 5 and report.limit["model_only_s"] > 0
+    pairs = report.limit["pairs_s"]  # interleaved runs; the overhead is the median of theirs
+    assert len(pairs) == report.limit["repeats"] >= 2
+    ratios = sorted(e / m - 1 for e, m in pairs)
+    assert ratios[0] - 0.01 <= report.limit["overhead_of_model_time"] <= ratios[-1] + 0.01
     assert report.selection_difference is None  # magnet-global was not asked for
     saved = json.loads((out / "benchmark.json").read_text())
     assert saved["modes"] == report.modes

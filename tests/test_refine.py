@@ -247,3 +247,37 @@ def test_top_mask_marks_exactly_the_top_points(k):
         expected = torch.zeros(3, 64, dtype=torch.bool)
         expected.scatter_(1, top_points(score, k), True)
         assert torch.equal(top_mask(score, k), expected.reshape(3, 1, 8, 8))
+
+
+def _grid_sampled(maps, boxes, size):
+    """crop_resize's general path (grid_sample), for comparing its fast one against."""
+    from magnet_cli.refine import _grid_sample_boxes
+
+    return _grid_sample_boxes(maps, boxes, size)
+
+
+@pytest.mark.parametrize("expanded", [False, True])
+def test_crop_resize_of_half_boxes_equals_grid_sample(expanded):
+    # Child windows in their parent's map: the four quadrants, boxes touching each border, one inside.
+    generator = torch.Generator().manual_seed(5)
+    parent = torch.rand(1, 6, 64, 48, generator=generator).softmax(1)
+    boxes = torch.tensor(
+        [[0, 0, 32, 24], [0, 24, 32, 48], [32, 0, 64, 24], [32, 24, 64, 48], [7, 5, 39, 29], [1, 23, 33, 47]],
+        dtype=torch.float64,
+    )
+    maps = parent.expand(6, -1, -1, -1) if expanded else parent.repeat(6, 1, 1, 1)
+    got = crop_resize(maps, boxes, (64, 48))
+    assert got.shape == (6, 6, 64, 48)
+    assert torch.allclose(got, _grid_sampled(maps, boxes, (64, 48)), atol=1e-6)
+    up = F.interpolate(parent, size=(128, 96), mode="bilinear", align_corners=False)
+    assert torch.allclose(got[3], up[0, :, 64:128, 48:96], atol=1e-6)
+
+
+def test_crop_resize_of_a_box_does_not_depend_on_the_rest_of_its_batch():
+    # A window computed alone (MagNet-Fast's ranked-ahead windows, a unit's ancestors) and in a batch
+    # must get the same map to the bit, whichever way its batch mates' boxes are resampled.
+    maps = torch.rand(3, 4, 40, 40, generator=torch.Generator().manual_seed(6))
+    boxes = torch.tensor([[0, 0, 20, 20], [3.5, 0, 23.5, 20], [20, 20, 40, 40]], dtype=torch.float64)
+    together = crop_resize(maps, boxes, (40, 40))
+    for i in range(3):
+        assert torch.equal(together[i], crop_resize(maps[i : i + 1], boxes[i : i + 1], (40, 40))[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -83,6 +84,27 @@ def build_architecture(name: str, num_classes: int, **options: object) -> nn.Mod
         return ARCHITECTURES[name](num_classes, **options)
     except (TypeError, ValueError, IndexError) as error:
         raise ModelError(f"architecture {name!r} with options {options}: {error}") from None
+
+
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """For inference: a copy of a built-in architecture with each BatchNorm that directly follows a
+    convolution in a Sequential folded into that convolution (same function up to float rounding; the
+    segmenter's BatchNorms were ~5% of a MagNet run's CPU time). Any other module is returned as is:
+    only in our own architectures do we know that a Sequential's layers run only in its order."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if not isinstance(module, tuple(ARCHITECTURES.values())):  # type: ignore[arg-type]
+        return module
+    folded = copy.deepcopy(module).eval()
+    for sequence in folded.modules():
+        if type(sequence) is not nn.Sequential:
+            continue
+        for index in range(len(sequence) - 1):
+            conv, norm = sequence[index], sequence[index + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                sequence[index] = fuse_conv_bn_eval(conv, norm)
+                sequence[index + 1] = nn.Identity()
+    return folded
 
 
 def check_input_size(module: nn.Module, input_size: tuple[int, int], num_classes: int) -> None:

@@ -8,7 +8,7 @@ an ONNX model), which is what training, digests and TorchScript exports need.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -58,6 +58,17 @@ class Segmenter:
                 pass
         self.module = module
         return self
+
+    def for_inference(self) -> "Segmenter":
+        """This segmenter as inference runs it: a built-in architecture with its BatchNorms folded into
+        the convolutions before them (models.builtin.fold_batch_norms); any other model as it is. A
+        copy where anything changes, so the bundle keeps the trained layers (training, digests, saving)."""
+        if self.module is None:
+            return self
+        from magnet_cli.models.builtin import fold_batch_norms
+
+        module = fold_batch_norms(self.module)
+        return self if module is self.module else replace(self, module=module)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """The model's output (`outputs` says which) for normalised `images`, checked for shape."""

@@ -267,3 +267,28 @@ def test_model_toml_can_say_a_segmenter_returns_probabilities(files, tmp_path):
     (directory / MODEL_FILE).write_text((directory / MODEL_FILE).read_text().replace('"probabilities"', '"odds"'))
     with pytest.raises(ModelError, match="segmenter.outputs must be one of logits, probabilities"):
         load_bundle(directory)
+
+
+def test_inference_folds_a_builtin_segmenters_batch_norms_without_touching_the_bundle():
+    module = SmallUNet(NUM_CLASSES)
+    generator = torch.Generator().manual_seed(7)
+    for layer in module.modules():  # trained-looking statistics, so that folding has work to do
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.running_mean.uniform_(-0.5, 0.5, generator=generator)
+            layer.running_var.uniform_(0.5, 2.0, generator=generator)
+            layer.weight.data.uniform_(0.5, 1.5, generator=generator)
+    segmenter = Segmenter(module.eval(), NUM_CLASSES, (64, 64))
+    digest = segmenter.digest()
+    inference = segmenter.for_inference()
+    images = torch.rand(2, 3, 64, 64, generator=generator)
+    with torch.no_grad():
+        assert torch.allclose(inference.probabilities(images), segmenter.probabilities(images), atol=1e-5)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in inference.module.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in segmenter.module.modules())
+    assert segmenter.digest() == digest
+
+
+def test_inference_leaves_a_model_it_did_not_build_as_it_is():
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, NUM_CLASSES, 3, padding=1), torch.nn.BatchNorm2d(NUM_CLASSES)).eval()
+    segmenter = Segmenter(module, NUM_CLASSES, (32, 32))
+    assert segmenter.for_inference() is segmenter

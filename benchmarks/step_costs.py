@@ -1,0 +1,74 @@
+"""What the engine's per-batch steps cost, each next to the way it was done before: the coarse map Y
+cut for four sibling windows (the 2x upsampling written out vs grid_sample, and the parent map shared vs
+stacked), and the default segmenter with its BatchNorms folded vs as trained.
+
+    python benchmarks/step_costs.py               # 256 px windows, the default bundle
+    python benchmarks/step_costs.py --rounds 30
+
+On one thread, in CPU seconds of this process (robust to other jobs on a shared machine), the best of
+`--rounds` interleaved rounds per step. A batch is four windows, as the engine forms on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Callable
+
+import torch
+
+from magnet_cli.bench import machine_description
+from magnet_cli.models.bundle import load_bundle
+from magnet_cli.models.default import default_model_dir
+from magnet_cli.refine import _grid_sample_boxes, crop_resize
+
+BATCH = 4
+
+
+def best_cpu_ms(steps: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """The fastest of `rounds` CPU times of each step, in milliseconds, rounds interleaved."""
+    best = {name: float("inf") for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.process_time()
+            step()
+            best[name] = min(best[name], (time.process_time() - start) * 1000)
+    return {name: round(ms, 2) for name, ms in best.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=20)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    bundle = load_bundle(default_model_dir())
+    h, w = bundle.input_size
+    generator = torch.Generator().manual_seed(0)
+    parent = torch.rand(1, bundle.num_classes, h, w, generator=generator).softmax(1)
+    quadrants = torch.tensor(
+        [[y, x, y + h // 2, x + w // 2] for y in (0, h // 2) for x in (0, w // 2)], dtype=torch.float64
+    )
+    segmenter = bundle.segmenter.to("cpu", channels_last=True)
+    folded = segmenter.for_inference()
+    images = torch.rand(BATCH, segmenter.input_channels, h, w, generator=generator).contiguous(memory_format=torch.channels_last)
+
+    with torch.inference_mode():
+        steps = {
+            "coarse crop, grid_sample, stacked parents (before)": lambda: _grid_sample_boxes(
+                torch.cat([parent] * BATCH), quadrants, (h, w)),
+            "coarse crop, 2x upsampling, shared parent (now)": lambda: crop_resize(
+                parent.expand(BATCH, -1, -1, -1), quadrants, (h, w)),
+            "segmenter as trained (before)": lambda: segmenter.probabilities(images),
+            "segmenter, BatchNorms folded (now)": lambda: folded.probabilities(images),
+        }
+        for step in steps.values():  # warm-up: oneDNN primitive caches
+            step()
+        costs = best_cpu_ms(steps, args.rounds)
+    print(json.dumps({"machine": machine_description(torch.device("cpu")), "threads": 1, "batch": BATCH,
+                      "window": [h, w], "classes": bundle.num_classes, "rounds": args.rounds,
+                      "best_cpu_ms_per_batch": costs}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
