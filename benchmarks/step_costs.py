@@ -1,6 +1,8 @@
 """What the engine's per-batch steps cost, each next to the way it was done before: the coarse map Y
 cut for four sibling windows (the 2x upsampling written out vs grid_sample, and the parent map shared vs
-stacked), and the default segmenter with its BatchNorms folded vs as trained.
+stacked), the default segmenter with its BatchNorms folded vs as trained, and the refiner's calls with
+their input joined in channels_last once and the softmax written into the batch vs converted, joined
+and stacked.
 
     python benchmarks/step_costs.py               # 256 px windows, the default bundle
     python benchmarks/step_costs.py --rounds 30
@@ -21,6 +23,8 @@ import torch
 from magnet_cli.bench import machine_description
 from magnet_cli.models.bundle import load_bundle
 from magnet_cli.models.default import default_model_dir
+from magnet_cli.pipeline import Engine, RunStats
+from magnet_cli.settings import InferenceSettings
 from magnet_cli.refine import _grid_sample_boxes, crop_resize
 
 BATCH = 4
@@ -53,6 +57,18 @@ def main() -> None:
     folded = segmenter.for_inference()
     images = torch.rand(BATCH, segmenter.input_channels, h, w, generator=generator).contiguous(memory_format=torch.channels_last)
 
+    engine = Engine(bundle, InferenceSettings(device="cpu", mode="magnet"))
+    refiner = engine.refiner
+    coarse = torch.rand(BATCH, bundle.num_classes, h, w, generator=generator).softmax(1)
+    fine = torch.rand(BATCH, bundle.num_classes, h, w, generator=generator).softmax(1)
+
+    def refiner_before() -> torch.Tensor:  # the engine's refiner calls up to session 9
+        parts = []
+        for i in range(BATCH):
+            pair = (t[i : i + 1].contiguous(memory_format=torch.channels_last) for t in (coarse, fine))
+            parts.append(torch.softmax(refiner(*pair).float(), dim=1).contiguous())
+        return torch.cat(parts)
+
     with torch.inference_mode():
         steps = {
             "coarse crop, grid_sample, stacked parents (before)": lambda: _grid_sample_boxes(
@@ -61,6 +77,9 @@ def main() -> None:
                 parent.expand(BATCH, -1, -1, -1), quadrants, (h, w)),
             "segmenter as trained (before)": lambda: segmenter.probabilities(images),
             "segmenter, BatchNorms folded (now)": lambda: folded.probabilities(images),
+            "refiner calls, inputs converted and joined, outputs stacked (before)": refiner_before,
+            "refiner calls, input joined in channels_last, softmax into the batch (now)": lambda: engine.propose_refinement(
+                coarse, fine, RunStats()),
         }
         for step in steps.values():  # warm-up: oneDNN primitive caches
             step()

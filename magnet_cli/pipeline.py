@@ -152,12 +152,18 @@ class Engine:
         with self._stage("refiner", stats), torch.inference_mode(), devices.autocast(self.device, self.dtype):
             # On CPU one window at a time: batching gains nothing there, and the refiner's full-resolution
             # 64- and 128-channel activations of a batch of 4 at 256 px peak at ~650 MB (batch 1: ~170 MB).
-            step = coarse.shape[0] if devices.is_accelerator(self.device) else 1
-            parts = []
-            for i in range(0, coarse.shape[0], step):
-                pair = (t[i : i + step].contiguous(memory_format=torch.channels_last) for t in (coarse, fine))
-                parts.append(torch.softmax(self.refiner(*pair).float(), dim=1).contiguous())  # type: ignore[misc]
-            proposal = torch.cat(parts)
+            n, classes, h, w = coarse.shape
+            step = n if devices.is_accelerator(self.device) else 1
+            first, second = (coarse, fine) if self.refiner.input_order == "coarse_fine" else (fine, coarse)  # type: ignore[union-attr]
+            proposal = torch.empty(n, classes, h, w, device=coarse.device)
+            for i in range(0, n, step):
+                # The refiner's input written once, joined and in channels_last, and its softmax written
+                # straight into the batch: two copies fewer per window than converting, joining and stacking.
+                joined = torch.empty(min(step, n - i), 2 * classes, h, w, dtype=coarse.dtype, device=coarse.device,
+                                     memory_format=torch.channels_last)
+                joined[:, :classes].copy_(first[i : i + step])
+                joined[:, classes:].copy_(second[i : i + step])
+                proposal[i : i + step] = torch.softmax(self.refiner.forward_joined(joined).float(), dim=1)  # type: ignore[union-attr]
         return proposal
 
     def normalization_for(self, value_range: tuple[float, float] | None) -> PixelNormalization:
@@ -395,8 +401,12 @@ class Engine:
 
     def _gather(self, tasks: list, stats: RunStats) -> torch.Tensor:
         start = time.perf_counter()
-        images = torch.stack([t.image.result() for t in tasks])
+        windows = [t.image.result() for t in tasks]
         stats.read_wait_seconds += time.perf_counter() - start
+        # Straight into the channels_last batch the segmenter takes (one copy, not a stack and a conversion).
+        images = torch.empty(len(windows), *windows[0].shape, dtype=windows[0].dtype, memory_format=torch.channels_last)
+        for slot, window in zip(images, windows):
+            slot.copy_(window)
         return images
 
     # --- level engine (whole-level maps, as the reference) -------------------------------------

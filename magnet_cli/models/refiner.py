@@ -65,7 +65,12 @@ class RefinerNet(nn.Module):
 
     def forward(self, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
         pair = (coarse, fine) if self.input_order == "coarse_fine" else (fine, coarse)
-        return self.body(self.bn0(torch.cat(pair, dim=1)))
+        return self.forward_joined(torch.cat(pair, dim=1))
+
+    def forward_joined(self, joined: torch.Tensor) -> torch.Tensor:
+        """The logits for Y and O already joined on the channel axis in `input_order` (the engine builds
+        that input in channels_last directly, saving a copy)."""
+        return self.body(self.bn0(joined))
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
