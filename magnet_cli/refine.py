@@ -217,14 +217,13 @@ def crop_resize(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) 
     """
     halves = _whole_pixel_halves(maps, boxes, size)
     if all(halves):
-        return _upsample_halves(maps, boxes.tolist(), size)
+        return _upsample_halves(maps, boxes, size)
     if not any(halves):
         return _grid_sample_boxes(maps, boxes, size)
     out = torch.empty(maps.shape[0], maps.shape[1], *size, dtype=maps.dtype, device=maps.device)
     for chosen, resample in ((halves, _upsample_halves), ([not h for h in halves], _grid_sample_boxes)):
         index = [i for i, take in enumerate(chosen) if take]
-        part_boxes = boxes[index]
-        out[index] = resample(maps[index], part_boxes.tolist() if resample is _upsample_halves else part_boxes, size)
+        out[index] = resample(maps[index], boxes[index], size)
     return out
 
 
@@ -258,7 +257,7 @@ def _whole_pixel_halves(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int
     ]
 
 
-def _upsample_halves(maps: torch.Tensor, boxes: list[list[float]], size: tuple[int, int]) -> torch.Tensor:
+def _upsample_halves(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """crop_resize for whole-pixel half-size boxes: a 2x bilinear upsampling of each box.
 
     Output pixel 2k of a box starting at map pixel y0 samples y0 + k - 1/4, pixel 2k + 1 samples
@@ -272,7 +271,7 @@ def _upsample_halves(maps: torch.Tensor, boxes: list[list[float]], size: tuple[i
     padded = F.pad(source, (1, 1, 1, 1), mode="replicate")
     crops = torch.stack([
         padded[0 if source.shape[0] == 1 else i, :, int(y0) : int(y0) + half_h + 2, int(x0) : int(x0) + half_w + 2]
-        for i, (y0, x0, _, _) in enumerate(boxes)
+        for i, (y0, x0, _, _) in enumerate(boxes.tolist())
     ])
     quarter, three_quarters = crops * 0.25, crops * 0.75
     columns = torch.empty(n, channels, half_h + 2, half_w, 2, dtype=maps.dtype, device=maps.device)

@@ -207,3 +207,23 @@ def test_streaming_fast_chooses_the_same_windows_when_split_in_units(bundle, mon
     for unit in reversed(units):  # one unit per run, in another order: as shards or workers would
         engine.run(ArraySource(image), sink, units=[unit])
     assert torch.equal(parts, whole)
+
+
+@pytest.mark.parametrize("order", ["coarse_fine", "fine_coarse"])
+def test_the_engines_refiner_calls_are_the_refiner_on_y_and_o_in_its_input_order(order):
+    # The engine builds the refiner's input itself (joined once, in channels_last): it must be the
+    # network's own forward(Y, O), softmaxed, whichever order the checkpoint was trained with.
+    bundle = tiny_bundle(seed=3)
+    bundle.refiner.input_order = order
+    engine = Engine(bundle, InferenceSettings(device="cpu", mode="magnet", batch_size=3))
+    generator = torch.Generator().manual_seed(4)
+    coarse = torch.rand(3, NUM_CLASSES, 64, 64, generator=generator).softmax(1)
+    fine = torch.rand(3, NUM_CLASSES, 64, 64, generator=generator).softmax(1)
+    from magnet_cli.pipeline import RunStats
+
+    with torch.inference_mode():
+        got = engine.propose_refinement(coarse, fine, RunStats())
+        expected = torch.softmax(engine.refiner(coarse, fine), dim=1)
+        swapped = torch.softmax(engine.refiner(fine, coarse), dim=1)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, swapped, atol=1e-3)  # the order matters for this refiner
