@@ -1,8 +1,8 @@
 """What the engine's per-batch steps cost, each next to the way it was done before: the coarse map Y
 cut for four sibling windows (the 2x upsampling written out vs grid_sample, and the parent map shared vs
-stacked), the default segmenter with its BatchNorms folded vs as trained, and the refiner's calls with
-their input joined in channels_last once and the softmax written into the batch vs converted, joined
-and stacked.
+stacked), a batch's windows copied straight into channels_last vs stacked then converted, the default
+segmenter with its BatchNorms folded vs as trained, and the refiner's calls with their input joined in
+channels_last once and the softmax written into the batch vs converted, joined and stacked.
 
     python benchmarks/step_costs.py               # 256 px windows, the default bundle
     python benchmarks/step_costs.py --rounds 30
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -62,6 +63,9 @@ def main() -> None:
     coarse = torch.rand(BATCH, bundle.num_classes, h, w, generator=generator).softmax(1)
     fine = torch.rand(BATCH, bundle.num_classes, h, w, generator=generator).softmax(1)
 
+    windows = [torch.rand(segmenter.input_channels, h, w, generator=generator) for _ in range(BATCH)]
+    tasks = [SimpleNamespace(image=SimpleNamespace(result=lambda window=window: window)) for window in windows]
+
     def refiner_before() -> torch.Tensor:  # the engine's refiner calls up to session 9
         parts = []
         for i in range(BATCH):
@@ -75,6 +79,9 @@ def main() -> None:
                 torch.cat([parent] * BATCH), quadrants, (h, w)),
             "coarse crop, 2x upsampling, shared parent (now)": lambda: crop_resize(
                 parent.expand(BATCH, -1, -1, -1), quadrants, (h, w)),
+            "gather windows: stack, then channels_last (before)": lambda: torch.stack(windows).contiguous(
+                memory_format=torch.channels_last),
+            "gather windows: straight into channels_last (now)": lambda: engine._gather(tasks, RunStats()),
             "segmenter as trained (before)": lambda: segmenter.probabilities(images),
             "segmenter, BatchNorms folded (now)": lambda: folded.probabilities(images),
             "refiner calls, inputs converted and joined, outputs stacked (before)": refiner_before,

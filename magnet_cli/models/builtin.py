@@ -88,8 +88,8 @@ def build_architecture(name: str, num_classes: int, **options: object) -> nn.Mod
 
 def fold_batch_norms(module: nn.Module) -> nn.Module:
     """For inference: a copy of a built-in architecture with each BatchNorm that directly follows a
-    convolution in a Sequential folded into that convolution (same function up to float rounding; the
-    segmenter's BatchNorms were ~5% of a MagNet run's CPU time). Any other module is returned as is:
+    convolution in a Sequential folded into that convolution (same function up to float rounding; 8-10%
+    less CPU per segmenter call, benchmarks/step_costs.py). Any other module is returned as is:
     only in our own architectures do we know that a Sequential's layers run only in its order."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
