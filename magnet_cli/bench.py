@@ -403,7 +403,7 @@ def measure_limit(image: Path, model: ModelSettings | ModelBundle, inference: In
         # The issue's measure: what the pipeline adds, as a share of the models' own time.
         "overhead_of_model_time": round(statistics.median(e / m - 1 for e, m in pairs), 3),
         "overhead_fraction": round(statistics.median(1 - m / e for e, m in pairs), 3),  # share of end to end
-        "pairs_s": [[round(e, 2), round(m, 2)] for e, m in pairs],
+        "pairs_s": [[round(e, 4), round(m, 4)] for e, m in pairs],  # enough digits to recompute the ratios of short runs
     }
 
 

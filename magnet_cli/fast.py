@@ -12,6 +12,14 @@ the window's own Y, as the paper's does, and every process of a run (units, shar
 the same choice (a window's Y is the same in all of them). A streamed level refines about, not exactly,
 `--fast-patches` of its windows: as many as the actual maps find unsure (`FastChoice.counts`).
 
+A level two or more below the finest ranked-ahead maps is ranked on a grandparent's map, which is much
+less sure than the parent's map each window is then judged on (refinement sharpens Y level by level):
+the raw cutoff kept about half the windows asked for (0.1 of the finest level refined 2.3% of it). So a
+few windows of the first streamed level are computed ahead as well (`PROBE_WINDOWS`, the ones whose
+children the coarse ranking finds most unsure: refined by any choice), and the deeper levels' cutoffs are
+scaled by how much less unsure their children turn out on their own Y than on the ranking maps
+(`FastChoice.correct`).
+
 All of this applies on the levels Fast chooses on: the `--fast-levels` finest ones (`chooses_on`; "all":
 every level after the coarsest, as in the paper). Coarser levels are refined in full, and their
 ranked-ahead maps still calibrate the cutoff of the levels below.
@@ -58,6 +66,9 @@ def level_windows_to_refine(level: int, depth: int, count: int, fast_patches: fl
 # The coarse levels computed up front (each window alone) and kept for the run: as many levels as fit
 # this many windows (levels 0-2 of the default model: 1 + 4 + 16), tens of MB of maps.
 RANKING_WINDOWS = 21
+# Windows of the first streamed level computed up front too, when a deeper level chooses: their children's
+# own scores against their ranking scores correct the deeper levels' cutoffs (`FastChoice.correct`).
+PROBE_WINDOWS = 8
 
 
 class FastChoice:
@@ -77,6 +88,7 @@ class FastChoice:
         self._chosen: list[set[tuple[int, int]] | None] = [None] * plan.depth  # None: every window
         # Streamed levels: the mean uncertainty of Y a window needs to be refined (`calibrate`).
         self._cutoffs: list[float | None] = [None] * plan.depth
+        self.cutoff_ratio = 1.0  # the correction `correct` applied to the deeper levels' cutoffs
 
     def refines(self, window: Window) -> bool:
         chosen = self._chosen[window.level]
@@ -107,6 +119,46 @@ class FastChoice:
             keep = windows_to_refine(len(windows), self.fast_patches)
             # Keeping them all means all, whatever their own Y's scores turn out to be.
             self._cutoffs[level] = -math.inf if keep == len(windows) else float(scores[order[keep - 1]])
+
+    def probe_windows(self, level: int, maps: dict[tuple[int, int, int], torch.Tensor]) -> list[Window]:
+        """The windows of `level` (the first streamed one) to compute ahead so that the levels below it can
+        be corrected (`correct`): none when no deeper level has a cutoff to correct, else the
+        PROBE_WINDOWS whose children score highest on `maps` (the ranking maps) in sum, ties to the lower
+        index: the unsure ones, near any cutoff, which Fast would refine anyway."""
+        if not any(self._cutoffs[deeper] not in (None, -math.inf) for deeper in range(level + 1, self.plan.depth)):
+            return []
+        windows, scores, _ = self._ranking(level + 1, maps)
+        totals: dict[tuple[int, int, int], float] = {}
+        for window, score in zip(windows, scores):
+            parent = self.plan.parent(window)
+            assert parent is not None
+            totals[parent.key] = totals.get(parent.key, 0.0) + float(score)
+        candidates = [w for w in self.plan.windows(level) if totals.get(w.key, 0.0) > 0]  # sure: nothing to learn
+        order = np.lexsort((np.arange(len(candidates)), -np.array([totals[w.key] for w in candidates])))
+        return [candidates[i] for i in order[:PROBE_WINDOWS]]
+
+    def correct(self, level: int, probes: dict[tuple[int, int, int], torch.Tensor],
+                maps: dict[tuple[int, int, int], torch.Tensor]) -> float:
+        """Scale the cutoffs of the levels below `level` by the median, over the children of the `probes`
+        (maps of `level`'s windows by key, as the streaming pass will compute them), of a child's score on
+        its own Y over its score on the ranking `maps`; return that ratio (1.0: nothing to learn from).
+        Measured one level below the probes, applied to every deeper level: they are all ranked on the
+        same maps, and a deeper level's true ratio is smaller still, so this errs towards too few."""
+        ranked = {w.key: (w, s) for w, s in zip(*self._ranking(level + 1, maps)[:2])}
+        ratios = []
+        for key, probe_map in probes.items():
+            table = _uncertainty_table(probe_map)
+            probe = self.plan.window(*key)
+            for child in self._tree.children(probe):
+                if child.key in ranked and ranked[child.key][1] > 0:
+                    ratios.append(_box_mean(table, probe, child) / ranked[child.key][1])
+        ratio = float(np.median(ratios)) if ratios else 1.0
+        self.cutoff_ratio = ratio
+        for deeper in range(level + 1, self.plan.depth):
+            cutoff = self._cutoffs[deeper]
+            if cutoff is not None and cutoff != -math.inf:
+                self._cutoffs[deeper] = cutoff * ratio
+        return ratio
 
     def choose_children(self, parent: Window, parent_map: torch.Tensor) -> None:
         """Choose, among `parent`'s children on a streamed level, those whose Y (`parent_map` (C, h, w),

@@ -269,7 +269,7 @@ FastPatches = Annotated[
     float,
     typer.Option("--fast-patches", help="Windows refined per level in --mode fast, on the levels it chooses on "
                  "(--fast-levels): a count (3) or a fraction of the level's windows (0.25); the fine levels, "
-                 "chosen as they stream, refine about that many or fewer."),
+                 "chosen as they stream, refine about that many."),
 ]
 FastLevels = Annotated[
     str,

@@ -346,8 +346,17 @@ class Engine:
     def _process(self, plan: ScalePlan, level: int, tasks: list[Task], stats: RunStats) -> torch.Tensor:
         """Segment a batch of one level's windows and refine each with its parent's map: (N, C, h, w)."""
         h, w = self.input_size
-        if self._fast_maps and all(t.window.key in self._fast_maps for t in tasks):  # ranked ahead
-            return torch.stack([self._fast_maps[t.window.key] for t in tasks])
+        if self._fast_maps:  # MagNet-Fast computed some windows ahead (ranked or probed): take those
+            ahead = [t.window.key in self._fast_maps for t in tasks]
+            if all(ahead):
+                return torch.stack([self._fast_maps[t.window.key] for t in tasks])
+            if any(ahead):
+                rest = self._process(plan, level, [t for t, done in zip(tasks, ahead) if not done], stats)
+                maps = torch.empty(len(tasks), *rest.shape[1:], dtype=rest.dtype, device=rest.device)
+                computed = iter(rest)
+                for slot, task, done in zip(maps, tasks, ahead):
+                    slot.copy_(self._fast_maps[task.window.key] if done else next(computed))
+                return maps
         if level == 0 or self.refiner is None:
             return self.segment_windows(self._gather(tasks, stats), stats)
         boxes = torch.tensor(
@@ -391,6 +400,16 @@ class Engine:
         finest = {w.key: self._fast_maps[w.key] for w in plan.windows(ranked_ahead - 1) if w.key in self._fast_maps}
         for level in range(ranked_ahead, plan.depth):
             choice.calibrate(level, finest)
+        if ranked_ahead < plan.depth:
+            probes = choice.probe_windows(ranked_ahead, finest)
+            for window in probes:  # computed as the streaming pass would, which then takes them
+                parent = plan.parent(window)
+                assert parent is not None
+                choice.choose_children(parent, self._fast_maps[parent.key])
+                task = Task(window, parent, self._fast_maps[parent.key], image=pool.submit(read, window))
+                self._fast_maps[window.key] = self._process(plan, ranked_ahead, [task], stats)[0]
+            if probes:
+                choice.correct(ranked_ahead, {w.key: self._fast_maps[w.key] for w in probes}, finest)
         return choice
 
     def _expanding(self, window: Window, window_map: torch.Tensor) -> None:

@@ -109,3 +109,38 @@ def test_levels_it_does_not_choose_on_are_refined_in_full_and_the_finest_still_c
     for parent in plan.windows(1):
         choice.choose_children(parent, unsure_left if parent.col == 0 else torch.stack([torch.ones(256, 256), torch.zeros(256, 256)]))
     assert sorted((w.row, w.col) for w in plan.windows(2) if choice.refines(w)) == [(0, 0), (1, 0), (2, 0), (3, 0)]
+
+
+def _two_class_map(first: float) -> torch.Tensor:
+    """A (2, 256, 256) map with probabilities (first, 1 - first) everywhere: uncertainty 1 - |2 first - 1|."""
+    return torch.stack([torch.full((256, 256), first), torch.full((256, 256), 1 - first)])
+
+
+def test_a_level_ranked_on_grandparents_is_cut_by_how_much_surer_its_own_y_is():
+    plan = make_plan(2048, 2048, (256, 256), 4, None)  # 1, 2 x 2, 4 x 4, 8 x 8 windows
+    ranking = {w.key: _two_class_map(0.6 if (w.row, w.col) == (0, 0) else 1.0) for w in plan.windows(1)}
+    choice = FastChoice(plan, 0.25, 1)  # 16 of level 3's 64 windows; level 2 refined in full
+    choice.calibrate(2, ranking)
+    choice.calibrate(3, ranking)
+    assert choice._cutoffs[3] == pytest.approx(0.8)  # the 16 windows under level 1's (0, 0), u = 0.8 there
+    probes = choice.probe_windows(2, ranking)
+    assert sorted((w.row, w.col) for w in probes) == [(0, 0), (0, 1), (1, 0), (1, 1)]  # only where it is unsure
+    surer = _two_class_map(0.8)  # their own maps, refined: u = 0.4, half the ranking's
+    assert choice.correct(2, {w.key: surer for w in probes}, ranking) == pytest.approx(0.5)
+    assert choice._cutoffs[3] == pytest.approx(0.4)
+    for probe in probes:
+        choice.choose_children(probe, surer)
+    assert choice.counts()[3] == 16  # uncorrected, none of them (0.4 < 0.8)
+
+
+def test_no_probe_when_no_level_below_the_first_streamed_one_has_a_cutoff():
+    plan = make_plan(2048, 2048, (256, 256), 4, None)
+    ranking = {w.key: _two_class_map(0.6) for w in plan.windows(1)}
+    choice = FastChoice(plan, 0.25, 2)  # chooses on levels 2 and 3
+    choice.calibrate(2, ranking)  # level 2 is ranked on its parents: its cutoff is exact, nothing to correct
+    assert choice.probe_windows(2, ranking) == []
+    choice.calibrate(3, ranking)
+    assert choice.probe_windows(2, ranking)
+    everything = FastChoice(plan, 64, 1)  # all of the finest level: no cutoff
+    everything.calibrate(3, ranking)
+    assert everything.probe_windows(2, ranking) == []

@@ -247,5 +247,5 @@ def test_parse_levels(text, expected):
 def test_build_leaves_out_none_so_command_defaults_hold():
     assert build(RefinerTraining, epochs=None).epochs == 50
     assert build(SegmenterTraining, epochs=None).epochs == 20
-    assert build(InferenceSettings, fast_patches=None).fast_patches == 0.5
+    assert build(InferenceSettings, fast_patches=None).fast_patches == 0.25
     assert build(SegmenterTraining, batch_size=None).batch_size == 8

@@ -163,10 +163,11 @@ def test_streaming_fast_refining_every_window_is_magnet(bundle, monkeypatch, ran
 
 
 @pytest.mark.parametrize("fast_levels", ["all", 1])
-def test_streaming_fast_reads_and_segments_only_the_chosen_windows(bundle, monkeypatch, fast_levels):
+@pytest.mark.parametrize("size", [(300, 260), (600, 520)])  # 600 x 520: probes below the ranked levels
+def test_streaming_fast_reads_and_segments_only_the_chosen_windows(bundle, monkeypatch, fast_levels, size):
     from magnet_cli.fast import level_windows_to_refine, ranking_depth
 
-    image = random_rgb(300, 260, seed=7)
+    image = random_rgb(*size, seed=7)
     engine = Engine(bundle, InferenceSettings(device="cpu", mode="fast", fast_patches=0.25, fast_levels=fast_levels))
     source = ArraySource(image)
     reads = count_reads(source)
@@ -177,9 +178,11 @@ def test_streaming_fast_reads_and_segments_only_the_chosen_windows(bundle, monke
         writes[y0:y1, x0:x1] += 1
 
     stats = engine.run(source, sink)
-    plan = engine.plan(300, 260)
+    plan = engine.plan(*size)
     chosen = engine._fast.counts()  # kept after the run: the windows it refined, per level
     ahead = ranking_depth(plan)
+    # A level below the first streamed one is ranked on grandparents: some windows were probed ahead
+    assert (engine._fast.cutoff_ratio != 1.0) == (ahead + 1 < plan.depth)
     assert ahead < plan.depth  # levels streamed after the ranked ones, chosen on their parents' maps
     assert chosen[:ahead] == [level_windows_to_refine(i, plan.depth, plan.levels[i].window_count, 0.25, fast_levels) for i in range(ahead)]
     if fast_levels == 1:  # only the finest level chooses: every coarser one refined in full
