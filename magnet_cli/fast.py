@@ -13,12 +13,12 @@ the same choice (a window's Y is the same in all of them). A streamed level refi
 `--fast-patches` of its windows: as many as the actual maps find unsure (`FastChoice.counts`).
 
 A level two or more below the finest ranked-ahead maps is ranked on a grandparent's map, which is much
-less sure than the parent's map each window is then judged on (refinement sharpens Y level by level):
-the raw cutoff kept about half the windows asked for (0.1 of the finest level refined 2.3% of it). So a
-few windows of the first streamed level are computed ahead as well (`PROBE_WINDOWS`, the ones whose
-children the coarse ranking finds most unsure: refined by any choice), and the deeper levels' cutoffs are
-scaled by how much less unsure their children turn out on their own Y than on the ranking maps
-(`FastChoice.correct`).
+less sure than the refined parent's map each window is then judged on (refinement sharpens Y level by
+level): the raw cutoff kept about half the windows asked for (0.1 of the finest level refined 2.3% of
+it). So a few windows of the first streamed level are computed ahead as well (`PROBE_WINDOWS`, the ones
+whose children the coarse ranking finds most unsure), and for the children of refined windows the
+deeper levels' cutoffs are scaled by how much less unsure such children turn out on their own Y than on
+the ranking maps (`FastChoice.correct`).
 
 All of this applies on the levels Fast chooses on: the `--fast-levels` finest ones (`chooses_on`; "all":
 every level after the coarsest, as in the paper). Coarser levels are refined in full, and their
@@ -88,7 +88,10 @@ class FastChoice:
         self._chosen: list[set[tuple[int, int]] | None] = [None] * plan.depth  # None: every window
         # Streamed levels: the mean uncertainty of Y a window needs to be refined (`calibrate`).
         self._cutoffs: list[float | None] = [None] * plan.depth
-        self.cutoff_ratio = 1.0  # the correction `correct` applied to the deeper levels' cutoffs
+        # `correct`: the cutoffs of levels from `_corrected_from` on are scaled by `cutoff_ratio` for the
+        # children of refined windows (an unrefined window's Y is a coarser map, that of the ranking).
+        self.cutoff_ratio = 1.0
+        self._corrected_from = plan.depth
 
     def refines(self, window: Window) -> bool:
         chosen = self._chosen[window.level]
@@ -139,26 +142,26 @@ class FastChoice:
 
     def correct(self, level: int, probes: dict[tuple[int, int, int], torch.Tensor],
                 maps: dict[tuple[int, int, int], torch.Tensor]) -> float:
-        """Scale the cutoffs of the levels below `level` by the median, over the children of the `probes`
-        (maps of `level`'s windows by key, as the streaming pass will compute them), of a child's score on
-        its own Y over its score on the ranking `maps`; return that ratio (1.0: nothing to learn from).
-        Measured one level below the probes, applied to every deeper level: they are all ranked on the
-        same maps, and a deeper level's true ratio is smaller still, so this errs towards too few."""
-        ranked = {w.key: (w, s) for w, s in zip(*self._ranking(level + 1, maps)[:2])}
+        """Scale the cutoffs of the levels below `level`, for the children of refined windows, by the
+        median over the children of the refined `probes` (maps of `level`'s windows by key, as the
+        streaming pass will compute them) of a child's score on its own Y over its score on the ranking
+        `maps`; return that ratio (1.0: nothing to learn from). Measured one level below the probes,
+        applied to every deeper level: they are all ranked on the same maps, and a deeper level's true
+        ratio is smaller still, so this errs towards too few. The children of a window left unrefined
+        keep the raw cutoff: their Y is cut from the coarser maps the ranking scored them on."""
+        ranked = {w.key: s for w, s in zip(*self._ranking(level + 1, maps)[:2])}
         ratios = []
         for key, probe_map in probes.items():
-            table = _uncertainty_table(probe_map)
             probe = self.plan.window(*key)
+            if not self.refines(probe):
+                continue
+            table = _uncertainty_table(probe_map)
             for child in self._tree.children(probe):
-                if child.key in ranked and ranked[child.key][1] > 0:
-                    ratios.append(_box_mean(table, probe, child) / ranked[child.key][1])
-        ratio = float(np.median(ratios)) if ratios else 1.0
-        self.cutoff_ratio = ratio
-        for deeper in range(level + 1, self.plan.depth):
-            cutoff = self._cutoffs[deeper]
-            if cutoff is not None and cutoff != -math.inf:
-                self._cutoffs[deeper] = cutoff * ratio
-        return ratio
+                if ranked.get(child.key, 0.0) > 0:
+                    ratios.append(_box_mean(table, probe, child) / ranked[child.key])
+        self.cutoff_ratio = float(np.median(ratios)) if ratios else 1.0
+        self._corrected_from = level + 1
+        return self.cutoff_ratio
 
     def choose_children(self, parent: Window, parent_map: torch.Tensor) -> None:
         """Choose, among `parent`'s children on a streamed level, those whose Y (`parent_map` (C, h, w),
@@ -167,6 +170,8 @@ class FastChoice:
         cutoff = self._cutoffs[level] if level < self.plan.depth else None
         if cutoff is None:
             return
+        if level >= self._corrected_from and self.refines(parent) and cutoff != -math.inf:
+            cutoff *= self.cutoff_ratio
         table = _uncertainty_table(parent_map)
         chosen = self._chosen[level]
         assert chosen is not None

@@ -119,18 +119,33 @@ def _two_class_map(first: float) -> torch.Tensor:
 def test_a_level_ranked_on_grandparents_is_cut_by_how_much_surer_its_own_y_is():
     plan = make_plan(2048, 2048, (256, 256), 4, None)  # 1, 2 x 2, 4 x 4, 8 x 8 windows
     ranking = {w.key: _two_class_map(0.6 if (w.row, w.col) == (0, 0) else 1.0) for w in plan.windows(1)}
-    choice = FastChoice(plan, 0.25, 1)  # 16 of level 3's 64 windows; level 2 refined in full
+    choice = FastChoice(plan, 0.25, 2)  # 4 of level 2's 16 windows, 16 of level 3's 64
     choice.calibrate(2, ranking)
     choice.calibrate(3, ranking)
     assert choice._cutoffs[3] == pytest.approx(0.8)  # the 16 windows under level 1's (0, 0), u = 0.8 there
+    for parent in plan.windows(1):
+        choice.choose_children(parent, ranking[parent.key])  # level 2 is ranked on its parents: exact
+    assert sorted((w.row, w.col) for w in plan.windows(2) if choice.refines(w)) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     probes = choice.probe_windows(2, ranking)
     assert sorted((w.row, w.col) for w in probes) == [(0, 0), (0, 1), (1, 0), (1, 1)]  # only where it is unsure
     surer = _two_class_map(0.8)  # their own maps, refined: u = 0.4, half the ranking's
     assert choice.correct(2, {w.key: surer for w in probes}, ranking) == pytest.approx(0.5)
-    assert choice._cutoffs[3] == pytest.approx(0.4)
     for probe in probes:
         choice.choose_children(probe, surer)
     assert choice.counts()[3] == 16  # uncorrected, none of them (0.4 < 0.8)
+    unrefined = plan.window(2, 3, 3)  # left to its coarse map: its children keep the raw cutoff
+    choice.choose_children(unrefined, _two_class_map(0.75))  # u = 0.5: under 0.8, over the corrected 0.4
+    assert choice.counts()[3] == 16
+
+
+def test_probes_left_unrefined_teach_nothing():
+    plan = make_plan(2048, 2048, (256, 256), 4, None)
+    ranking = {w.key: _two_class_map(0.6) for w in plan.windows(1)}
+    choice = FastChoice(plan, 0.25, 2)
+    choice.calibrate(2, ranking)
+    choice.calibrate(3, ranking)  # nothing chosen on level 2 yet: every probe counts as unrefined
+    probes = choice.probe_windows(2, ranking)
+    assert probes and choice.correct(2, {w.key: _two_class_map(0.8) for w in probes}, ranking) == 1.0
 
 
 def test_no_probe_when_no_level_below_the_first_streamed_one_has_a_cutoff():
