@@ -1,6 +1,8 @@
 """What the engine's per-batch steps cost, each next to the way it was done before: the coarse map Y
 cut for four sibling windows (the 2x upsampling written out vs grid_sample, and the parent map shared vs
-stacked), a batch's windows copied straight into channels_last vs stacked then converted, the default
+stacked) and for four windows of different parents (a batch where blank siblings were pruned: each box cut
+from its own parent vs the parents stacked first; until session 11 every stacked parent was also padded
+whole), a batch's windows copied straight into channels_last vs stacked then converted, the default
 segmenter with its BatchNorms folded vs as trained, and the refiner's calls with their input joined in
 channels_last once and the softmax written into the batch vs converted, joined and stacked.
 
@@ -51,6 +53,7 @@ def main() -> None:
     h, w = bundle.input_size
     generator = torch.Generator().manual_seed(0)
     parent = torch.rand(1, bundle.num_classes, h, w, generator=generator).softmax(1)
+    parents = [torch.rand(bundle.num_classes, h, w, generator=generator).softmax(0) for _ in range(BATCH)]
     quadrants = torch.tensor(
         [[y, x, y + h // 2, x + w // 2] for y in (0, h // 2) for x in (0, w // 2)], dtype=torch.float64
     )
@@ -79,6 +82,8 @@ def main() -> None:
                 torch.cat([parent] * BATCH), quadrants, (h, w)),
             "coarse crop, 2x upsampling, shared parent (now)": lambda: crop_resize(
                 parent.expand(BATCH, -1, -1, -1), quadrants, (h, w)),
+            "coarse crop, 4 parents stacked first (the copy now saved), then cut": lambda: crop_resize(torch.stack(parents), quadrants, (h, w)),
+            "coarse crop, 4 parents, each box cut from its own (now)": lambda: crop_resize(parents, quadrants, (h, w)),
             "gather windows: stack, then channels_last (before)": lambda: torch.stack(windows).contiguous(
                 memory_format=torch.channels_last),
             "gather windows: straight into channels_last (now)": lambda: engine._gather(tasks, RunStats()),

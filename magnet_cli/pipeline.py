@@ -514,13 +514,14 @@ def _level_region(spec: Level, window: Window) -> tuple[int, int, int, int]:
     return y0, x0, y1, x1
 
 
-def _parent_maps(tasks: list[Task]) -> torch.Tensor:
-    """The tasks' parent maps as one (N, C, h, w) batch: siblings (the usual batch) share their parent's
-    map, expanded without a copy (crop_resize reads it once)."""
+def _parent_maps(tasks: list[Task]) -> torch.Tensor | list[torch.Tensor]:
+    """The tasks' parent maps for crop_resize, never copied: siblings (the usual batch) share their
+    parent's map, expanded to (N, C, h, w); a batch of several parents' children (blank siblings pruned,
+    a unit's roots) gets the list of maps."""
     first = tasks[0].parent_map
     if all(t.parent_map is first for t in tasks):
         return first.expand(len(tasks), *first.shape)  # type: ignore[union-attr]
-    return torch.stack([t.parent_map for t in tasks])  # type: ignore[misc]
+    return [t.parent_map for t in tasks]  # type: ignore[misc]
 
 
 def _box_in_parent(window: Window, parent: Window, height: int, width: int) -> list[float]:

@@ -202,28 +202,31 @@ def refine(
     return torch.where(top_mask(score, k) & allowed, refined, coarse)
 
 
-def crop_resize(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def crop_resize(maps: torch.Tensor | Sequence[torch.Tensor], boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resample boxes of maps to `size`, bilinear with align_corners=False semantics, borders clamped.
 
-    `maps` (N, C, H, W) (an expanded map, batch stride 0, is read once), `boxes` (N, 4) as (y0, x0, y1,
-    x1) in the maps' pixel units (host or device). Equals upsampling the whole map (F.interpolate,
-    bilinear, align_corners=False) and cropping, when the box is aligned. A box's result depends on
-    nothing but its map and box: not on the thread count (every process of a run, a one-thread Dask
-    worker included, must compute the same maps; F.interpolate's bilinear kernel on a crop differed by an
-    ulp between 1 and 2 threads), nor on the other boxes of the batch. The common box, a child window's
-    half-size box on whole parent pixels, is a 2x upsampling written as element-wise multiplies and adds
-    (each element rounded the same way on any thread), about twice as fast as grid_sample on CPU; any
-    other box goes through grid_sample.
+    `maps` (N, C, H, W), or N maps (C, H, W) of one shape (a batch whose windows have different parents:
+    no stacked copy of the parents is made); `boxes` (N, 4) as (y0, x0, y1, x1) in the maps' pixel units
+    (host or device). Equals upsampling the whole map (F.interpolate, bilinear, align_corners=False) and
+    cropping, when the box is aligned. A box's result depends on nothing but its map and box: not on the
+    thread count (every process of a run, a one-thread Dask worker included, must compute the same maps;
+    F.interpolate's bilinear kernel on a crop differed by an ulp between 1 and 2 threads), nor on the other
+    boxes of the batch. The common box, a child window's half-size box on whole parent pixels, is a 2x
+    upsampling written as element-wise multiplies and adds (each element rounded the same way on any
+    thread), about twice as fast as grid_sample on CPU; any other box goes through grid_sample.
     """
-    halves = _whole_pixel_halves(maps, boxes, size)
+    first = maps[0]
+    height, width = first.shape[-2:]
+    halves = _whole_pixel_halves((height, width), first.dtype, boxes, size)
     if all(halves):
         return _upsample_halves(maps, boxes, size)
+    batch = maps if isinstance(maps, torch.Tensor) else torch.stack(list(maps))
     if not any(halves):
-        return _grid_sample_boxes(maps, boxes, size)
-    out = torch.empty(maps.shape[0], maps.shape[1], *size, dtype=maps.dtype, device=maps.device)
+        return _grid_sample_boxes(batch, boxes, size)
+    out = torch.empty(batch.shape[0], batch.shape[1], *size, dtype=batch.dtype, device=batch.device)
     for chosen, resample in ((halves, _upsample_halves), ([not h for h in halves], _grid_sample_boxes)):
         index = [i for i, take in enumerate(chosen) if take]
-        out[index] = resample(maps[index], boxes[index], size)
+        out[index] = resample(batch[index], boxes[index], size)
     return out
 
 
@@ -243,13 +246,13 @@ def _grid_sample_boxes(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int,
     return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _whole_pixel_halves(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> list[bool]:
-    """For each box: whether it is (out_h / 2) x (out_w / 2) map pixels starting on a whole pixel inside
-    the map (a child window in its parent's map), for an even `size` and boxes on the host."""
+def _whole_pixel_halves(shape: tuple[int, int], dtype: torch.dtype, boxes: torch.Tensor, size: tuple[int, int]) -> list[bool]:
+    """For each box: whether it is (out_h / 2) x (out_w / 2) pixels of maps of `shape` starting on a whole
+    pixel inside them (a child window in its parent's map), for an even `size` and boxes on the host."""
     out_h, out_w = size
-    if out_h % 2 or out_w % 2 or boxes.device.type != "cpu" or not maps.dtype.is_floating_point:
+    if out_h % 2 or out_w % 2 or boxes.device.type != "cpu" or not dtype.is_floating_point:
         return [False] * boxes.shape[0]
-    _, _, h, w = maps.shape
+    h, w = shape
     return [
         y0 == int(y0) and x0 == int(x0) and y1 - y0 == out_h // 2 and x1 - x0 == out_w // 2
         and y0 >= 0 and x0 >= 0 and y1 <= h and x1 <= w
@@ -257,29 +260,38 @@ def _whole_pixel_halves(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int
     ]
 
 
-def _upsample_halves(maps: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _upsample_halves(maps: torch.Tensor | Sequence[torch.Tensor], boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """crop_resize for whole-pixel half-size boxes: a 2x bilinear upsampling of each box.
 
     Output pixel 2k of a box starting at map pixel y0 samples y0 + k - 1/4, pixel 2k + 1 samples
     y0 + k + 1/4: weights 1/4 and 3/4 of two neighbours, the map's edge pixel repeated outside it
     (grid_sample's border padding). Columns first, on the small crops, then rows into the output.
     """
-    n, channels = maps.shape[:2]
+    n = len(maps)
+    first = maps[0]
+    channels, height, width = first.shape
     out_h, out_w = size
     half_h, half_w = out_h // 2, out_w // 2
-    source = maps[:1] if maps.stride(0) == 0 else maps  # siblings share one parent map: pad it once
-    padded = F.pad(source, (1, 1, 1, 1), mode="replicate")
-    crops = torch.stack([
-        padded[0 if source.shape[0] == 1 else i, :, int(y0) : int(y0) + half_h + 2, int(x0) : int(x0) + half_w + 2]
-        for i, (y0, x0, _, _) in enumerate(boxes.tolist())
-    ])
+    corners = [(int(y0), int(x0)) for y0, x0, _, _ in boxes.tolist()]
+    if isinstance(maps, torch.Tensor) and maps.stride(0) == 0:  # siblings sharing a parent: pad it once
+        padded = F.pad(first[None], (1, 1, 1, 1), mode="replicate")[0]
+        crops = torch.stack([padded[:, y0 : y0 + half_h + 2, x0 : x0 + half_w + 2] for y0, x0 in corners])
+    else:  # each box cut with its one-pixel margin, padded only where it meets its map's edge
+        crops = torch.empty(n, channels, half_h + 2, half_w + 2, dtype=first.dtype, device=first.device)
+        for crop, source, (y0, x0) in zip(crops, maps, corners):
+            top, left, bottom, right = y0 - 1, x0 - 1, y0 + half_h + 1, x0 + half_w + 1
+            region = source[:, max(top, 0) : min(bottom, height), max(left, 0) : min(right, width)]
+            margins = (max(-left, 0), max(right - width, 0), max(-top, 0), max(bottom - height, 0))
+            if any(margins):
+                region = F.pad(region[None], margins, mode="replicate")[0]
+            crop.copy_(region)
     quarter, three_quarters = crops * 0.25, crops * 0.75
-    columns = torch.empty(n, channels, half_h + 2, half_w, 2, dtype=maps.dtype, device=maps.device)
+    columns = torch.empty(n, channels, half_h + 2, half_w, 2, dtype=first.dtype, device=first.device)
     torch.add(quarter[..., :-2], three_quarters[..., 1:-1], out=columns[..., 0])
     torch.add(three_quarters[..., 1:-1], quarter[..., 2:], out=columns[..., 1])
     columns = columns.view(n, channels, half_h + 2, out_w)
     quarter, three_quarters = columns * 0.25, columns * 0.75
-    out = torch.empty(n, channels, half_h, 2, out_w, dtype=maps.dtype, device=maps.device)
+    out = torch.empty(n, channels, half_h, 2, out_w, dtype=first.dtype, device=first.device)
     torch.add(quarter[:, :, :-2], three_quarters[:, :, 1:-1], out=out[:, :, :, 0])
     torch.add(three_quarters[:, :, 1:-1], quarter[:, :, 2:], out=out[:, :, :, 1])
     return out.view(n, channels, out_h, out_w)

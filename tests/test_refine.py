@@ -256,8 +256,8 @@ def _grid_sampled(maps, boxes, size):
     return _grid_sample_boxes(maps, boxes, size)
 
 
-@pytest.mark.parametrize("expanded", [False, True])
-def test_crop_resize_of_half_boxes_equals_grid_sample(expanded):
+@pytest.mark.parametrize("layout", ["stacked", "expanded", "list"])
+def test_crop_resize_of_half_boxes_equals_grid_sample(layout):
     # Child windows in their parent's map: the four quadrants, boxes touching each border, one inside.
     generator = torch.Generator().manual_seed(5)
     parent = torch.rand(1, 6, 64, 48, generator=generator).softmax(1)
@@ -265,10 +265,10 @@ def test_crop_resize_of_half_boxes_equals_grid_sample(expanded):
         [[0, 0, 32, 24], [0, 24, 32, 48], [32, 0, 64, 24], [32, 24, 64, 48], [7, 5, 39, 29], [1, 23, 33, 47]],
         dtype=torch.float64,
     )
-    maps = parent.expand(6, -1, -1, -1) if expanded else parent.repeat(6, 1, 1, 1)
+    maps = {"stacked": parent.repeat(6, 1, 1, 1), "expanded": parent.expand(6, -1, -1, -1), "list": [parent[0]] * 6}[layout]
     got = crop_resize(maps, boxes, (64, 48))
     assert got.shape == (6, 6, 64, 48)
-    assert torch.allclose(got, _grid_sampled(maps, boxes, (64, 48)), atol=1e-6)
+    assert torch.allclose(got, _grid_sampled(parent.expand(6, -1, -1, -1), boxes, (64, 48)), atol=1e-6)
     up = F.interpolate(parent, size=(128, 96), mode="bilinear", align_corners=False)
     assert torch.allclose(got[3], up[0, :, 64:128, 48:96], atol=1e-6)
 
@@ -281,3 +281,7 @@ def test_crop_resize_of_a_box_does_not_depend_on_the_rest_of_its_batch():
     together = crop_resize(maps, boxes, (40, 40))
     for i in range(3):
         assert torch.equal(together[i], crop_resize(maps[i : i + 1], boxes[i : i + 1], (40, 40))[0])
+    # Several parents' children in one batch (blank siblings pruned): the parents as a list, not stacked
+    assert torch.equal(crop_resize(list(maps), boxes, (40, 40)), together)
+    halves = boxes[[0, 2]]
+    assert torch.equal(crop_resize([maps[0], maps[2]], halves, (40, 40)), crop_resize(maps[[0, 2]], halves, (40, 40)))

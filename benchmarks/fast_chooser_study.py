@@ -1,0 +1,162 @@
+"""Could a learned score choose MagNet-Fast's finest windows better than the mean uncertainty of Y?
+
+A study, not a feature: a ridge regression from what the engine knows about a finest window before
+running it (its Y, the parent's refined map over its box, and the parent's own pixels over it, read at the
+parent's resolution) to the window's gain from refinement, fitted on training scenes and scored on
+validation and held-out scenes against Fast's mean uncertainty and against an oracle, at equal counts of
+finest windows refined, the coarse levels in full (Fast's default). Default model, synthetic scenes.
+
+    python benchmarks/fast_chooser_study.py                    # fit on 6 training scenes of 4096^2
+    python benchmarks/fast_chooser_study.py --train 12 --size 4096
+
+The gain a window is fitted to is what it adds to mIoU, to first order: for each class, the correct
+pixels it gains over the class's truth pixels in the training scenes. A finest window's output depends
+only on its own choice, so each choice's mIoU is assembled from one MagNet run per scene
+(`fast_oracle.py` does the same for the oracle and single signals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+import numpy as np
+import tifffile
+import torch
+import torch.nn.functional as F
+
+from magnet_cli.evaluation import confusion, mean_iou
+from magnet_cli.io.open import open_image
+from magnet_cli.models.bundle import load_bundle
+from magnet_cli.models.default import default_model_dir
+from magnet_cli.pipeline import Engine, _box_in_parent, _parent_maps
+from magnet_cli.refine import class_labels, crop_resize, uncertainty
+from magnet_cli.settings import InferenceSettings, RunSettings
+from magnet_cli.synthetic import synth
+
+TRAIN_SEED, VALIDATION_SEED, HELD_OUT_SEED = 1000, 5000, 9000  # weights/train_default.sh's, then the benchmark's
+SHARES = (0.05, 0.1, 0.2)  # of the finest windows refined
+
+
+class FeatureEngine(Engine):
+    """MagNet that keeps, per finest window: Y's labels, the refined labels and the features of `features`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.windows: dict = {}
+        self.parent_pixels: dict = {}
+
+    def _process(self, plan, level, tasks, stats):
+        refined = super()._process(plan, level, tasks, stats)
+        if level == plan.depth - 2:  # the finest windows' parents: keep their pixels (at their resolution)
+            for task in tasks:
+                self.parent_pixels[task.window.key] = task.image.result().float()
+        if level == plan.depth - 1:
+            h, w = self.input_size
+            boxes = torch.tensor([_box_in_parent(t.window, t.parent, h, w) for t in tasks], dtype=torch.float64)
+            coarse = crop_resize(_parent_maps(tasks), boxes, (h, w))
+            for task, box, y, r in zip(tasks, boxes.tolist(), coarse, refined):
+                y0, x0, y1, x1 = (int(round(v)) for v in box)
+                pixels = self.parent_pixels[task.parent.key][:, y0:y1, x0:x1]
+                window = task.window
+                key = tuple(int(round(v)) for v in (window.y0, window.x0, window.y1, window.x1))
+                self.windows[key] = (class_labels(y).numpy(), class_labels(r).numpy(), features(y, pixels))
+        return refined
+
+
+def features(y: torch.Tensor, pixels: torch.Tensor) -> np.ndarray:
+    """What is known before a finest window runs: Y (C, h, w) and the parent's pixels over it (3, h/2, w/2)."""
+    u = uncertainty(y[None])[0, 0]
+    labels = class_labels(y)
+    edges = (labels[1:] != labels[:-1]).float().mean() + (labels[:, 1:] != labels[:, :-1]).float().mean()
+    gray = pixels.mean(0)
+    gy, gx = gray[1:, :-1] - gray[:-1, :-1], gray[:-1, 1:] - gray[:-1, :-1]
+    smooth = F.interpolate(F.avg_pool2d(gray[None, None], 2), scale_factor=2, mode="nearest")[0, 0]
+    return np.array([
+        float(u.mean()), float((u * u).mean()), float(torch.quantile(u.flatten()[::16], 0.9)), float(edges),
+        *(float(y[c].mean()) for c in range(y.shape[0])), *(float((u * y[c]).mean()) for c in range(y.shape[0])),
+        *(float(pixels[b].std()) for b in range(pixels.shape[0])),
+        float(torch.sqrt(gy * gy + gx * gx).mean()),  # edges in the pixels
+        float((gray - smooth).abs().mean()),  # detail finer than 2 parent pixels: what the finest level adds
+    ])
+
+
+def record(engine: FeatureEngine, seed: int, count: int, size: int) -> list:
+    """[(truth, {window: (Y labels, refined labels, features)})] for `count` scenes from `seed`."""
+    scenes = []
+    with tempfile.TemporaryDirectory() as folder:
+        for image, mask in synth(folder, size=size, seed=seed, count=count, run=RunSettings(progress=False)):
+            engine.windows, engine.parent_pixels = {}, {}
+            with open_image(image) as source:
+                engine.run(source, lambda region, probabilities: None)
+            scenes.append((tifffile.imread(mask).astype(np.int64), engine.windows))
+            print(f"recorded {image.name}", flush=True)
+    return scenes
+
+
+def rows(scenes: list, classes: int, truth_pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """Features, first-order mIoU gains, correct-pixel gains and keys of every finest window."""
+    x, gain, pixels, keys = [], [], [], []
+    for index, (truth, windows) in enumerate(scenes):
+        for box, (coarse, refined, values) in windows.items():
+            y0, x0, y1, x1 = box
+            part = truth[y0:y1, x0:x1]
+            before = np.bincount(part[coarse == part], minlength=256)[:classes]
+            after = np.bincount(part[refined == part], minlength=256)[:classes]
+            x.append(values)
+            gain.append(float(((after - before) / np.maximum(truth_pixels, 1)).sum()))
+            pixels.append(int(after.sum() - before.sum()))
+            keys.append((index, box))
+    return np.array(x), np.array(gain), np.array(pixels), keys
+
+
+def scene_miou(scenes: list, classes: int, refine: set) -> float:
+    matrix = torch.zeros(classes, classes, dtype=torch.int64)
+    for index, (truth, windows) in enumerate(scenes):
+        labels = np.zeros_like(truth)
+        for (y0, x0, y1, x1), (coarse, refined, _) in windows.items():
+            labels[y0:y1, x0:x1] = refined if (index, (y0, x0, y1, x1)) in refine else coarse
+        matrix += confusion(torch.from_numpy(labels), torch.from_numpy(truth), classes, 255)
+    return 100 * mean_iou(matrix)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--train", type=int, default=6, help="training scenes to fit on")
+    parser.add_argument("--test", type=int, default=2, help="validation and held-out scenes each")
+    parser.add_argument("--ridge", type=float, default=1.0)
+    args = parser.parse_args()
+    bundle = load_bundle(default_model_dir())
+    classes = len(bundle.classes)
+    engine = FeatureEngine(bundle, InferenceSettings(device="cpu", mode="magnet"))
+    train = record(engine, TRAIN_SEED, args.train, args.size)
+    truth_pixels = sum(np.bincount(truth[truth < classes].ravel(), minlength=classes) for truth, _ in train)
+    x, gain, _, _ = rows(train, classes, truth_pixels)
+    mean, scale = x.mean(0), x.std(0) + 1e-9
+    design = np.c_[(x - mean) / scale, np.ones(len(x))]
+    weights = np.linalg.solve(design.T @ design + args.ridge * np.eye(design.shape[1]), design.T @ gain)
+
+    def learned(values: np.ndarray) -> np.ndarray:
+        return np.c_[(values - mean) / scale, np.ones(len(values))] @ weights
+
+    print(f"Fitted on {args.train} training scenes (seeds {TRAIN_SEED}+), {len(x)} windows, {args.size}^2.")
+    for name, seed in (("validation", VALIDATION_SEED), ("held out", HELD_OUT_SEED)):
+        scenes = record(engine, seed, args.test, args.size)
+        values, gains, _, keys = rows(scenes, classes, truth_pixels)
+        orders = {"oracle": np.argsort(-gains), "mean u (Fast)": np.argsort(-values[:, 0]), "learned": np.argsort(-learned(values))}
+        rank = lambda v: np.argsort(np.argsort(v))  # noqa: E731
+        corr = np.corrcoef(rank(gains), rank(learned(values)))[0, 1], np.corrcoef(rank(gains), rank(values[:, 0]))[0, 1]
+        print(f"\n{name} (seeds {seed}+, {args.test} scenes): none refined {scene_miou(scenes, classes, set()):.2f}, "
+              f"all (MagNet) {scene_miou(scenes, classes, set(keys)):.2f}; rank correlation with the gain: "
+              f"learned {corr[0]:.3f}, mean u {corr[1]:.3f}")
+        print("| finest windows / scene | " + " | ".join(orders) + " |")
+        print("|---" * (1 + len(orders)) + "|")
+        for share in SHARES:
+            n = round(share * len(keys))
+            cells = " | ".join(f"{scene_miou(scenes, classes, {keys[i] for i in order[:n]}):.2f}" for order in orders.values())
+            print(f"| {n / len(scenes):.0f} ({100 * share:.0f}%) | {cells} |")
+
+
+if __name__ == "__main__":
+    main()
