@@ -25,7 +25,6 @@ import tifffile
 import torch
 import torch.nn.functional as F
 
-from magnet_cli.evaluation import confusion, mean_iou
 from magnet_cli.io.open import open_image
 from magnet_cli.models.bundle import load_bundle
 from magnet_cli.models.default import default_model_dir
@@ -33,6 +32,8 @@ from magnet_cli.pipeline import Engine, _box_in_parent, _parent_maps
 from magnet_cli.refine import class_labels, crop_resize, uncertainty
 from magnet_cli.settings import InferenceSettings, RunSettings
 from magnet_cli.synthetic import synth
+
+from fast_oracle import assembled_miou  # this folder's script: run as python benchmarks/...
 
 TRAIN_SEED, VALIDATION_SEED, HELD_OUT_SEED = 1000, 5000, 9000  # weights/train_default.sh's, then the benchmark's
 SHARES = (0.05, 0.1, 0.2)  # of the finest windows refined
@@ -110,16 +111,6 @@ def rows(scenes: list, classes: int, truth_pixels: np.ndarray) -> tuple[np.ndarr
     return np.array(x), np.array(gain), np.array(pixels), keys
 
 
-def scene_miou(scenes: list, classes: int, refine: set) -> float:
-    matrix = torch.zeros(classes, classes, dtype=torch.int64)
-    for index, (truth, windows) in enumerate(scenes):
-        labels = np.zeros_like(truth)
-        for (y0, x0, y1, x1), (coarse, refined, _) in windows.items():
-            labels[y0:y1, x0:x1] = refined if (index, (y0, x0, y1, x1)) in refine else coarse
-        matrix += confusion(torch.from_numpy(labels), torch.from_numpy(truth), classes, 255)
-    return 100 * mean_iou(matrix)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
@@ -147,14 +138,14 @@ def main() -> None:
         orders = {"oracle": np.argsort(-gains), "mean u (Fast)": np.argsort(-values[:, 0]), "learned": np.argsort(-learned(values))}
         rank = lambda v: np.argsort(np.argsort(v))  # noqa: E731
         corr = np.corrcoef(rank(gains), rank(learned(values)))[0, 1], np.corrcoef(rank(gains), rank(values[:, 0]))[0, 1]
-        print(f"\n{name} (seeds {seed}+, {args.test} scenes): none refined {scene_miou(scenes, classes, set()):.2f}, "
-              f"all (MagNet) {scene_miou(scenes, classes, set(keys)):.2f}; rank correlation with the gain: "
+        print(f"\n{name} (seeds {seed}+, {args.test} scenes): none refined {assembled_miou(scenes, classes, set()):.2f}, "
+              f"all (MagNet) {assembled_miou(scenes, classes, set(keys)):.2f}; rank correlation with the gain: "
               f"learned {corr[0]:.3f}, mean u {corr[1]:.3f}")
         print("| finest windows / scene | " + " | ".join(orders) + " |")
         print("|---" * (1 + len(orders)) + "|")
         for share in SHARES:
             n = round(share * len(keys))
-            cells = " | ".join(f"{scene_miou(scenes, classes, {keys[i] for i in order[:n]}):.2f}" for order in orders.values())
+            cells = " | ".join(f"{assembled_miou(scenes, classes, {keys[i] for i in order[:n]}):.2f}" for order in orders.values())
             print(f"| {n / len(scenes):.0f} ({100 * share:.0f}%) | {cells} |")
 
 

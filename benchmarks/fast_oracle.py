@@ -74,6 +74,18 @@ def signals(y: torch.Tensor, labels: torch.Tensor, classes: list) -> dict[str, f
     }
 
 
+def assembled_miou(scenes: list, classes: int, refine: set[tuple[int, tuple]]) -> float:
+    """mIoU of `scenes` [(truth, {window box: (Y labels, refined labels, ...)})] with the finest windows
+    in `refine` ((scene index, box)) refined and the others left to Y."""
+    matrix = torch.zeros(classes, classes, dtype=torch.int64)
+    for index, (truth, windows) in enumerate(scenes):
+        labels = np.zeros_like(truth)
+        for (y0, x0, y1, x1), (coarse, refined, _) in windows.items():
+            labels[y0:y1, x0:x1] = refined if (index, (y0, x0, y1, x1)) in refine else coarse
+        matrix += confusion(torch.from_numpy(labels), torch.from_numpy(truth), classes, 255)
+    return 100 * mean_iou(matrix)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
@@ -92,13 +104,7 @@ def main() -> None:
             scenes.append((tifffile.imread(mask).astype(np.int64), engine.finest))
 
     def miou(refine: set[tuple[int, tuple]]) -> float:
-        matrix = torch.zeros(classes, classes, dtype=torch.int64)
-        for index, (truth, windows) in enumerate(scenes):
-            labels = np.zeros_like(truth)
-            for (y0, x0, y1, x1), (coarse, refined, _) in windows.items():
-                labels[y0:y1, x0:x1] = refined if (index, (y0, x0, y1, x1)) in refine else coarse
-            matrix += confusion(torch.from_numpy(labels), torch.from_numpy(truth), classes, 255)
-        return 100 * mean_iou(matrix)
+        return assembled_miou(scenes, classes, refine)
 
     rows = []  # (gain in correct pixels, signals, (scene, window))
     for index, (truth, windows) in enumerate(scenes):
