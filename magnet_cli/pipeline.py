@@ -49,6 +49,9 @@ class RunStats:
     """What a run did and where its time went (seconds)."""
 
     windows_per_level: list[int] = field(default_factory=list)
+    # Windows segmented and refined, per level: MagNet-Fast's chosen ones (the rest keep their coarse
+    # map); every window walked in the other modes.
+    refined_per_level: list[int] = field(default_factory=list)
     segmenter_seconds: float = 0.0
     refiner_seconds: float = 0.0
     read_wait_seconds: float = 0.0
@@ -245,6 +248,7 @@ class Engine:
         units = list(units) if units is not None else self.units(plan)
         stats = RunStats(device=str(self.device), precision=self.precision)
         stats.windows_per_level = [0] * plan.depth
+        stats.refined_per_level = [0] * plan.depth
         start = time.perf_counter()
         h, w = self.input_size
 
@@ -305,7 +309,7 @@ class Engine:
                 else:
                     self._expanding(task.window, window_map)
                     scheduler.expand(task.window, window_map)
-            stats.windows_per_level[level] += len(tasks)
+            self._count(stats, level, [task.window for task in tasks])
             progress(level, len(tasks))
         stats.peak_queued_windows = max(stats.peak_queued_windows, scheduler.peak_queued)
 
@@ -339,9 +343,14 @@ class Engine:
             self._expanding(parent, parent_map)  # type: ignore[arg-type]
         task = Task(window, parent, parent_map, image=pool.submit(read, window))
         chain[window.key] = self._process(plan, window.level, [task], stats)[0]
-        stats.windows_per_level[window.level] += 1
+        self._count(stats, window.level, [window])
         progress(window.level, 1)
         return chain[window.key]
+
+    def _count(self, stats: RunStats, level: int, windows: list[Window]) -> None:
+        """Count `level`'s `windows` as walked, and those the run segmented and refined."""
+        stats.windows_per_level[level] += len(windows)
+        stats.refined_per_level[level] += sum(1 for w in windows if self._fast is None or self._fast.refines(w))
 
     def _process(self, plan: ScalePlan, level: int, tasks: list[Task], stats: RunStats) -> torch.Tensor:
         """Segment a batch of one level's windows and refine each with its parent's map: (N, C, h, w)."""
@@ -432,6 +441,7 @@ class Engine:
     def _run_levels(self, plan: ScalePlan, read, pool, sink: Sink, progress: Progress, stats: RunStats) -> None:
         h, w = self.input_size
         stats.windows_per_level = [0] * plan.depth
+        stats.refined_per_level = [0] * plan.depth
         level_map: torch.Tensor | None = None
         for index, spec in enumerate(plan.levels):
             windows = plan.windows(index)
@@ -445,7 +455,7 @@ class Engine:
                 k = points_for_level(self.points, spec.pixel_count, len(windows), spec.window_count)
                 with self._stage("selection", stats):
                     level_map = refine(coarse, proposal, k, self.kernel, blur_size=(h, w), allowed=covered)
-            stats.windows_per_level[index] = len(windows)
+            stats.windows_per_level[index] = stats.refined_per_level[index] = len(windows)
             progress(index, len(windows))
         assert level_map is not None
         last = plan.depth - 1

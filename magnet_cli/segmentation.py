@@ -93,6 +93,9 @@ class SegmentResult:
     read_wait_seconds: float
     device: str
     selection_seconds: float = 0.0  # choosing and replacing refined points
+    # Windows segmented and refined per level: in --mode fast the chosen ones (what --fast-patches asked
+    # for, about), every window walked otherwise
+    refined_per_level: list[int] = field(default_factory=list)
     precision: str = ""  # the model calls' precision (what --precision auto chose)
     value_range: list[float] | None = None  # input values mapped to [0, 1] (what --value-range auto chose)
     resolution: str | None = None  # the working pixel size ("0.5 um"), where the input states its own
@@ -572,6 +575,7 @@ def _finish(engine: Engine, started: _Started, stats: RunStats, run: RunSettings
         levels=started.plan.depth,
         windows=stats.windows,
         windows_per_level=stats.windows_per_level,
+        refined_per_level=stats.refined_per_level,
         seconds=round(time.perf_counter() - started.start, 3),
         segmenter_seconds=round(stats.segmenter_seconds, 3),
         refiner_seconds=round(stats.refiner_seconds, 3),
@@ -612,7 +616,8 @@ def _segment_on_cluster(
             if not multiple:
                 raise
             results[index] = failed(index, error)
-    totals = {index: RunStats(device=str(engine.device), windows_per_level=[0] * s.plan.depth) for index, s in started.items()}
+    totals = {index: RunStats(device=str(engine.device), windows_per_level=[0] * s.plan.depth, refined_per_level=[0] * s.plan.depth)
+              for index, s in started.items()}
     errors: dict[int, BaseException] = {}
     depth = max((s.plan.depth for s in started.values()), default=1)
     planned = [0] * depth
@@ -627,6 +632,8 @@ def _segment_on_cluster(
         for level, count in enumerate(stats["windows_per_level"]):
             total.windows_per_level[level] += count
             bars.advance(level, count)
+        for level, count in enumerate(stats["refined_per_level"]):
+            total.refined_per_level[level] += count
         for name in ("segmenter_seconds", "refiner_seconds", "selection_seconds", "read_wait_seconds", "total_seconds"):
             setattr(total, name, getattr(total, name) + stats[name])
 

@@ -60,10 +60,20 @@ def test_segment_png_writes_a_label_image_and_a_json_summary(bundle_dir, png, tm
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary[0]["height"] == 150 and summary[0]["width"] == 200 and summary[0]["windows"] > 1
+    assert summary[0]["refined_per_level"] == summary[0]["windows_per_level"]  # MagNet refines every window
     assert_label_image(out, 150, 200)
     attributes = zarr.open_group(str(out), mode="r").attrs.asdict()
     assert attributes["ome"]["version"] == "0.5"
     assert [c["label-value"] for c in attributes["ome"]["image-label"]["colors"]] == list(range(NUM_CLASSES))
+
+
+def test_segment_json_counts_the_windows_fast_refined(bundle_dir, png, tmp_path):
+    result = segment(bundle_dir, png, "-o", tmp_path / "fast.zarr", "--mode", "fast", "--fast-patches", "1", "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)[0]
+    walked, refined = record["windows_per_level"], record["refined_per_level"]
+    assert walked[-1] > 1 and refined[:-1] == walked[:-1]  # coarse levels in full
+    assert refined[-1] == 1  # --fast-patches 1 on the finest level
 
 
 def test_segment_pyramidal_tiff_with_every_output_option(bundle_dir, pyramid_tiff, tmp_path):

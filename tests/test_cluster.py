@@ -71,6 +71,7 @@ def test_local_cluster_gives_the_single_process_labels(bundle_dir, scene, refere
     out = tmp_path / "o.zarr"
     done = json.loads(finish(command(bundle_dir, [scene], out, "--cluster", "local:2")).stdout)[0]
     assert done["published"] and done["units"] == done["units_total"] == 4
+    assert done["refined_per_level"] == done["windows_per_level"] and done["windows"] > 4  # summed over the tasks
     assert_same_store(reference, out)
     assert not list(tmp_path.glob("o.zarr.*"))
 

@@ -189,6 +189,7 @@ def test_streaming_fast_reads_and_segments_only_the_chosen_windows(bundle, monke
         assert chosen[:-1] == [level.window_count for level in plan.levels[:-1]]
     assert (writes == 1).all()
     assert len(reads) == sum(chosen)  # each chosen window once (the coarse levels in the ranking pass)
+    assert stats.refined_per_level == chosen and stats.windows_per_level == [l.window_count for l in plan.levels]
     assert 0 < sum(chosen[ahead:]) < sum(l.window_count for l in plan.levels[ahead:])  # some left to Y
 
 
