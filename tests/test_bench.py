@@ -54,15 +54,17 @@ def exit_without_answer(code: int) -> None:
 def test_each_variant_is_scored_on_its_own_masks(tmp_path, bundle_dir):
     data = blocky_dataset(tmp_path / "data", count=1)
     out = tmp_path / "out"
-    report = benchmark(data, out, model=ModelSettings(model=bundle_dir), modes=["downsample", "magnet"], sizes=[128], slide_size=0,
+    report = benchmark(data, out, model=ModelSettings(model=bundle_dir), modes=["downsample", "fast", "magnet"], sizes=[128], slide_size=0,
                        inference=CPU, peer=False, run=QUIET)
-    assert [row["mode"] for row in report.modes] == ["downsample", "magnet"]
+    assert [row["mode"] for row in report.modes] == ["downsample", "fast", "magnet"]
     for row in report.modes:
         rescored = evaluate([out / "work" / "masks" / row["mode"]], [data], model=bundle_dir, run=QUIET)
         assert row["miou"] == pytest.approx(rescored.total.miou, abs=1e-5)
         assert row["peak_rss_mb"] > 50
-    # 128 px images, 64 px model input: downsample reads 1 window, MagNet 1 + 4.
-    assert [row["windows_per_image"] for row in report.modes] == [1, 5]
+    # 128 px images, 64 px model input: downsample reads 1 window, Fast and MagNet walk 1 + 4; Fast
+    # refines a quarter of the finest level (its default --fast-patches 0.25), MagNet all of them.
+    assert [row["windows_per_image"] for row in report.modes] == [1, 5, 5]
+    assert [row["refined_per_image"] for row in report.modes] == [1, 2, 5]
     assert report.scaling[0]["size"] == 128 and report.scaling[0]["windows"] == 5
     assert report.limit is not None and report.limit["windows"] == 5 and report.limit["model_only_s"] > 0
     pairs = report.limit["pairs_s"]  # interleaved runs; the overhead is the median of theirs
