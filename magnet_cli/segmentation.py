@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 import uuid
 import warnings
@@ -18,6 +17,7 @@ import torch
 from magnet_cli import devices
 from magnet_cli.classes import ClassInfo, parse_classes
 from magnet_cli.errors import InputError, MagnetError, MagnetWarning, ModelError, OutputError, UsageError
+from magnet_cli.inputs import OUTPUT_SUFFIX, expand_inputs, is_list_input, output_paths
 from magnet_cli.io.background import BackgroundWriter
 from magnet_cli.io.blank_mask import BlankMask, blank_mask, label_nodata, might_be_blank
 from magnet_cli.io.folders import check_off_inputs, make_output_folder
@@ -29,7 +29,6 @@ from magnet_cli.io.labels import (
     PARTIAL_INFIX,
     LabelWriter,
     label_dtype,
-    check_finished,
     foreign_entries,
     leftovers_of,
     magnet_marker,
@@ -46,7 +45,7 @@ from magnet_cli.io.partial_store import (
     is_in_use,
     partial_name,
 )
-from magnet_cli.io.open import list_images, open_image
+from magnet_cli.io.open import open_image
 from magnet_cli.io.pixel_size import PixelSize
 from magnet_cli.io.preview import is_magnet_preview, write_preview
 from magnet_cli.io.resampled import FullResolutionWriter, ResampledSource, resampled, working_scale, working_shape
@@ -65,13 +64,8 @@ from magnet_cli.settings import BACKGROUND_WORDS, InferenceSettings, LabelsAt, M
 from magnet_cli.units import BLOCK_SIDE, SUBTREE_LEVELS, Unit
 from magnet_cli.units import shard as shard_units
 
-OUTPUT_SUFFIX = ".zarr"
 PREVIEW_SUFFIXES = (".png",)
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
-# An -o with one of these names another format: writing a Zarr folder under that name would mislead.
-OTHER_FORMAT_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".geojson", ".gpkg", ".shp", ".json", ".h5", ".npy")
-STDIN_LIST = "-"  # an input `-` reads input paths from stdin, one per line
-LIST_PREFIX = "@"  # an input `@FILE` reads input paths from FILE, one per line
 
 
 @dataclass
@@ -169,77 +163,6 @@ def with_bundle_reading(inference: InferenceSettings, bundle: ModelBundle) -> In
     if isinstance(value_range, str) and inference.value_range is None:
         values["value_range"] = value_range
     return with_values(inference, **values) if values else inference
-
-
-def expand_inputs(inputs: Sequence[Path | str], problems: dict[Path, str] | None = None) -> list[Path]:
-    """Files as given; a folder stands for every image in it; `-` and `@FILE` for the paths they list.
-
-    An entry that cannot be an input (missing, an empty folder, an unfinished output) is an InputError;
-    with `problems` given, it is kept in the list and its reason recorded there instead, so that a batch
-    can report it as a failed image and go on with the others."""
-    if not inputs:
-        raise UsageError("no input given")
-    paths: list[Path] = []
-    for item in [entry for given in inputs for entry in _listed(given)]:
-        path = Path(item)
-        try:
-            if path.is_dir() and not is_zarr_dir(path):
-                found = list_images(path)
-                if not found:
-                    raise InputError(f"{path}: folder holds no supported image")
-                paths.extend(found)
-            elif path.exists():
-                if is_zarr_dir(path):
-                    check_finished(path)  # an interrupted run's partial store is not an image
-                paths.append(path)
-            else:
-                raise InputError(f"{path}: no such file")
-        except InputError as error:
-            if problems is None:
-                raise
-            problems[path] = str(error)
-            paths.append(path)
-    return paths
-
-
-def is_list_input(item: Path | str) -> bool:
-    """`-` (stdin) or `@FILE`: a list of inputs, which always makes a batch (OUTPUT is a folder)."""
-    text = str(item)
-    return text == STDIN_LIST or text.startswith(LIST_PREFIX)
-
-
-def _listed(item: Path | str) -> list[str]:
-    """The paths a list input names (one per line, surrounding blanks stripped, empty lines skipped)."""
-    text = str(item)
-    if not is_list_input(text):
-        return [text]
-    if text == STDIN_LIST:
-        lines = sys.stdin.read().splitlines()
-    else:
-        try:
-            lines = Path(text[len(LIST_PREFIX):]).read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as error:
-            raise InputError(f"{text}: cannot read the list of inputs ({getattr(error, 'strerror', None) or error})") from None
-    entries = [line.strip() for line in lines if line.strip()]
-    if not entries:
-        raise UsageError(f"{'stdin' if text == STDIN_LIST else text}: lists no input")
-    return entries
-
-
-def output_paths(inputs: list[Path], output: Path, multiple: bool) -> list[Path]:
-    """One input writes OUTPUT itself; several write OUTPUT/<name>.zarr."""
-    if not multiple:
-        if output.suffix.lower() in OTHER_FORMAT_SUFFIXES:
-            raise UsageError(
-                f"-o {output}: label images are written as OME-Zarr (name it .zarr); "
-                f"for a {output.suffix} file add it as a side output (--geotiff FILE.tif, --preview FILE.png, "
-                "--vector FILE.geojson)"
-            )
-        return [output]
-    names = [p.name[: -len(p.suffix)] if p.suffix else p.name for p in inputs]
-    if len(set(names)) != len(names):
-        raise UsageError("several inputs share a name; segment them into separate output folders")
-    return [output / f"{name}{OUTPUT_SUFFIX}" for name in names]
 
 
 def segment(
