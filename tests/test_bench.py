@@ -207,15 +207,16 @@ def test_mode_rows_report_throughput_device_busy_share_and_precision():
 
     runs = [
         {"seconds": 10.0, "windows": 100, "peak_rss_mb": 700.0, "peak_gpu_mb": 900.0, "segmenter_seconds": 2.0,
-         "refiner_seconds": 5.0, "selection_seconds": 1.0, "precision": "bf16"},
+         "refiner_seconds": 5.0, "selection_seconds": 1.0, "precision": "bf16", "refined_per_level": [10, 40]},
         {"seconds": 30.0, "windows": 300, "peak_rss_mb": 710.0, "peak_gpu_mb": 1200.0, "segmenter_seconds": 6.0,
-         "refiner_seconds": 15.0, "selection_seconds": 3.0, "precision": "bf16"},
+         "refiner_seconds": 15.0, "selection_seconds": 3.0, "precision": "bf16", "refined_per_level": [20, 130]},
     ]
-    row = _mode_row(VARIANTS["magnet"], Scores.empty(default_classes(3)), runs)
+    row = _mode_row(VARIANTS["fast"], Scores.empty(default_classes(3)), runs)
     assert (row["windows_per_second"], row["device_busy"], row["peak_gpu_mb"], row["precision"]) == (10.0, 0.8, 1200.0, "bf16")
+    assert (row["windows_per_image"], row["refined_per_image"]) == (200.0, 100.0)
     report = BenchmarkReport("test machine", "tiny", "synth", 2)
     report.modes.append(row)
-    assert "| 1200.0 | 200.0 | 10.0 | 80.00 | bf16 |" in markdown(report)
+    assert "| 1200.0 | 200.0 | 100.0 | 10.0 | 80.00 | bf16 |" in markdown(report)
 
 
 def test_a_variant_sets_precision_only_where_it_names_one():
