@@ -268,8 +268,9 @@ SmoothKernel = Annotated[
 FastPatches = Annotated[
     float,
     typer.Option("--fast-patches", help="Windows refined per level in --mode fast, on the levels it chooses on "
-                 "(--fast-levels): a count (3) or a fraction of the level's windows (0.25); the fine levels, "
-                 "chosen as they stream, refine about that many."),
+                 "(--fast-levels): a count (3) or a fraction of the level's windows (0.1); the fine levels, "
+                 f"chosen as they stream, refine about that many (default {S.InferenceSettings.fast_patches}).",
+                 show_default=False),
 ]
 FastLevels = Annotated[
     str,
