@@ -91,19 +91,17 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     convolution in a Sequential folded into that convolution (same function up to float rounding; 8-10%
     less CPU per segmenter call, benchmarks/step_costs.py). Any other module is returned as is:
     only in our own architectures do we know that a Sequential's layers run only in its order."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    from magnet_cli.models.fusion import fold_conv_bn_pairs
 
     if not isinstance(module, tuple(ARCHITECTURES.values())):  # type: ignore[arg-type]
         return module
     folded = copy.deepcopy(module).eval()
-    for sequence in folded.modules():
-        if type(sequence) is not nn.Sequential:
-            continue
-        for index in range(len(sequence) - 1):
-            conv, norm = sequence[index], sequence[index + 1]
-            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
-                sequence[index] = fuse_conv_bn_eval(conv, norm)
-                sequence[index + 1] = nn.Identity()
+    fold_conv_bn_pairs([
+        (sequence, str(index), str(index + 1))
+        for sequence in list(folded.modules()) if type(sequence) is nn.Sequential
+        for index in range(len(sequence) - 1)
+        if isinstance(sequence[index], nn.Conv2d) and isinstance(sequence[index + 1], nn.BatchNorm2d)
+    ])
     return folded
 
 

@@ -266,14 +266,8 @@ def fuse_for_inference(refiner: RefinerNet) -> RefinerNet:
     Same function up to float rounding, about a fifth less CPU time. The input BatchNorm (bn0) stays:
     it precedes a zero-padded convolution, and folding it would change the border pixels.
     """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    from magnet_cli.models.fusion import fold_conv_bn_pairs
 
     fused = copy.deepcopy(refiner).eval()
-
-    def fold(owner: nn.Module, conv_name: str, bn_name: str) -> None:
-        setattr(owner, conv_name, fuse_conv_bn_eval(getattr(owner, conv_name), getattr(owner, bn_name)))
-        setattr(owner, bn_name, nn.Identity())
-
-    for owner, conv_name, bn_name in fused.conv_bn_pairs():
-        fold(owner, conv_name, bn_name)
+    fold_conv_bn_pairs(fused.conv_bn_pairs())
     return fused
