@@ -50,7 +50,7 @@ def test_runs_are_deterministic(bundle):
 
 def test_patch_mode_is_the_segmenter_on_each_full_resolution_window(bundle):
     image = random_rgb(128, 128)
-    probabilities, _, stats = run(bundle, image, mode="patch")
+    probabilities, _, stats = run(bundle, image, mode="patch", precision="fp32")  # as the reference below
     assert stats.windows_per_level == [4]
     window = torch.from_numpy(image[64:128, 0:64]).permute(2, 0, 1).float()[None] / 255
     with torch.no_grad():
@@ -60,7 +60,7 @@ def test_patch_mode_is_the_segmenter_on_each_full_resolution_window(bundle):
 
 def test_downsample_mode_is_the_segmenter_on_the_whole_image_upsampled(bundle):
     image = random_rgb(128, 128)
-    probabilities, _, stats = run(bundle, image, mode="downsample")
+    probabilities, _, stats = run(bundle, image, mode="downsample", precision="fp32")  # as the reference below
     assert stats.windows_per_level == [1]
     whole = F.adaptive_avg_pool2d(torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255, (64, 64))
     with torch.no_grad():
@@ -219,7 +219,8 @@ def test_the_engines_refiner_calls_are_the_refiner_on_y_and_o_in_its_input_order
     # network's own forward(Y, O), softmaxed, whichever order the checkpoint was trained with.
     bundle = tiny_bundle(seed=3)
     bundle.refiner.input_order = order
-    engine = Engine(bundle, InferenceSettings(device="cpu", mode="magnet", batch_size=3))
+    # fp32 as the reference below (`auto` takes bf16 on a CPU with native bf16)
+    engine = Engine(bundle, InferenceSettings(device="cpu", mode="magnet", batch_size=3, precision="fp32"))
     generator = torch.Generator().manual_seed(4)
     coarse = torch.rand(3, NUM_CLASSES, 64, 64, generator=generator).softmax(1)
     fine = torch.rand(3, NUM_CLASSES, 64, 64, generator=generator).softmax(1)
