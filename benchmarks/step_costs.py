@@ -4,7 +4,8 @@ stacked) and for four windows of different parents (a batch where blank siblings
 from its own parent vs the parents stacked first; until session 11 every stacked parent was also padded
 whole), a batch's windows copied straight into channels_last vs stacked then converted, the default
 segmenter with its BatchNorms folded vs as trained, and the refiner's calls with their input joined in
-channels_last once and the softmax written into the batch vs converted, joined and stacked.
+channels_last once and the softmax written into the batch vs converted, joined and stacked, and the
+labels of four windows' maps (the writer thread's argmax) with torch's max(0) vs `host_class_labels`.
 
     python benchmarks/step_costs.py               # 256 px windows, the default bundle
     python benchmarks/step_costs.py --rounds 30
@@ -28,7 +29,7 @@ from magnet_cli.models.bundle import load_bundle
 from magnet_cli.models.default import default_model_dir
 from magnet_cli.pipeline import Engine, RunStats
 from magnet_cli.settings import InferenceSettings
-from magnet_cli.refine import _grid_sample_boxes, crop_resize
+from magnet_cli.refine import _grid_sample_boxes, class_labels, crop_resize, host_class_labels
 
 BATCH = 4
 
@@ -92,6 +93,8 @@ def main() -> None:
             "refiner calls, inputs converted and joined, outputs stacked (before)": refiner_before,
             "refiner calls, input joined in channels_last, softmax into the batch (now)": lambda: engine.propose_refinement(
                 coarse, fine, RunStats()),
+            "window labels: torch max(0).indices (before)": lambda: [class_labels(m).numpy() for m in coarse],
+            "window labels: host_class_labels (now)": lambda: [host_class_labels(m.numpy()) for m in coarse],
         }
         for step in steps.values():  # warm-up: oneDNN primitive caches
             step()

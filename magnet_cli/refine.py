@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -265,36 +266,48 @@ def _upsample_halves(maps: torch.Tensor | Sequence[torch.Tensor], boxes: torch.T
 
     Output pixel 2k of a box starting at map pixel y0 samples y0 + k - 1/4, pixel 2k + 1 samples
     y0 + k + 1/4: weights 1/4 and 3/4 of two neighbours, the map's edge pixel repeated outside it
-    (grid_sample's border padding). Columns first, on the small crops, then rows into the output.
+    (grid_sample's border padding). Columns first, then rows into the output; each box read in place
+    (a view of its map, copied only where its margin leaves the map).
     """
     n = len(maps)
     first = maps[0]
-    channels, height, width = first.shape
+    channels = first.shape[0]
     out_h, out_w = size
     half_h, half_w = out_h // 2, out_w // 2
     corners = [(int(y0), int(x0)) for y0, x0, _, _ in boxes.tolist()]
-    if isinstance(maps, torch.Tensor) and maps.stride(0) == 0:  # siblings sharing a parent: pad it once
-        padded = F.pad(first[None], (1, 1, 1, 1), mode="replicate")[0]
-        crops = torch.stack([padded[:, y0 : y0 + half_h + 2, x0 : x0 + half_w + 2] for y0, x0 in corners])
-    else:  # each box cut with its one-pixel margin, padded only where it meets its map's edge
-        crops = torch.empty(n, channels, half_h + 2, half_w + 2, dtype=first.dtype, device=first.device)
-        for crop, source, (y0, x0) in zip(crops, maps, corners):
-            top, left, bottom, right = y0 - 1, x0 - 1, y0 + half_h + 1, x0 + half_w + 1
-            region = source[:, max(top, 0) : min(bottom, height), max(left, 0) : min(right, width)]
-            margins = (max(-left, 0), max(right - width, 0), max(-top, 0), max(bottom - height, 0))
-            if any(margins):
-                region = F.pad(region[None], margins, mode="replicate")[0]
-            crop.copy_(region)
-    quarter, three_quarters = crops * 0.25, crops * 0.75
-    columns = torch.empty(n, channels, half_h + 2, half_w, 2, dtype=first.dtype, device=first.device)
-    torch.add(quarter[..., :-2], three_quarters[..., 1:-1], out=columns[..., 0])
-    torch.add(three_quarters[..., 1:-1], quarter[..., 2:], out=columns[..., 1])
-    columns = columns.view(n, channels, half_h + 2, out_w)
-    quarter, three_quarters = columns * 0.25, columns * 0.75
     out = torch.empty(n, channels, half_h, 2, out_w, dtype=first.dtype, device=first.device)
-    torch.add(quarter[:, :, :-2], three_quarters[:, :, 1:-1], out=out[:, :, :, 0])
-    torch.add(three_quarters[:, :, 1:-1], quarter[:, :, 2:], out=out[:, :, :, 1])
+    for slot, source, (y0, x0) in zip(out, maps, corners):  # siblings: views of their shared parent
+        _row_pass(*_column_pass(_with_margin(source, y0, x0, y0 + half_h, x0 + half_w)), slot)
     return out.view(n, channels, out_h, out_w)
+
+
+def _with_margin(source: torch.Tensor, top: int, left: int, bottom: int, right: int) -> torch.Tensor:
+    """source[:, top - 1 : bottom + 1, left - 1 : right + 1]: a view inside the map, its edge pixels
+    repeated where the margin leaves it."""
+    height, width = source.shape[-2:]
+    top, left, bottom, right = top - 1, left - 1, bottom + 1, right + 1
+    region = source[:, max(top, 0) : min(bottom, height), max(left, 0) : min(right, width)]
+    margins = (max(-left, 0), max(right - width, 0), max(-top, 0), max(bottom - height, 0))
+    return F.pad(region[None], margins, mode="replicate")[0] if any(margins) else region
+
+
+# Every output value is round(round(3/4 b) + 1/4 a): 1/4 a is exact, so `add(..., alpha=0.25)` (fused or
+# not) rounds like a multiply then an add, and the result is the same on any thread or vector width.
+def _column_pass(region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, R, K) with a one-pixel margin -> the columns upsampled (C, R, 2 (K - 2)), and 3/4 of them."""
+    channels, rows, width = region.shape
+    three_quarters = region * 0.75
+    columns = torch.empty(channels, rows, width - 2, 2, dtype=region.dtype, device=region.device)
+    torch.add(three_quarters[..., 1:-1], region[..., :-2], alpha=0.25, out=columns[..., 0])
+    torch.add(three_quarters[..., 1:-1], region[..., 2:], alpha=0.25, out=columns[..., 1])
+    columns = columns.view(channels, rows, 2 * (width - 2))
+    return columns, columns * 0.75
+
+
+def _row_pass(columns: torch.Tensor, columns_3q: torch.Tensor, out: torch.Tensor) -> None:
+    """Rows of (C, R + 2, W) column-upsampled maps (and 3/4 of them) into `out` (C, R, 2, W)."""
+    torch.add(columns_3q[:, 1:-1], columns[:, :-2], alpha=0.25, out=out[:, :, 0])
+    torch.add(columns_3q[:, 1:-1], columns[:, 2:], alpha=0.25, out=out[:, :, 1])
 
 
 def class_labels(probabilities: torch.Tensor) -> torch.Tensor:
@@ -303,3 +316,25 @@ def class_labels(probabilities: torch.Tensor) -> torch.Tensor:
     `max(0).indices` instead of `argmax(0)`: the same result, ~20x faster on CPU for a few classes.
     """
     return probabilities.max(0).indices
+
+
+def host_class_labels(probabilities: np.ndarray) -> np.ndarray:
+    """class_labels of a NaN-free (C, H, W) float array on the host, as uint8 (up to 256 classes) or uint16.
+
+    A running maximum over the classes, the label moved by arithmetic (no masked writes, whose branches
+    on random masks cost more than the comparisons): ~10x faster than torch's max(0) with indices on a
+    CPU for a few classes (`benchmarks/step_costs.py`), which matters on the writer thread that labels
+    every window while the models run. Strictly greater moves the label, so ties keep the lower class.
+    """
+    classes = probabilities.shape[0]
+    labels = np.zeros(probabilities.shape[1:], np.uint8 if classes <= 256 else np.uint16)
+    best = probabilities[0].copy()
+    better = np.empty(best.shape, bool)
+    step = np.empty_like(labels)
+    for c in range(1, classes):
+        np.greater(probabilities[c], best, out=better)
+        np.maximum(best, probabilities[c], out=best)
+        np.subtract(labels.dtype.type(c), labels, out=step)  # wraps around: labels + step is c exactly
+        np.multiply(step, better, out=step)
+        np.add(labels, step, out=labels)
+    return labels

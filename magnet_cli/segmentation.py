@@ -58,7 +58,7 @@ from magnet_cli.models.default import default_model_dir
 from magnet_cli.pipeline import Engine, RunStats, plan_for
 from magnet_cli.pyramid import ScalePlan
 from magnet_cli.progress import LevelProgress, counting_bar, progress_enabled
-from magnet_cli.refine import class_labels, uncertainty as uncertainty_of
+from magnet_cli.refine import class_labels, host_class_labels, uncertainty as uncertainty_of
 from magnet_cli.runtime import one_intra_op_thread
 from magnet_cli.settings import BACKGROUND_WORDS, InferenceSettings, LabelsAt, ModelSettings, OutputSettings, RunSettings, with_values
 from magnet_cli.units import BLOCK_SIDE, SUBTREE_LEVELS, Unit
@@ -879,7 +879,7 @@ def _stream_into(
     def write_window(y0: int, x0: int, probabilities: torch.Tensor | None, copies: tuple) -> None:
         if probabilities is not None:
             # On the CPU's writer thread: the argmax and the histogram overlap the main thread's model calls.
-            labels = class_labels(probabilities).numpy().astype(dtype)
+            labels = host_class_labels(probabilities.numpy()).astype(dtype, copy=False)
             probs = probabilities.numpy() if outputs.write_probabilities else None
             unc = uncertainty_of(probabilities[None])[0, 0].numpy() if outputs.write_uncertainty else None
             counts = None

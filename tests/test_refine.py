@@ -231,6 +231,22 @@ def test_class_labels_is_argmax_with_ties_to_the_lower_class():
     assert class_labels(tied).item() == 0
 
 
+@pytest.mark.parametrize("classes", [2, 3, 6, 19, 256, 300])
+def test_host_class_labels_equal_class_labels_with_ties(classes):
+    from magnet_cli.refine import class_labels, host_class_labels
+
+    generator = torch.Generator().manual_seed(classes)
+    p = torch.rand(classes, 33, 47, generator=generator).softmax(0)
+    p[:, :4] = 0.0  # all classes tied: class 0
+    p[: classes // 2 + 1, 4:9] = 0.75  # the first half tied above the rest: class 0
+    p[classes - 1, 9:11, :5] = 2.0  # the last class alone on top
+    p[1:, 11:13] = p[1:, 11:13].flip(0)  # another order of the same values
+    got = host_class_labels(p.numpy())
+    assert got.dtype == (np.uint8 if classes <= 256 else np.uint16)
+    assert np.array_equal(got, class_labels(p).numpy())
+    assert got[0, 0] == 0 and got[9, 0] == classes - 1
+
+
 @pytest.mark.parametrize("classes", [2, 3, 6, 19, 40])
 def test_running_top2_certainty_equals_topk_including_ties(classes):
     generator = torch.Generator().manual_seed(classes)
