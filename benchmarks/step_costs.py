@@ -5,7 +5,9 @@ from its own parent vs the parents stacked first; until session 11 every stacked
 whole), a batch's windows copied straight into channels_last vs stacked then converted, the default
 segmenter with its BatchNorms folded vs as trained, and the refiner's calls with their input joined in
 channels_last once and the softmax written into the batch vs converted, joined and stacked, and the
-labels of four windows' maps (the writer thread's argmax) with torch's max(0) vs `host_class_labels`.
+labels of four windows' maps (the writer thread's argmax) with torch's max(0) vs `host_class_labels`, and
+the refiner's upsampling of its class scores as autocast hands them (bf16, channels_last) vs in fp32
+planar layout (`upsample_class_map`).
 
     python benchmarks/step_costs.py               # 256 px windows, the default bundle
     python benchmarks/step_costs.py --rounds 30
@@ -27,6 +29,7 @@ import torch
 from magnet_cli.bench import machine_description
 from magnet_cli.models.bundle import load_bundle
 from magnet_cli.models.default import default_model_dir
+from magnet_cli.models.upsample import upsample_class_map
 from magnet_cli.pipeline import Engine, RunStats
 from magnet_cli.settings import InferenceSettings
 from magnet_cli.refine import _grid_sample_boxes, class_labels, crop_resize, host_class_labels
@@ -68,6 +71,9 @@ def main() -> None:
     fine = torch.rand(BATCH, bundle.num_classes, h, w, generator=generator).softmax(1)
 
     windows = [torch.rand(segmenter.input_channels, h, w, generator=generator) for _ in range(BATCH)]
+    # The refiner's half-resolution class scores, one window per call, as bf16 autocast leaves them.
+    half_scores = [torch.rand(1, bundle.num_classes, h // 2, w // 2, generator=generator).bfloat16().contiguous(
+        memory_format=torch.channels_last) for _ in range(BATCH)]
     tasks = [SimpleNamespace(image=SimpleNamespace(result=lambda window=window: window)) for window in windows]
 
     def refiner_before() -> torch.Tensor:  # the engine's refiner calls up to session 9
@@ -95,6 +101,9 @@ def main() -> None:
                 coarse, fine, RunStats()),
             "window labels: torch max(0).indices (before)": lambda: [class_labels(m).numpy() for m in coarse],
             "window labels: host_class_labels (now)": lambda: [host_class_labels(m.numpy()) for m in coarse],
+            "refiner's score upsampling, bf16 channels_last (before)": lambda: [torch.nn.functional.interpolate(
+                scores, size=(h, w), mode="bilinear", align_corners=False) for scores in half_scores],
+            "refiner's score upsampling, fp32 planar (now)": lambda: [upsample_class_map(scores, [h, w]) for scores in half_scores],
         }
         for step in steps.values():  # warm-up: oneDNN primitive caches
             step()

@@ -89,8 +89,9 @@ def test_window_and_global_engines_compute_the_same_maps_when_selection_cannot_d
     image = random_rgb(128, 128, seed=5)
     # Two levels: children crop the root's map, which spans the whole image, so both engines see the
     # same Y and R; with no points or all points the per-window and whole-level choices coincide.
-    window, _, _ = run(bundle, image, mode="magnet", selection="window", points=points, smooth_kernel=1)
-    whole, _, _ = run(bundle, image, mode="magnet", selection="global", points=points, smooth_kernel=1)
+    # fp32: the engines cut Y differently (crops vs one whole-level resize), which bf16 can round apart.
+    window, _, _ = run(bundle, image, mode="magnet", selection="window", points=points, smooth_kernel=1, precision="fp32")
+    whole, _, _ = run(bundle, image, mode="magnet", selection="global", points=points, smooth_kernel=1, precision="fp32")
     assert torch.allclose(window, whole, atol=1e-5)
 
 

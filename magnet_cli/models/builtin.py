@@ -9,6 +9,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from magnet_cli.models.upsample import upsample_class_map
+
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
@@ -66,7 +68,7 @@ class SmallUNet(nn.Module):
             finer = projected[index]
             top = F.interpolate(top, size=finer.shape[-2:], mode="bilinear", align_corners=False) + finer
         logits = self.head(top)
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return upsample_class_map(logits, size)
 
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {

@@ -12,6 +12,7 @@ from torch import nn
 
 from magnet_cli.errors import ModelError
 from magnet_cli.models.refiner_names import REFERENCE, REFINER_ARCHITECTURES
+from magnet_cli.models.upsample import upsample_class_map
 
 BN_MOMENTUM = 0.01
 
@@ -167,7 +168,7 @@ class HalfRefiner(RefinerNet):
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         coarse = self.seg_conv(self.layers(x))
-        upsampled = F.interpolate(coarse, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        upsampled = upsample_class_map(coarse, x.shape[-2:])
         return upsampled + self.skip(x)
 
     def conv_bn_pairs(self) -> list[tuple[nn.Module, str, str]]:
