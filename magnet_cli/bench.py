@@ -92,6 +92,8 @@ VARIANTS: dict[str, Variant] = {
         _variant("magnet-paper-k", "MagNet, the paper's k = 2^16 points per level", mode="magnet", points=PAPER_POINTS),
         _variant("magnet-bf16", "MagNet with bf16 model calls (emulated on CPUs without bf16)", mode="magnet",
                  precision="bf16"),
+        # `auto` takes bf16 where the device computes it natively: this row keeps fp32 in every table.
+        _variant("magnet-fp32", "MagNet with fp32 model calls", mode="magnet", precision="fp32"),
     )
 }
 QUICK = {"data": "synth:9100:2:1024", "sizes": (512, 1024, 2048), "slide_size": 2048}

@@ -222,6 +222,7 @@ def test_mode_rows_report_throughput_device_busy_share_and_precision():
 def test_a_variant_sets_precision_only_where_it_names_one():
     base = InferenceSettings(device="cpu", precision="fp32")
     assert VARIANTS["magnet-bf16"].run_with(base).precision == "bf16"
+    assert VARIANTS["magnet-fp32"].run_with(InferenceSettings(device="cpu")).precision == "fp32"  # not `auto`
     assert VARIANTS["magnet"].run_with(base).precision == "fp32"  # the caller's --precision holds
     assert VARIANTS["fast-3"].run_with(base).fast_patches == 3
     assert VARIANTS["fast-global"].run_with(base).selection == Selection.global_
