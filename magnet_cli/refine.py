@@ -266,8 +266,8 @@ def _upsample_halves(maps: torch.Tensor | Sequence[torch.Tensor], boxes: torch.T
 
     Output pixel 2k of a box starting at map pixel y0 samples y0 + k - 1/4, pixel 2k + 1 samples
     y0 + k + 1/4: weights 1/4 and 3/4 of two neighbours, the map's edge pixel repeated outside it
-    (grid_sample's border padding). Columns first, then rows into the output; each box read in place
-    (a view of its map, copied only where its margin leaves the map).
+    (grid_sample's border padding). Columns first, then rows into the output; each box read in place: a
+    view of its map, or of its siblings' parent padded once (a quadrant's margin always leaves it).
     """
     n = len(maps)
     first = maps[0]
@@ -275,9 +275,14 @@ def _upsample_halves(maps: torch.Tensor | Sequence[torch.Tensor], boxes: torch.T
     out_h, out_w = size
     half_h, half_w = out_h // 2, out_w // 2
     corners = [(int(y0), int(x0)) for y0, x0, _, _ in boxes.tolist()]
+    if isinstance(maps, torch.Tensor) and maps.stride(0) == 0:  # siblings: their shared parent padded once
+        padded = F.pad(first[None], (1, 1, 1, 1), mode="replicate")[0]
+        regions = [padded[:, y0 : y0 + half_h + 2, x0 : x0 + half_w + 2] for y0, x0 in corners]
+    else:
+        regions = [_with_margin(source, y0, x0, y0 + half_h, x0 + half_w) for source, (y0, x0) in zip(maps, corners)]
     out = torch.empty(n, channels, half_h, 2, out_w, dtype=first.dtype, device=first.device)
-    for slot, source, (y0, x0) in zip(out, maps, corners):  # siblings: views of their shared parent
-        _row_pass(*_column_pass(_with_margin(source, y0, x0, y0 + half_h, x0 + half_w)), slot)
+    for slot, region in zip(out, regions):
+        _row_pass(*_column_pass(region), slot)
     return out.view(n, channels, out_h, out_w)
 
 
