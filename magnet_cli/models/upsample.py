@@ -13,8 +13,9 @@ def upsample_class_map(scores: torch.Tensor, size: List[int]) -> torch.Tensor:
     planar (NCHW) layout whatever the input's.
 
     On a CPU, PyTorch's bilinear kernel takes 2-4x as long on a channels_last map of 6 channels as on a
-    planar one, and bf16 longer again (`benchmarks/step_costs.py`): under bf16 these upsamplings were a
-    fifth of the default models' time. In fp32 the upsampled scores also keep no bf16 rounding.
+    planar one, and bf16 longer again (`benchmarks/step_costs.py`): under bf16 these upsamplings were
+    ~23% of the default models' CPU time, now ~10% (`benchmarks/class_map_upsampling.py`). In fp32 the
+    upsampled scores also keep no bf16 rounding.
     """
     if scores.dtype != torch.float32:
         # Only where needed: a graph traced in fp32 (torch.export) then keeps no dtype check of its own,
