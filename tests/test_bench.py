@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -262,6 +263,7 @@ def test_slide_like_scene_is_run_with_and_without_background_and_tissue_labels_c
 
     monkeypatch.setattr(synthetic, "ISLAND_CELL", 1024)
     monkeypatch.setattr(synthetic, "ISLAND_WARP", 30.0)
+    monkeypatch.setattr(bench, "SLIDE_PAIRS", 2)
     data = blocky_dataset(tmp_path / "data", count=1, size=64)
     report = benchmark(data, tmp_path / "out", modes=["patch"], sizes=[], slide_size=1024, inference=CPU, peer=False, limit=False, run=QUIET)
     bg = report.background
@@ -270,5 +272,9 @@ def test_slide_like_scene_is_run_with_and_without_background_and_tissue_labels_c
     assert bg["nodata_share"] > 0.4 and bg["tissue_pixels_written_as_nodata"] == 0
     assert bg["tissue_labels_equal"] == 1.0 and bg["miou"]["auto"] == bg["miou"]["none"]
     assert bg["auto_vs_none"] == pytest.approx(bg["seconds"]["auto"] / bg["seconds"]["none"], abs=1e-3)
+    # Two back-to-back (without glass, auto) pairs: the ratio is their median, the seconds each side's.
+    assert len(bg["pairs_s"]) == 2
+    assert bg["auto_vs_plain"] == pytest.approx(statistics.median(a / p for p, a in bg["pairs_s"]), abs=2e-3)
+    assert bg["seconds"]["auto"] == pytest.approx(statistics.median(a for _, a in bg["pairs_s"]), abs=2e-3)
     assert "Blank regions" in markdown(report) and "`--background auto`" in markdown(report)
     assert json.loads((tmp_path / "out" / "benchmark.json").read_text())["background"]["size"] == 1024
