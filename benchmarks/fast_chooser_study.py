@@ -9,6 +9,12 @@ finest windows refined, the coarse levels in full (Fast's default). Default mode
     python benchmarks/fast_chooser_study.py                    # fit on 6 training scenes of 4096^2
     python benchmarks/fast_chooser_study.py --train 12 --size 4096
 
+Besides the 21-input score ("learned"), two restricted scores that Fast's streamed cutoff could carry as
+it is (summed-area tables of one per-pixel map, box means, the probes' ratio): "box means" (the same ridge
+on the window means of u, u^2, each class's probability p_c and u * p_c: the mean over the window of one
+per-pixel linear score) and "class weights" (non-negative weights on the means of u * p_c, no intercept:
+a per-class weighted uncertainty, >= 0 as the ratio correction needs).
+
 The gain a window is fitted to is what it adds to mIoU, to first order: for each class, the correct
 pixels it gains over the class's truth pixels in the training scenes. A finest window's output depends
 only on its own choice, so each choice's mIoU is assembled from one MagNet run per scene
@@ -24,6 +30,7 @@ import numpy as np
 import tifffile
 import torch
 import torch.nn.functional as F
+from scipy.optimize import nnls
 
 from magnet_cli.io.open import open_image
 from magnet_cli.models.bundle import load_bundle
@@ -36,7 +43,7 @@ from magnet_cli.synthetic import synth
 from fast_oracle import assembled_miou  # this folder's script: run as python benchmarks/...
 
 TRAIN_SEED, VALIDATION_SEED, HELD_OUT_SEED = 1000, 5000, 9000  # weights/train_default.sh's, then the benchmark's
-SHARES = (0.05, 0.1, 0.2)  # of the finest windows refined
+SHARES = (0.05, 0.1, 0.2, 0.25)  # of the finest windows refined (0.25: the default --fast-patches)
 
 
 class FeatureEngine(Engine):
@@ -111,31 +118,51 @@ def rows(scenes: list, classes: int, truth_pixels: np.ndarray) -> tuple[np.ndarr
     return np.array(x), np.array(gain), np.array(pixels), keys
 
 
+def box_mean_inputs(classes: int) -> list[int]:
+    """Columns of `features` that are window means of per-pixel values: u, u^2, p_c, u * p_c."""
+    return [0, 1, *range(4, 4 + 2 * classes)]
+
+
+def class_inputs(classes: int) -> list[int]:
+    """Columns of `features` holding the window means of u * p_c."""
+    return list(range(4 + classes, 4 + 2 * classes))
+
+
+def ridge_score(x: np.ndarray, gain: np.ndarray, columns: list[int], ridge: float):
+    """A ridge regression on standardised `columns` of x (with an intercept) -> its score function."""
+    mean, scale = x[:, columns].mean(0), x[:, columns].std(0) + 1e-9
+    design = np.c_[(x[:, columns] - mean) / scale, np.ones(len(x))]
+    weights = np.linalg.solve(design.T @ design + ridge * np.eye(design.shape[1]), design.T @ gain)
+    return lambda values: np.c_[(values[:, columns] - mean) / scale, np.ones(len(values))] @ weights
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--train", type=int, default=6, help="training scenes to fit on")
     parser.add_argument("--test", type=int, default=2, help="validation and held-out scenes each")
     parser.add_argument("--ridge", type=float, default=1.0)
+    parser.add_argument("--precision", default="fp32", help="of the MagNet runs recorded (fp32: as in session 11's study)")
     args = parser.parse_args()
     bundle = load_bundle(default_model_dir())
     classes = len(bundle.classes)
-    engine = FeatureEngine(bundle, InferenceSettings(device="cpu", mode="magnet"))
+    engine = FeatureEngine(bundle, InferenceSettings(device="cpu", mode="magnet", precision=args.precision))
     train = record(engine, TRAIN_SEED, args.train, args.size)
     truth_pixels = sum(np.bincount(truth[truth < classes].ravel(), minlength=classes) for truth, _ in train)
     x, gain, _, _ = rows(train, classes, truth_pixels)
-    mean, scale = x.mean(0), x.std(0) + 1e-9
-    design = np.c_[(x - mean) / scale, np.ones(len(x))]
-    weights = np.linalg.solve(design.T @ design + args.ridge * np.eye(design.shape[1]), design.T @ gain)
-
-    def learned(values: np.ndarray) -> np.ndarray:
-        return np.c_[(values - mean) / scale, np.ones(len(values))] @ weights
+    learned = ridge_score(x, gain, list(range(x.shape[1])), args.ridge)
+    box_means = ridge_score(x, gain, box_mean_inputs(classes), args.ridge)
+    weights, _ = nnls(x[:, class_inputs(classes)], gain)
+    class_weighted = lambda values: values[:, class_inputs(classes)] @ weights
 
     print(f"Fitted on {args.train} training scenes (seeds {TRAIN_SEED}+), {len(x)} windows, {args.size}^2.")
+    print("class weights (of u * p_c, largest 1): " + ", ".join(
+        f"{name} {w / max(weights.max(), 1e-12):.3f}" for name, w in zip((c.name for c in bundle.classes), weights)))
     for name, seed in (("validation", VALIDATION_SEED), ("held out", HELD_OUT_SEED)):
         scenes = record(engine, seed, args.test, args.size)
         values, gains, _, keys = rows(scenes, classes, truth_pixels)
-        orders = {"oracle": np.argsort(-gains), "mean u (Fast)": np.argsort(-values[:, 0]), "learned": np.argsort(-learned(values))}
+        orders = {"oracle": np.argsort(-gains), "mean u (Fast)": np.argsort(-values[:, 0]), "learned": np.argsort(-learned(values)),
+                  "box means": np.argsort(-box_means(values)), "class weights": np.argsort(-class_weighted(values))}
         rank = lambda v: np.argsort(np.argsort(v))  # noqa: E731
         corr = np.corrcoef(rank(gains), rank(learned(values)))[0, 1], np.corrcoef(rank(gains), rank(values[:, 0]))[0, 1]
         print(f"\n{name} (seeds {seed}+, {args.test} scenes): none refined {assembled_miou(scenes, classes, set()):.2f}, "
