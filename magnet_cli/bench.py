@@ -718,6 +718,33 @@ def pareto_front(rows: Sequence[dict]) -> list[dict]:
     return front
 
 
+LABEL_POINTS = 8  # font size of the chart's mode labels
+
+
+def label_offsets(anchors: Sequence[tuple[float, float]], labels: Sequence[str], size: float) -> list[tuple[float, float]]:
+    """Offsets (in points, y up) that keep each label's box clear of those placed before it: labels of
+    modes with about the same time and mIoU (magnet, magnet-global, magnet-bf16, ...) were drawn on top of
+    one another. `anchors`: the points, in points on the figure; boxes are estimated from the label's
+    length at font `size`. Tries right of the point, stepping down and up, and keeps the first clear one
+    (the first, right of the point, if none is)."""
+    height = 1.25 * size
+    candidates = [(5.0, 4.0 + step * height * sign) for step in range(8) for sign in ((1,) if step == 0 else (-1, 1))]
+    placed: list[tuple[float, float, float, float]] = []
+    offsets = []
+    for (x, y), label in zip(anchors, labels):
+        width = 0.6 * size * len(label)
+        chosen = candidates[0]
+        for dx, dy in candidates:
+            box = (x + dx, y + dy, x + dx + width, y + dy + height)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                chosen = (dx, dy)
+                break
+        dx, dy = chosen
+        placed.append((x + dx, y + dy, x + dx + width, y + dy + height))
+        offsets.append(chosen)
+    return offsets
+
+
 def write_plots(report: BenchmarkReport, output_dir: Path) -> list[str]:
     """mIoU vs seconds per image for each mode; peak memory and time vs pixels. PNG files."""
     import matplotlib
@@ -731,12 +758,18 @@ def write_plots(report: BenchmarkReport, output_dir: Path) -> list[str]:
         front = pareto_front(report.modes)
         axes.plot([r["seconds_per_image"] for r in front], [100 * r["miou"] for r in front], "-", color="0.6",
                   zorder=0, label="Pareto front")
-        for row in report.modes:
-            axes.scatter(row["seconds_per_image"], 100 * row["miou"], s=40)
-            axes.annotate(row["mode"], (row["seconds_per_image"], 100 * row["miou"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        points = [(row["mode"], row["seconds_per_image"], 100 * row["miou"]) for row in report.modes]
+        for _, x, y in points:
+            axes.scatter(x, y, s=40)
         if report.peer and "miou" in report.peer:
-            axes.scatter(report.peer["seconds_per_image"], 100 * report.peer["miou"], marker="x", color="k")
-            axes.annotate("monai", (report.peer["seconds_per_image"], 100 * report.peer["miou"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            points.append(("monai", report.peer["seconds_per_image"], 100 * report.peer["miou"]))
+            axes.scatter(points[-1][1], points[-1][2], marker="x", color="k")
+        axes.autoscale_view()
+        anchors = axes.transData.transform([(x, y) for _, x, y in points])
+        scale = figure.dpi / 72  # offset points -> pixels
+        offsets = label_offsets([tuple(a / scale) for a in anchors], [name for name, _, _ in points], LABEL_POINTS)
+        for (name, x, y), offset in zip(points, offsets):
+            axes.annotate(name, (x, y), textcoords="offset points", xytext=offset, fontsize=LABEL_POINTS)
         axes.legend(loc="lower right", fontsize=8)
         axes.set_xlabel("seconds per image")
         axes.set_ylabel("mIoU (%)")

@@ -229,6 +229,23 @@ def test_a_variant_sets_precision_only_where_it_names_one():
     assert VARIANTS["fast-global"].run_with(base).selection == Selection.global_
 
 
+def test_chart_labels_of_modes_with_about_the_same_time_and_miou_do_not_overlap():
+    """Session 13's chart drew magnet, magnet-global, magnet-bf16 and magnet-points-0.75 on top of one
+    another; each label now moves until its box is clear of those placed before it."""
+    from magnet_cli.bench import label_offsets
+
+    size = 8.0
+    anchors = [(100.0, 200.0), (104.0, 200.5), (108.0, 199.5), (110.0, 200.0), (300.0, 50.0)]
+    labels = ["magnet", "magnet-global", "magnet-bf16", "magnet-points-0.75", "patch"]
+    offsets = label_offsets(anchors, labels, size)
+    boxes = [(x + dx, y + dy, x + dx + 0.6 * size * len(label), y + dy + 1.25 * size)
+             for (x, y), (dx, dy), label in zip(anchors, offsets, labels)]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+    assert offsets[0] == offsets[-1] == (5.0, 4.0)  # a label with room stays where it always was
+
+
 def test_the_pareto_front_keeps_only_modes_nothing_beats_on_time_and_miou():
     from magnet_cli.bench import pareto_front
 
