@@ -23,7 +23,7 @@ import numpy as np
 import tifffile
 import torch
 
-from fast_chooser_study import FeatureEngine, TRAIN_SEED, box_mean_inputs, record, rows  # this folder's scripts
+from fast_chooser_study import FeatureEngine, TRAIN_SEED, box_mean_inputs, record, ridge_fit, rows  # this folder's scripts
 from fast_tradeoff import run
 from magnet_cli import fast
 from magnet_cli.evaluation import confusion, mean_iou
@@ -38,10 +38,7 @@ from magnet_cli.synthetic import synth
 def fit_pixel_score(x: np.ndarray, gain: np.ndarray, classes: int, ridge: float) -> tuple[np.ndarray, float]:
     """The ridge on standardised box-mean inputs, rewritten per pixel: weights of (u, u^2, p_c, u * p_c)
     and a constant, shifted so that the score is >= 0 for any inputs in [0, 1]."""
-    columns = box_mean_inputs(classes)
-    mean, scale = x[:, columns].mean(0), x[:, columns].std(0) + 1e-9
-    design = np.c_[(x[:, columns] - mean) / scale, np.ones(len(x))]
-    fitted = np.linalg.solve(design.T @ design + ridge * np.eye(design.shape[1]), design.T @ gain)
+    mean, scale, fitted = ridge_fit(x, gain, box_mean_inputs(classes), ridge)
     weights = fitted[:-1] / scale
     constant = fitted[-1] - float((fitted[:-1] * mean / scale).sum())
     lower_bound = constant + float(np.minimum(weights, 0).sum())

@@ -128,11 +128,17 @@ def class_inputs(classes: int) -> list[int]:
     return list(range(4 + classes, 4 + 2 * classes))
 
 
-def ridge_score(x: np.ndarray, gain: np.ndarray, columns: list[int], ridge: float):
-    """A ridge regression on standardised `columns` of x (with an intercept) -> its score function."""
+def ridge_fit(x: np.ndarray, gain: np.ndarray, columns: list[int], ridge: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A ridge regression on standardised `columns` of x with an intercept: (mean, scale, weights), the
+    intercept last."""
     mean, scale = x[:, columns].mean(0), x[:, columns].std(0) + 1e-9
     design = np.c_[(x[:, columns] - mean) / scale, np.ones(len(x))]
-    weights = np.linalg.solve(design.T @ design + ridge * np.eye(design.shape[1]), design.T @ gain)
+    return mean, scale, np.linalg.solve(design.T @ design + ridge * np.eye(design.shape[1]), design.T @ gain)
+
+
+def ridge_score(x: np.ndarray, gain: np.ndarray, columns: list[int], ridge: float):
+    """`ridge_fit`'s score function."""
+    mean, scale, weights = ridge_fit(x, gain, columns, ridge)
     return lambda values: np.c_[(values[:, columns] - mean) / scale, np.ones(len(values))] @ weights
 
 
